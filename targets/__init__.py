@@ -1,0 +1,63 @@
+"""Deployment targets: one module per backend, described by a declarative capability table.
+
+Importing this package imports no SDK and no torch: each target module imports its converter and
+runtime inside the functions that need them (the Ultralytics exporter habit), so the runners and
+`targets.bench` work on a device that has only numpy and one runtime.
+
+Every target module provides:
+
+- ``export(model, example, precision, out, calibration, metadata) -> Path``: write one file (torch needed);
+- ``load(path, threads=None) -> Runner``: open a file in the target's runtime (no torch);
+- ``TOLERANCE``: the max abs output difference against PyTorch that an fp32 export may show.
+
+Adding a target is one new module and one line in ``TARGETS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from targets.base import EdgecompError, Runner, did_you_mean
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a target can do: the recipe is validated against this before any work starts."""
+
+    name: str
+    module: str
+    suffix: str  # of the file that `load` opens
+    precisions: tuple[str, ...]
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "tflite": TargetSpec("tflite", "targets.tflite", ".tflite", ("fp32", "int8")),
+    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "int8")),
+}
+
+
+def get_target(name: str) -> ModuleType:
+    """Import and return a target's module by its name in ``TARGETS``."""
+    if name not in TARGETS:
+        raise EdgecompError(f"unknown target {name!r}{did_you_mean(name, TARGETS)}; known: {', '.join(TARGETS)}")
+    return importlib.import_module(TARGETS[name].module)
+
+
+def target_for_file(path: Path) -> TargetSpec:
+    """The target whose runtime opens `path`, chosen by its suffix."""
+    for spec in TARGETS.values():
+        if path.suffix == spec.suffix:
+            return spec
+    known = ", ".join(spec.suffix for spec in TARGETS.values())
+    raise EdgecompError(f"{path}: no target opens '{path.suffix}' files; known suffixes: {known}")
+
+
+def load_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """Open any supported model file (made by edgecomp or not) in its runtime."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecompError(f"{path}: no such file")
+    return get_target(target_for_file(path).name).load(path, threads=threads)
