@@ -1,0 +1,11 @@
+"""Data sets (the DATASETS registry): each entry turns the recipe's DataSpec into fixed splits.
+
+Splits are deterministic and independent of the training seed, so every candidate of every run is
+scored on the same held-out images. Images are returned as float32 CHW tensors, already resized and
+normalised exactly as the exported models expect them.
+"""
+
+from compress.data._base import DATASETS, DataSplits, ImageArrayDataset, as_numpy, make_loader
+from compress.data import digits, folders, mnist_like  # noqa: F401  (registers the data sets)
+
+__all__ = ["DATASETS", "DataSplits", "ImageArrayDataset", "as_numpy", "make_loader"]

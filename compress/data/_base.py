@@ -1,0 +1,129 @@
+"""The machinery shared by every data set: splits, an in-memory image dataset, loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from compress.recipe import DataSpec
+from compress.registry import Registry
+
+SPLIT_SEED = 20190101  # fixed: splits must not move with the recipe's training seed
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, self.image_size, self.image_size)
+
+
+DATASETS: Registry[Callable[[DataSpec], DataSplits]] = Registry("data set")
+
+
+class ImageArrayDataset(Dataset):
+    """Images held in memory as uint8 (N, H, W) or (N, C, H, W); converted one at a time on access.
+
+    Grey images are repeated to 3 channels so that the same ImageNet-shaped models serve every set.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, image_size: int, mean, std) -> None:
+        if images.ndim == 3:
+            images = images[:, None]
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8))  # a writable copy
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return normalize(self.images[index], self.image_size, self.mean, self.std), int(self.labels[index])
+
+
+def normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 CHW -> float CHW in [0, 1], resized to size x size, 3 channels, normalised."""
+    x = image.float().div_(255.0)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return (x - mean) / std
+
+
+def stratified_holdout(labels: np.ndarray, size: float | int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, held out), stratified by label, the same on every machine and run.
+
+    `size` is a fraction of the samples or a count, as in scikit-learn.
+    """
+    index = np.arange(len(labels))
+    rest, held = train_test_split(index, test_size=size, stratify=labels, random_state=SPLIT_SEED)
+    return np.sort(rest), np.sort(held)
+
+
+def stratified_split(labels: np.ndarray, val: float, test: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train / val / test for a set that ships without fixed splits."""
+    rest, test_index = stratified_holdout(labels, test)
+    train, val_index = stratified_holdout(labels[rest], val / (1 - test))
+    return rest[train], rest[val_index], test_index
+
+
+def subset_train(dataset: Dataset, labels: np.ndarray, size: int | None) -> Dataset:
+    """A stratified subset of `size` training samples (all of them when size is None or too large)."""
+    if size is None or size >= len(labels):
+        return dataset
+    _, keep = stratified_holdout(labels, size)
+    return Subset(dataset, keep.tolist())
+
+
+Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images, int labels
+
+
+def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays) -> DataSplits:
+    """DataSplits from in-memory arrays, with the recipe's image size and training subset applied."""
+
+    def part(arrays: Arrays) -> ImageArrayDataset:
+        return ImageArrayDataset(arrays[0], arrays[1], spec.image_size, mean, std)
+
+    return DataSplits(
+        train=subset_train(part(train), train[1], spec.train_subset),
+        val=part(val),
+        test=part(test),
+        num_classes=int(max(train[1].max(), test[1].max())) + 1,
+        mean=mean,
+        std=std,
+        image_size=spec.image_size,
+    )
+
+
+def with_validation(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test: Arrays, val_size: int) -> DataSplits:
+    """Splits for a set with an official test split: validation is carved from the training split."""
+    rest, val = stratified_holdout(train[1], val_size)
+    return build_splits(spec, mean, std, (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+def as_numpy(dataset: Dataset, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of (float32 NCHW images, int labels) for the runtimes, which take numpy."""
+    for x, y in make_loader(dataset, batch_size):
+        yield x.numpy(), y.numpy()

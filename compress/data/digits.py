@@ -1,0 +1,26 @@
+"""`digits`: scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside its wheel (no download)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compress.data._base import DATASETS, DataSplits, build_splits, stratified_split
+from compress.recipe import DataSpec
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 images scaled from sklearn's 0..16 levels to uint8 0..255, and their labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, bunch.target.astype(np.int64)
+
+
+@DATASETS.register("digits")
+def digits(spec: DataSpec) -> DataSplits:
+    images, labels = digit_images()
+    train, val, test = stratified_split(labels, val=0.1, test=0.2)
+    return build_splits(spec, MEAN, STD, *((images[index], labels[index]) for index in (train, val, test)))

@@ -1,0 +1,175 @@
+"""Model builders (the MODELS registry) and checkpoints that survive pruning.
+
+A builder takes the recipe's ModelSpec and a class count and returns a randomly initialised
+``nn.Module``; pretrained weights come from a checkpoint path (``model.weights``), never from the
+network at run time. ``arch`` may also be ``pkg.module:function`` for a user's own builder.
+
+Checkpoints hold tensors and the integer shape attributes of every conv, norm and linear layer, so
+a pruned model is rebuilt from its base architecture without pickled modules and loads with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from compress.recipe import ModelSpec
+from compress.registry import Registry
+from targets.base import EdgecompError
+from targets.fileio import atomic_path
+
+Builder = Callable[[ModelSpec, int], nn.Module]
+MODELS: Registry[Builder] = Registry("model")
+
+CHECKPOINT_FORMAT = 1
+
+
+def _stride1_stem(model: nn.Module) -> nn.Module:
+    """Make the first conv stride 1: at 32x32 input a stride-2 stem leaves too little resolution."""
+    model.features[0][0].stride = (1, 1)
+    return model
+
+
+@MODELS.register("mobilenet_v2")
+def mobilenet_v2(spec: ModelSpec, num_classes: int) -> nn.Module:
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=spec.width_mult)
+    return _stride1_stem(model) if spec.small_input else model
+
+
+def _mobilenet_v3(factory: Callable[..., nn.Module]) -> Builder:
+    def build(spec: ModelSpec, num_classes: int) -> nn.Module:
+        model = factory(weights=None, num_classes=num_classes, width_mult=spec.width_mult)
+        return _stride1_stem(model) if spec.small_input else model
+
+    return build
+
+
+MODELS.register("mobilenet_v3_small")(_mobilenet_v3(torchvision.models.mobilenet_v3_small))
+MODELS.register("mobilenet_v3_large")(_mobilenet_v3(torchvision.models.mobilenet_v3_large))
+
+
+def _import_builder(arch: str) -> Builder:
+    module_name, _, function_name = arch.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise EdgecompError(f"cannot import model builder {arch!r}: {error}") from None
+    return lambda spec, num_classes: function(num_classes=num_classes)
+
+
+def parse_arch(arch: str, registry: Registry[Builder] = MODELS) -> Builder:
+    """The builder for `arch`: a registered name or ``pkg.module:function(num_classes=...)``."""
+    if ":" in arch:
+        return _import_builder(arch)
+    return registry.get(arch)
+
+
+def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
+    return parse_arch(spec.arch)(spec, num_classes)
+
+
+def reinitialize(model: nn.Module) -> nn.Module:
+    """Fresh weights with torchvision's MobileNet initialisation (for the scratch baselines)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+_SHAPE_ATTRS = {
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.BatchNorm2d: ("num_features",),
+    nn.Linear: ("in_features", "out_features"),
+}
+
+
+def _layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    return {
+        name: {attr: int(getattr(module, attr)) for attr in attrs}
+        for name, module in model.named_modules()
+        for kind, attrs in _SHAPE_ATTRS.items()
+        if type(module) is kind
+    }
+
+
+def _reshape_layers(model: nn.Module, shapes: dict[str, dict[str, int]], state: dict[str, torch.Tensor]) -> None:
+    """Resize layers to the saved (possibly pruned) shapes so that ``load_state_dict`` fits."""
+    modules = dict(model.named_modules())
+    for name, attrs in shapes.items():
+        if name not in modules:
+            raise EdgecompError(f"checkpoint layer {name!r} is not in this architecture")
+        module = modules[name]
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+        for tensor_name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            key = f"{name}.{tensor_name}" if name else tensor_name
+            if key in state and state[key].shape != tensor.shape:
+                resized = torch.empty_like(state[key])
+                if isinstance(tensor, nn.Parameter):
+                    setattr(module, tensor_name, nn.Parameter(resized))
+                else:
+                    module.register_buffer(tensor_name, resized)
+
+
+def save_checkpoint(model: nn.Module, path: Path, spec: ModelSpec, num_classes: int) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": spec.model_dump(mode="json"),
+        "num_classes": num_classes,
+        "layers": _layer_shapes(model),
+        "state_dict": model.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, spec: ModelSpec | None = None) -> nn.Module:
+    """Rebuild a model (dense or pruned) from an edgecomp checkpoint; `spec` defaults to the saved one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise EdgecompError(f"{path}: no such checkpoint") from None
+    except Exception as error:
+        raise EdgecompError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {str(error)[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise EdgecompError(f"{path}: not an edgecomp checkpoint (format {CHECKPOINT_FORMAT})")
+    spec = spec or ModelSpec.model_validate(payload["model"])
+    model = build_model(spec, payload["num_classes"])
+    _reshape_layers(model, payload["layers"], payload["state_dict"])
+    load_weights(model, payload["state_dict"], str(path))
+    return model
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise EdgecompError(f"{source}: weights do not fit this architecture: {detail}") from None
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Load a plain state dict (or an edgecomp checkpoint's) into `model`, safely."""
+    try:
+        payload = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise EdgecompError(f"{path}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise EdgecompError(f"{path}: expected a state dict")
+    load_weights(model, state, path)

@@ -1,0 +1,339 @@
+"""Runs a recipe: dense -> prune -> fine-tune / distill, the scratch baselines, then every candidate
+through every target and precision, into one run directory.
+
+Every stage is cached under ``runs/<name>/<stage>/``: a stage whose inputs (its resolved spec and its
+parent's key) are unchanged is loaded instead of rerun, so a changed fine-tune spec reruns only the
+fine-tune and what depends on it. A stage's ``stage.json`` is written last, after its checkpoint,
+and every file is written atomically: a killed run resumes from the last finished stage.
+
+>>> results = Pipeline(load_recipe("recipes/quickstart.yaml"), Path("runs/quickstart")).run()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+import targets
+from compress import report
+from compress.data import DATASETS, DataSplits, as_numpy, make_loader
+from compress.distill import LogitsDistillation
+from compress.eager import TorchRunner
+from compress.measure import count
+from compress.models import build_model, load_checkpoint, load_pretrained, reinitialize, save_checkpoint
+from compress.prune import prune
+from compress.recipe import Recipe, Spec, dump_recipe
+from compress.tasks import TASKS
+from compress.train import Fit, fit, predict, seed_everything, supervised
+from targets.base import EdgecompError, Runner
+from targets.bench import benchmark
+from targets.device import device_info, runtime_versions
+from targets.fileio import write_json, write_text
+
+RESULTS_SCHEMA = 1
+CALIBRATION_SAMPLES = 256
+VERSIONED_PACKAGES = ("edgecomp", "torch", "torchvision", "torch-pruning", "litert-torch", "torchao", "nncf")
+
+
+@dataclass
+class Candidate:
+    """A trained model and how it was made: one report row per target x precision x threads."""
+
+    name: str
+    kind: str  # dense | finetune | kd | scratch_e | scratch_b
+    lineage: list[str]
+    model: nn.Module
+    key: str
+    epochs: int
+    macs: int = 0
+    params: int = 0
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # PyTorch outputs per split
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """The pruned architecture with its inherited weights: the parent of fine-tune and scratch stages."""
+
+    key: str
+    step: str  # its lineage entry
+    macs: int
+    checkpoint: Path
+
+
+def _key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dump(spec: Spec | None) -> dict | None:
+    return None if spec is None else spec.model_dump(mode="json")
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, run_dir: Path, force: bool = False, command: str = "", console: Console | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.force = force
+        self.command = command
+        self.console = console or Console(stderr=True)
+        self.task = TASKS.get(recipe.task)
+        self.manifest: dict[str, dict] = {}
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def _stage(self, name: str, inputs: dict, build: Callable[[], tuple[nn.Module, dict]]) -> tuple[nn.Module, dict, str]:
+        """Load stage `name` if it ran with these inputs before, else build it and save it."""
+        key = _key(inputs)
+        folder = self.run_dir / name
+        record = folder / "stage.json"
+        if not self.force and record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("key") == key and (folder / "model.pt").is_file():
+                self.console.log(f"[dim]{name}: unchanged, loaded from {folder}[/dim]")
+                self.manifest[name] = {"key": key, "cached": True, **saved["metrics"]}
+                return load_checkpoint(folder / "model.pt", self.recipe.model), saved["metrics"], key
+        started = time.perf_counter()
+        model, metrics = build()
+        metrics = {**metrics, "seconds": round(time.perf_counter() - started, 1)}
+        save_checkpoint(model, folder / "model.pt", self.recipe.model, self.num_classes)
+        write_json(record, {"key": key, "inputs": inputs, "metrics": metrics})
+        self.console.log(f"{name}: done in {metrics['seconds']} s")
+        self.manifest[name] = {"key": key, "cached": False, **metrics}
+        return model, metrics, key
+
+    def _train(self, model: nn.Module, epochs: int, lr: float, criterion, label: str) -> dict:
+        job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label)
+        return fit(model, self.splits.train, self.recipe.data.batch_size, self.recipe.train, job)
+
+    def _label_criterion(self):
+        return supervised(self.task.loss(self.recipe.train.label_smoothing))
+
+    def dense(self) -> Candidate:
+        recipe = self.recipe
+        inputs = {"model": _dump(recipe.model), "data": _dump(recipe.data), "train": _dump(recipe.train)}
+
+        def build() -> tuple[nn.Module, dict]:
+            seed_everything(recipe.train.seed)
+            model = build_model(recipe.model, self.num_classes)
+            if recipe.model.weights:
+                load_pretrained(model, recipe.model.weights)
+            return model, self._train(model, recipe.train.epochs, recipe.train.lr, self._label_criterion(), "dense")
+
+        model, _, key = self._stage("dense", inputs, build)
+        lineage = [f"dense({recipe.model.arch} x{recipe.model.width_mult:g}, {recipe.train.epochs} ep)"]
+        return self._candidate("dense", "dense", lineage, model, key, recipe.train.epochs)
+
+    def pruned(self, dense: Candidate) -> Pruned:
+        spec = self.recipe.prune
+        assert spec is not None
+
+        def build() -> tuple[nn.Module, dict]:
+            model = load_checkpoint(self.run_dir / "dense" / "model.pt", self.recipe.model)
+            seed_everything(self.recipe.train.seed)
+            prune(model, self.example, spec, self._gradient_batches, self.task.loss(0.0))
+            macs, params = count(model, self.example)
+            return model, {"macs": macs, "params": params}
+
+        _, metrics, key = self._stage("prune", {"parent": dense.key, "prune": _dump(spec)}, build)
+        step = f"prune({spec.importance}, ratio={spec.ratio:g}, {spec.iterative_steps} step{'s' * (spec.iterative_steps > 1)})"
+        return Pruned(key, step, metrics["macs"], self.run_dir / "prune" / "model.pt")
+
+    def _gradient_batches(self):
+        loader = make_loader(self.splits.train, self.recipe.data.batch_size, shuffle=True, seed=self.recipe.train.seed)
+        return (batch for batch, _ in zip(loader, range(4), strict=False))
+
+    def finetuned(self, pruned: Pruned, dense: Candidate) -> Candidate:
+        spec = self.recipe.finetune
+        if spec is None:
+            model = load_checkpoint(pruned.checkpoint, self.recipe.model)
+            return self._candidate("pruned", "finetune", [*dense.lineage, pruned.step], model, pruned.key, 0)
+        lr = spec.lr or self.recipe.train.lr / 10
+        distill = spec.distill
+        inputs = {"parent": pruned.key, "teacher": dense.key, "finetune": _dump(spec), "train": _dump(self.recipe.train)}
+
+        def build() -> tuple[nn.Module, dict]:
+            model = load_checkpoint(pruned.checkpoint, self.recipe.model)
+            criterion = self._label_criterion()
+            if distill is not None:
+                criterion = LogitsDistillation(dense.model, self.task.loss(self.recipe.train.label_smoothing), distill.alpha, distill.temperature)
+            return model, self._train(model, spec.epochs, lr, criterion, "finetune" + (" (KD)" if distill else ""))
+
+        model, _, key = self._stage("finetune", inputs, build)
+        kind = "kd" if distill else "finetune"
+        how = f"KD a={distill.alpha:g} T={distill.temperature:g}" if distill else "labels"
+        lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, {how})"]
+        return self._candidate(f"pruned-{kind}", kind, lineage, model, key, spec.epochs)
+
+    def scratch(self, pruned: Pruned, dense: Candidate) -> list[Candidate]:
+        """Liu et al. (2019): the pruned architecture trained from a fresh init with the same epochs as the
+        dense model (Scratch-E) and with the same compute (Scratch-B: epochs x dense MACs / pruned MACs)."""
+        baselines = self.recipe.baselines
+        dense_epochs = self.recipe.train.epochs
+        epochs = {"E": dense_epochs, "B": scratch_b_epochs(dense_epochs, dense.macs, pruned.macs, baselines.max_epochs)}
+        candidates = []
+        for variant in baselines.scratch:
+            name = f"scratch_{variant.lower()}"
+            inputs = {"parent": pruned.key, "epochs": epochs[variant], "train": _dump(self.recipe.train), "data": _dump(self.recipe.data)}
+
+            def build(n=epochs[variant], label=name) -> tuple[nn.Module, dict]:
+                seed_everything(self.recipe.train.seed)
+                model = reinitialize(load_checkpoint(pruned.checkpoint, self.recipe.model))
+                return model, self._train(model, n, self.recipe.train.lr, self._label_criterion(), label)
+
+            model, _, key = self._stage(name, inputs, build)
+            lineage = [*dense.lineage, pruned.step, f"scratch-{variant}({epochs[variant]} ep, random init)"]
+            candidates.append(self._candidate(f"scratch-{variant.lower()}", name, lineage, model, key, epochs[variant]))
+        return candidates
+
+    def _candidate(self, name: str, kind: str, lineage: list[str], model: nn.Module, key: str, epochs: int) -> Candidate:
+        macs, params = count(model, self.example)
+        candidate = Candidate(name, kind, lineage, model.eval(), key, epochs, macs, params)
+        for split in ("val", "test"):
+            candidate.outputs[split], _ = predict(model, getattr(self.splits, split))
+        return candidate
+
+    # -- deployment -----------------------------------------------------------------------------
+
+    def _row(self, candidate: Candidate, target: str, precision: str, runner: Runner, size: int | None, parity) -> list[dict]:
+        test_outputs = collect(runner, self.splits.test)
+        accuracy = self.task.score(test_outputs, self.labels["test"])
+        rows = []
+        bench = self.recipe.bench
+        for threads in bench.threads:
+            timing = benchmark(self._reload(runner, threads), warmup=bench.warmup, runs=bench.runs)
+            rows.append({
+                "candidate": candidate.name, "kind": candidate.kind, "lineage": candidate.lineage,
+                "target": target, "precision": precision, "accuracy": round(accuracy, 6),
+                "latency_ms_p50": round(timing.latency_ms_p50, 4), "latency_ms_p90": round(timing.latency_ms_p90, 4),
+                "threads": threads, "macs": candidate.macs, "params": candidate.params, "size_bytes": size,
+                "epochs": candidate.epochs, "parity": parity, "runtime": runner.runtime,
+            })
+        return rows
+
+    def _reload(self, runner: Runner, threads: int) -> Runner:
+        if isinstance(runner, TorchRunner):
+            return TorchRunner(runner.model, runner.input_shape, threads)
+        return targets.load_runner(runner.path, threads=threads)
+
+    def deploy(self, candidate: Candidate) -> list[dict]:
+        """Rows of one candidate: PyTorch eager, then every export, each measured in its own runtime."""
+        rows = self._cached_rows(candidate, "pytorch", "fp32", lambda: self._row(
+            candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None))
+        for export in self.recipe.exports:
+            for precision in export.precision:
+                rows += self._cached_rows(candidate, export.target, precision, lambda t=export.target, p=precision: self._export_rows(candidate, t, p))
+        return rows
+
+    def _cached_rows(self, candidate: Candidate, target: str, precision: str, measure: Callable[[], list[dict]]) -> list[dict]:
+        inputs = {"candidate": candidate.key, "target": target, "precision": precision, "bench": _dump(self.recipe.bench), "calibration": CALIBRATION_SAMPLES}
+        key = _key(inputs)
+        record = self.run_dir / "exports" / candidate.name / f"{target}-{precision}.json"
+        if not self.force and record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("key") == key and all(Path(p).is_file() for p in saved.get("files", [])):
+                return saved["rows"]
+        started = time.perf_counter()
+        rows = measure()
+        files = [str(self._export_path(candidate, target, precision))] if target != "pytorch" else []
+        write_json(record, {"key": key, "inputs": inputs, "files": files, "rows": rows})
+        self.console.log(f"{candidate.name} {target} {precision}: accuracy {rows[0]['accuracy']:.4f}, "
+                         f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)")
+        return rows
+
+    def _export_path(self, candidate: Candidate, target: str, precision: str) -> Path:
+        return self.run_dir / "exports" / candidate.name / f"{target}-{precision}{targets.TARGETS[target].suffix}"
+
+    def _export_rows(self, candidate: Candidate, target: str, precision: str) -> list[dict]:
+        module = targets.get_target(target)
+        path = self._export_path(candidate, target, precision)
+        metadata_ = {"recipe": self.recipe.name, "candidate": candidate.name, "precision": precision, "lineage": " > ".join(candidate.lineage)}
+        module.export(candidate.model, torch.zeros(self.splits.input_shape), precision, path, self.calibration, metadata_)
+        runner = module.load(path)
+        parity = self.task.parity(candidate.outputs["val"], collect(runner, self.splits.val))
+        if precision == "fp32" and parity["max_abs_diff"] > module.TOLERANCE:
+            path.unlink(missing_ok=True)
+            raise EdgecompError(
+                f"{candidate.name}: the {target} fp32 export disagrees with PyTorch (max abs diff "
+                f"{parity['max_abs_diff']:.2e} > tolerance {module.TOLERANCE:.0e}); this is a converter problem, not a recipe one"
+            )
+        return self._row(candidate, target, precision, runner, _size(path), parity)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.splits: DataSplits = DATASETS.get(self.recipe.data.dataset)(self.recipe.data)
+        self.num_classes = self.recipe.model.num_classes or self.splits.num_classes
+        self.example = torch.zeros(self.splits.input_shape)
+        self.labels = {split: np.concatenate([y for _, y in as_numpy(getattr(self.splits, split))]) for split in ("val", "test")}
+        self.calibration = calibration_samples(self.splits, CALIBRATION_SAMPLES, self.recipe.train.seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
+
+    def candidates(self) -> list[Candidate]:
+        dense = self.dense()
+        candidates = [dense]
+        if self.recipe.prune is not None:
+            pruned = self.pruned(dense)
+            candidates.append(self.finetuned(pruned, dense))
+            candidates += self.scratch(pruned, dense)
+        return candidates
+
+    def run(self) -> dict:
+        self._prepare()
+        started = time.perf_counter()
+        rows = [row for candidate in self.candidates() for row in self.deploy(candidate)]
+        results = {
+            "schema": RESULTS_SCHEMA, "recipe": self.recipe.name, "task": self.task.name, "metric": self.task.metric,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": self.command,
+            "seed": self.recipe.train.seed, "versions": package_versions(),
+            "device": {**device_info(), "runtimes": runtime_versions()}, "rows": rows,
+        }
+        write_json(self.run_dir / "manifest.json", {"stages": self.manifest, "seconds": round(time.perf_counter() - started, 1)})
+        write_json(self.run_dir / "results.json", results)
+        report.write_report(results, self.run_dir)
+        return results
+
+
+def scratch_b_epochs(dense_epochs: int, dense_macs: int, pruned_macs: int, max_epochs: int | None = None) -> int:
+    """Epochs that give the pruned model the dense model's training compute (Liu et al.'s Scratch-B)."""
+    epochs = round(dense_epochs * dense_macs / max(pruned_macs, 1))
+    return min(epochs, max_epochs) if max_epochs else epochs
+
+
+def calibration_samples(splits: DataSplits, n: int, seed: int) -> np.ndarray:
+    """A fixed random subset of training images for int8 calibration (never the test split)."""
+    rng = np.random.default_rng(seed)
+    index = rng.choice(len(splits.train), size=min(n, len(splits.train)), replace=False)
+    return np.stack([splits.train[int(i)][0].numpy() for i in sorted(index)])
+
+
+def collect(runner: Runner, dataset) -> list[np.ndarray]:
+    """A runner's outputs over a whole split."""
+    parts = [runner.predict(x) for x, _ in as_numpy(dataset)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+def _size(path: Path) -> int:
+    """Bytes on disk, an OpenVINO IR's weights file included."""
+    return path.stat().st_size + sum(p.stat().st_size for p in [path.with_suffix(".bin")] if path.suffix == ".xml" and p.is_file())
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,32 @@
+"""Image classification: cross-entropy, top-1 accuracy, parity on logits."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch.nn.functional as F
+
+from compress.tasks._base import TASKS
+
+
+class Classification:
+    name = "classification"
+    metric = "top1"
+
+    def loss(self, label_smoothing: float):
+        return partial(F.cross_entropy, label_smoothing=label_smoothing)
+
+    def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> float:
+        return float(np.mean(outputs[0].argmax(axis=1) == labels))
+
+    def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
+        diff = np.abs(reference[0].astype(np.float64) - outputs[0])
+        return {
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "top1_agreement": float(np.mean(reference[0].argmax(axis=1) == outputs[0].argmax(axis=1))),
+        }
+
+
+TASKS.register("classification")(Classification())

@@ -1,0 +1,165 @@
+"""Models, checkpoints, pruning, distillation and the data sets, on small inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compress.data import DATASETS
+from compress.distill import LogitsDistillation, kd_loss
+from compress.measure import count
+from compress.models import MODELS, build_model, load_checkpoint, reinitialize, save_checkpoint
+from compress.pipeline import scratch_b_epochs
+from compress.prune import IMPORTANCE, prune
+from compress.recipe import DataSpec, ModelSpec, PruneSpec
+from targets.base import EdgecompError
+
+EXAMPLE = torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+@pytest.mark.parametrize("small_input", [False, True])
+def test_every_model_builds_and_runs(arch: str, small_input: bool) -> None:
+    model = build_model(ModelSpec(arch=arch, width_mult=0.5, small_input=small_input), num_classes=7).eval()
+    assert model(EXAMPLE).shape == (2, 7)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+@pytest.mark.parametrize("importance", IMPORTANCE.names())
+def test_pruning_shrinks_and_keeps_classes(arch: str, importance: str) -> None:
+    """Depthwise convs, inverted residuals, SE blocks and hardswish survive pruning and still run."""
+    spec = ModelSpec(arch=arch, width_mult=0.5, small_input=True)
+    model = build_model(spec, num_classes=10).eval()
+    dense_macs, dense_params = count(model, EXAMPLE[:1])
+    batches = lambda: [(EXAMPLE, torch.tensor([0, 1]))]  # noqa: E731
+    prune(model, EXAMPLE[:1], PruneSpec(importance=importance, ratio=0.5, iterative_steps=2), batches, F.cross_entropy)
+    macs, params = count(model, EXAMPLE[:1])
+    assert macs < 0.6 * dense_macs and params < dense_params
+    assert model(EXAMPLE).shape == (2, 10)
+
+
+def test_round_to_aligns_channels() -> None:
+    model = build_model(ModelSpec(arch="mobilenet_v2", width_mult=0.5, small_input=True), 10).eval()
+    prune(model, EXAMPLE[:1], PruneSpec(ratio=0.3, round_to=8))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    assert all(m.out_channels % 8 == 0 for m in convs[1:-1]), [m.out_channels for m in convs]
+
+
+def test_pruned_checkpoint_round_trip(tmp_path) -> None:
+    spec = ModelSpec(arch="mobilenet_v2", width_mult=0.5, small_input=True)
+    model = build_model(spec, 10).eval()
+    prune(model, EXAMPLE[:1], PruneSpec(ratio=0.5))
+    save_checkpoint(model, tmp_path / "m.pt", spec, 10)
+    loaded = load_checkpoint(tmp_path / "m.pt").eval()
+    assert torch.equal(loaded(EXAMPLE), model(EXAMPLE))
+    assert count(loaded, EXAMPLE[:1]) == count(model, EXAMPLE[:1])
+
+
+def test_checkpoint_for_another_architecture_is_refused(tmp_path) -> None:
+    spec = ModelSpec(arch="mobilenet_v2", width_mult=0.5)
+    save_checkpoint(build_model(spec, 10), tmp_path / "m.pt", spec, 10)
+    with pytest.raises(EdgecompError, match="not in this architecture|do not fit"):
+        load_checkpoint(tmp_path / "m.pt", ModelSpec(arch="mobilenet_v3_small"))
+
+
+def test_reinitialize_changes_every_weight() -> None:
+    model = build_model(ModelSpec(arch="mobilenet_v2", width_mult=0.5), 10)
+    before = [p.clone() for p in model.parameters() if p.ndim > 1]
+    reinitialize(model)
+    after = [p for p in model.parameters() if p.ndim > 1]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_kd_loss_matches_hand_computation() -> None:
+    student = torch.tensor([[1.0, 2.0, 0.0]])
+    teacher = torch.tensor([[0.5, 2.5, -1.0]])
+    t = 2.0
+    p = np.exp(teacher.numpy()[0] / t) / np.exp(teacher.numpy()[0] / t).sum()
+    q = np.exp(student.numpy()[0] / t) / np.exp(student.numpy()[0] / t).sum()
+    expected = float(np.sum(p * (np.log(p) - np.log(q)))) * t * t
+    assert kd_loss(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_criterion_blends_kd_and_labels() -> None:
+    teacher = torch.nn.Linear(4, 3)
+    student = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    for alpha in (0.0, 1.0):
+        loss = LogitsDistillation(teacher, F.cross_entropy, alpha=alpha, temperature=3.0)(student, x, y)
+        expected = F.cross_entropy(student(x), y) if alpha == 0 else kd_loss(student(x), teacher(x), 3.0)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "dense", "pruned", "cap", "expected"),
+    [(30, 100, 50, None, 60), (30, 100, 30, None, 100), (30, 100, 30, 50, 50), (10, 10, 10, None, 10), (0, 10, 5, None, 0)],
+)
+def test_scratch_b_epochs_match_dense_compute(epochs, dense, pruned, cap, expected) -> None:
+    assert scratch_b_epochs(epochs, dense, pruned, cap) == expected
+    if cap is None:
+        assert math.isclose(expected * pruned, epochs * dense, rel_tol=0.02)
+
+
+def test_digits_splits_are_fixed_disjoint_and_stratified() -> None:
+    first = DATASETS.get("digits")(DataSpec(dataset="digits", image_size=16))
+    second = DATASETS.get("digits")(DataSpec(dataset="digits", image_size=16))
+    assert (len(first.train), len(first.val), len(first.test)) == (1257, 180, 360)
+    assert torch.equal(first.test[5][0], second.test[5][0])
+    x, _ = first.train[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    train_images = {first.train[i][0].numpy().tobytes() for i in range(len(first.train))}
+    assert not any(first.test[i][0].numpy().tobytes() in train_images for i in range(len(first.test)))
+    counts = np.bincount([first.test[i][1] for i in range(len(first.test))])
+    assert counts.min() >= 34 and counts.max() <= 38  # 10 classes, ~36 each
+
+
+def test_train_subset_is_stratified() -> None:
+    splits = DATASETS.get("digits")(DataSpec(dataset="digits", image_size=8, train_subset=200))
+    labels = [splits.train[i][1] for i in range(len(splits.train))]
+    assert len(labels) == 200 and np.bincount(labels).min() >= 18
+
+
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)",
+)
+def test_fashion_mnist_reads_the_real_files() -> None:
+    splits = DATASETS.get("fashion_mnist")(DataSpec(dataset="fashion_mnist", image_size=28, train_subset=1000))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1000, 5000, 10000)
+    x, y = splits.test[0]
+    assert x.shape == (3, 28, 28) and y == 9  # the first test image of Fashion-MNIST is an ankle boot
+
+
+def test_fashion_mnist_offline_message(tmp_path) -> None:
+    with pytest.raises(EdgecompError, match="lacks the four Fashion-MNIST idx files"):
+        DATASETS.get("fashion_mnist")(DataSpec(dataset="fashion_mnist", root=str(tmp_path)))
+
+
+def test_cifar10_without_files_says_where_to_point(tmp_path) -> None:
+    with pytest.raises(EdgecompError, match="set data.root"):
+        DATASETS.get("cifar10")(DataSpec(dataset="cifar10", root=str(tmp_path)))
+
+
+def test_imagefolder(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    splits = DATASETS.get("imagefolder")(DataSpec(dataset="imagefolder", root=str(tmp_path), image_size=8))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (28, 4, 8)
+    assert splits.num_classes == 2 and splits.train[0][0].shape == (3, 8, 8)
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(EdgecompError, match=r"broken.png: cannot read image"):
+        DATASETS.get("imagefolder")(DataSpec(dataset="imagefolder", root=str(tmp_path)))
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    with pytest.raises(EdgecompError, match="no images found"):
+        DATASETS.get("imagefolder")(DataSpec(dataset="imagefolder", root=str(empty)))

@@ -1,0 +1,83 @@
+"""The recipe schema: every mistake is caught at load time with the key's path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.recipe import load_recipe, parse_recipe
+from targets.base import EdgecompError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal() -> dict:
+    return {"name": "t", "model": {"arch": "mobilenet_v2"}, "data": {"dataset": "digits"}}
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_validate(recipe: Path) -> None:
+    assert load_recipe(recipe).name
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["model"].update(archh="x"), "model.archh: unknown key"),
+        (lambda r: r.update(train={"epochs": -1}), "train.epochs"),
+        (lambda r: r["model"].update(arch="mobilenet_v9"), "model.arch: unknown model 'mobilenet_v9'"),
+        (lambda r: r["data"].update(dataset="digitz"), "did you mean 'digits'"),
+        (lambda r: r.update(stages=[{"prune": {"ratio": 1.5}}]), "stages.0.prune.ratio"),
+        (lambda r: r.update(stages=[{"prune": {}, "finetune": {}}]), "exactly one of"),
+        (lambda r: r.update(stages=[{"prune": {"importance": "l3"}}]), "stages.0.prune.importance"),
+        (lambda r: r.update(exports=[{"target": "tflite", "precision": ["int4"]}]), "supported: fp32, int8"),
+        (lambda r: r.update(exports=[{"target": "tflitee"}]), "did you mean 'tflite'"),
+        (lambda r: r.update(stages=[{"finetune": {}}, {"prune": {}}]), "finetune must come after prune"),
+        (lambda r: r["model"].update(weights="/no/such/file.pt"), "model.weights: no such file"),
+        (lambda r: r.pop("data"), "data: Field required"),
+        (lambda r: r.update(name="../escape"), "name"),
+    ],
+)
+def test_bad_recipes_name_the_key(change, message: str) -> None:
+    recipe = minimal()
+    change(recipe)
+    with pytest.raises(EdgecompError, match="(?s)" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        parse_recipe(recipe)
+
+
+def test_yaml_errors_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(EdgecompError, match="not valid YAML at line 3"):
+        load_recipe(write(tmp_path, "name: x\nmodel: {arch: [x\n  data: 1\n"))
+    with pytest.raises(EdgecompError, match="no such recipe file"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(EdgecompError, match="expected a mapping"):
+        load_recipe(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(EdgecompError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "name: !!python/object/apply:os.system ['echo hacked']\n"))
+
+
+def test_overrides(tmp_path: Path) -> None:
+    data = {**minimal(), "stages": [{"prune": {"ratio": 0.5}}]}
+    path = write(tmp_path, data)
+    recipe = load_recipe(path, ["train.epochs=3", "stages.0.prune.ratio=0.25", "data.root=/x", "bench.threads=[1, 2]"])
+    assert recipe.train.epochs == 3
+    assert recipe.prune.ratio == 0.25
+    assert recipe.data.root == "/x"
+    assert recipe.bench.threads == [1, 2]
+    with pytest.raises(EdgecompError, match="no item '3'"):
+        load_recipe(path, ["stages.3.prune.ratio=0.1"])
+    with pytest.raises(EdgecompError, match="expected KEY=VALUE"):
+        load_recipe(path, ["train.epochs"])
+    with pytest.raises(EdgecompError, match="train.epochz: unknown key"):
+        load_recipe(path, ["train.epochz=3"])
