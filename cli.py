@@ -1,8 +1,8 @@
 """edgecomp's command line: parse, call the library, print. No logic lives here.
 
-    edgecomp run recipes/quickstart.yaml            # compress, export, measure, report
-    edgecomp bench model.tflite --threads 2 --json  # latency of any .tflite or OpenVINO .xml
-    edgecomp recipes | models | datasets            # what is shipped and registered
+edgecomp run recipes/quickstart.yaml            # compress, export, measure, report
+edgecomp bench model.tflite --threads 2 --json  # latency of any .tflite or OpenVINO .xml
+edgecomp recipes | models | datasets            # what is shipped and registered
 """
 
 from __future__ import annotations
@@ -19,12 +19,24 @@ from rich.table import Table
 from targets.base import EdgecompError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-KIND_LABELS = {"dense": "dense", "finetune": "pruned+ft", "kd": "pruned+KD", "scratch_e": "Scratch-E", "scratch_b": "Scratch-B", "qat": "QAT"}
+KIND_LABELS = {
+    "dense": "dense",
+    "finetune": "pruned+ft",
+    "kd": "pruned+KD",
+    "scratch_e": "Scratch-E",
+    "scratch_b": "Scratch-B",
+    "qat": "QAT",
+}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress vision models for edge devices and measure what it cost and bought.")
-console = Console()
-errors = Console(stderr=True)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress vision models for edge devices and measure what it cost and bought.",
+)
+# Without a terminal (CI logs, pipes) rich would wrap the results table at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 state = {"debug": False}
 
 
@@ -44,7 +56,9 @@ def _recipe_path(recipe: str) -> Path:
 @app.command()
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a shipped recipe.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=5 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=5 (repeatable).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, ignoring cached results.")] = False,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories go.")] = Path("runs"),
 ) -> None:
@@ -55,21 +69,39 @@ def run(
     parsed = load_recipe(_recipe_path(recipe), overrides=set_ or [])
     run_dir = runs_dir / parsed.name
     command = shlex.join(["edgecomp", *sys.argv[1:]])
-    results = Pipeline(parsed, run_dir, force=force, command=command).run()
+    results = Pipeline(parsed, run_dir, force=force, command=command, console=errors).run()
     console.print(results_table(results))
     console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
 
 
 def results_table(results: dict) -> Table:
     table = Table(title=f"{results['recipe']}: {results['metric']} on the test split, measured in each runtime")
-    for column in ("candidate", "kind", "target", "precision", "threads", results["metric"], "p50 ms", "p90 ms", "MMACs", "size KB"):
+    for column in (
+        "candidate",
+        "kind",
+        "target",
+        "precision",
+        "threads",
+        results["metric"],
+        "p50 ms",
+        "p90 ms",
+        "MMACs",
+        "size KB",
+    ):
         table.add_column(column, justify="left" if column in ("candidate", "kind", "target", "precision") else "right")
     for row in results["rows"]:
         size = f"{row['size_bytes'] / 1024:.0f}" if row.get("size_bytes") else "-"
         table.add_row(
-            row["candidate"], KIND_LABELS.get(row["kind"], row["kind"]), row["target"], row["precision"], str(row["threads"]),
-            f"{100 * row['accuracy']:.2f}%", f"{row['latency_ms_p50']:.3f}", f"{row['latency_ms_p90']:.3f}",
-            f"{row['macs'] / 1e6:.2f}", size,
+            row["candidate"],
+            KIND_LABELS.get(row["kind"], row["kind"]),
+            row["target"],
+            row["precision"],
+            str(row["threads"]),
+            f"{100 * row['accuracy']:.2f}%",
+            f"{row['latency_ms_p50']:.3f}",
+            f"{row['latency_ms_p90']:.3f}",
+            f"{row['macs'] / 1e6:.2f}",
+            size,
         )
     return table
 

@@ -19,17 +19,17 @@ class TorchRunner:
         self.path = Path("<pytorch>")
         self.runtime = f"torch {torch.__version__.split('+')[0]}"
         self.input_shape = tuple(input_shape)
-        self.threads = threads
+        self.threads = threads or torch.get_num_threads()
+        self._last: list[np.ndarray] = []
 
     def _set_threads(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> list[np.ndarray]:
         self._set_threads()
         out = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+        return [tensor.numpy() for tensor in _as_list(out)]
 
     def bind(self, x: np.ndarray) -> Callable[[], None]:
         self._set_threads()
@@ -37,6 +37,13 @@ class TorchRunner:
 
         def infer() -> None:
             with torch.no_grad():
-                self.model(tensor)
+                self._last = [tensor.detach() for tensor in _as_list(self.model(tensor))]
 
         return infer
+
+    def outputs(self) -> list[np.ndarray]:
+        return [tensor.numpy() for tensor in self._last]
+
+
+def _as_list(out) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]

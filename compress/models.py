@@ -115,7 +115,9 @@ def _reshape_layers(model: nn.Module, shapes: dict[str, dict[str, int]], state: 
         module = modules[name]
         for attr, value in attrs.items():
             setattr(module, attr, value)
-        for tensor_name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        for tensor_name, tensor in list(module.named_parameters(recurse=False)) + list(
+            module.named_buffers(recurse=False)
+        ):
             key = f"{name}.{tensor_name}" if name else tensor_name
             if key in state and state[key].shape != tensor.shape:
                 resized = torch.empty_like(state[key])

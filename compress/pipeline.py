@@ -81,7 +81,9 @@ def _dump(spec: Spec | None) -> dict | None:
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, run_dir: Path, force: bool = False, command: str = "", console: Console | None = None):
+    def __init__(
+        self, recipe: Recipe, run_dir: Path, force: bool = False, command: str = "", console: Console | None = None
+    ):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force = force
@@ -92,7 +94,9 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------
 
-    def _stage(self, name: str, inputs: dict, build: Callable[[], tuple[nn.Module, dict]]) -> tuple[nn.Module, dict, str]:
+    def _stage(
+        self, name: str, inputs: dict, build: Callable[[], tuple[nn.Module, dict]]
+    ) -> tuple[nn.Module, dict, str]:
         """Load stage `name` if it ran with these inputs before, else build it and save it."""
         key = _key(inputs)
         folder = self.run_dir / name
@@ -146,7 +150,8 @@ class Pipeline:
             return model, {"macs": macs, "params": params}
 
         _, metrics, key = self._stage("prune", {"parent": dense.key, "prune": _dump(spec)}, build)
-        step = f"prune({spec.importance}, ratio={spec.ratio:g}, {spec.iterative_steps} step{'s' * (spec.iterative_steps > 1)})"
+        steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
+        step = f"prune({spec.importance}, ratio={spec.ratio:g}, {steps})"
         return Pruned(key, step, metrics["macs"], self.run_dir / "prune" / "model.pt")
 
     def _gradient_batches(self):
@@ -160,13 +165,23 @@ class Pipeline:
             return self._candidate("pruned", "finetune", [*dense.lineage, pruned.step], model, pruned.key, 0)
         lr = spec.lr or self.recipe.train.lr / 10
         distill = spec.distill
-        inputs = {"parent": pruned.key, "teacher": dense.key, "finetune": _dump(spec), "train": _dump(self.recipe.train)}
+        inputs = {
+            "parent": pruned.key,
+            "teacher": dense.key,
+            "finetune": _dump(spec),
+            "train": _dump(self.recipe.train),
+        }
 
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(pruned.checkpoint, self.recipe.model)
             criterion = self._label_criterion()
             if distill is not None:
-                criterion = LogitsDistillation(dense.model, self.task.loss(self.recipe.train.label_smoothing), distill.alpha, distill.temperature)
+                criterion = LogitsDistillation(
+                    dense.model,
+                    self.task.loss(self.recipe.train.label_smoothing),
+                    distill.alpha,
+                    distill.temperature,
+                )
             return model, self._train(model, spec.epochs, lr, criterion, "finetune" + (" (KD)" if distill else ""))
 
         model, _, key = self._stage("finetune", inputs, build)
@@ -180,11 +195,19 @@ class Pipeline:
         dense model (Scratch-E) and with the same compute (Scratch-B: epochs x dense MACs / pruned MACs)."""
         baselines = self.recipe.baselines
         dense_epochs = self.recipe.train.epochs
-        epochs = {"E": dense_epochs, "B": scratch_b_epochs(dense_epochs, dense.macs, pruned.macs, baselines.max_epochs)}
+        epochs = {
+            "E": dense_epochs,
+            "B": scratch_b_epochs(dense_epochs, dense.macs, pruned.macs, baselines.max_epochs),
+        }
         candidates = []
         for variant in baselines.scratch:
             name = f"scratch_{variant.lower()}"
-            inputs = {"parent": pruned.key, "epochs": epochs[variant], "train": _dump(self.recipe.train), "data": _dump(self.recipe.data)}
+            inputs = {
+                "parent": pruned.key,
+                "epochs": epochs[variant],
+                "train": _dump(self.recipe.train),
+                "data": _dump(self.recipe.data),
+            }
 
             def build(n=epochs[variant], label=name) -> tuple[nn.Module, dict]:
                 seed_everything(self.recipe.train.seed)
@@ -196,7 +219,9 @@ class Pipeline:
             candidates.append(self._candidate(f"scratch-{variant.lower()}", name, lineage, model, key, epochs[variant]))
         return candidates
 
-    def _candidate(self, name: str, kind: str, lineage: list[str], model: nn.Module, key: str, epochs: int) -> Candidate:
+    def _candidate(
+        self, name: str, kind: str, lineage: list[str], model: nn.Module, key: str, epochs: int
+    ) -> Candidate:
         macs, params = count(model, self.example)
         candidate = Candidate(name, kind, lineage, model.eval(), key, epochs, macs, params)
         for split in ("val", "test"):
@@ -205,20 +230,34 @@ class Pipeline:
 
     # -- deployment -----------------------------------------------------------------------------
 
-    def _row(self, candidate: Candidate, target: str, precision: str, runner: Runner, size: int | None, parity) -> list[dict]:
+    def _row(
+        self, candidate: Candidate, target: str, precision: str, runner: Runner, size: int | None, parity
+    ) -> list[dict]:
         test_outputs = collect(runner, self.splits.test)
         accuracy = self.task.score(test_outputs, self.labels["test"])
         rows = []
         bench = self.recipe.bench
         for threads in bench.threads:
             timing = benchmark(self._reload(runner, threads), warmup=bench.warmup, runs=bench.runs)
-            rows.append({
-                "candidate": candidate.name, "kind": candidate.kind, "lineage": candidate.lineage,
-                "target": target, "precision": precision, "accuracy": round(accuracy, 6),
-                "latency_ms_p50": round(timing.latency_ms_p50, 4), "latency_ms_p90": round(timing.latency_ms_p90, 4),
-                "threads": threads, "macs": candidate.macs, "params": candidate.params, "size_bytes": size,
-                "epochs": candidate.epochs, "parity": parity, "runtime": runner.runtime,
-            })
+            rows.append(
+                {
+                    "candidate": candidate.name,
+                    "kind": candidate.kind,
+                    "lineage": candidate.lineage,
+                    "target": target,
+                    "precision": precision,
+                    "accuracy": round(accuracy, 6),
+                    "latency_ms_p50": round(timing.latency_ms_p50, 4),
+                    "latency_ms_p90": round(timing.latency_ms_p90, 4),
+                    "threads": threads,
+                    "macs": candidate.macs,
+                    "params": candidate.params,
+                    "size_bytes": size,
+                    "epochs": candidate.epochs,
+                    "parity": parity,
+                    "runtime": runner.runtime,
+                }
+            )
         return rows
 
     def _reload(self, runner: Runner, threads: int) -> Runner:
@@ -228,15 +267,34 @@ class Pipeline:
 
     def deploy(self, candidate: Candidate) -> list[dict]:
         """Rows of one candidate: PyTorch eager, then every export, each measured in its own runtime."""
-        rows = self._cached_rows(candidate, "pytorch", "fp32", lambda: self._row(
-            candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None))
+        rows = self._cached_rows(
+            candidate,
+            "pytorch",
+            "fp32",
+            lambda: self._row(
+                candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None
+            ),
+        )
         for export in self.recipe.exports:
             for precision in export.precision:
-                rows += self._cached_rows(candidate, export.target, precision, lambda t=export.target, p=precision: self._export_rows(candidate, t, p))
+                rows += self._cached_rows(
+                    candidate,
+                    export.target,
+                    precision,
+                    lambda t=export.target, p=precision: self._export_rows(candidate, t, p),
+                )
         return rows
 
-    def _cached_rows(self, candidate: Candidate, target: str, precision: str, measure: Callable[[], list[dict]]) -> list[dict]:
-        inputs = {"candidate": candidate.key, "target": target, "precision": precision, "bench": _dump(self.recipe.bench), "calibration": CALIBRATION_SAMPLES}
+    def _cached_rows(
+        self, candidate: Candidate, target: str, precision: str, measure: Callable[[], list[dict]]
+    ) -> list[dict]:
+        inputs = {
+            "candidate": candidate.key,
+            "target": target,
+            "precision": precision,
+            "bench": _dump(self.recipe.bench),
+            "calibration": CALIBRATION_SAMPLES,
+        }
         key = _key(inputs)
         record = self.run_dir / "exports" / candidate.name / f"{target}-{precision}.json"
         if not self.force and record.is_file():
@@ -247,8 +305,10 @@ class Pipeline:
         rows = measure()
         files = [str(self._export_path(candidate, target, precision))] if target != "pytorch" else []
         write_json(record, {"key": key, "inputs": inputs, "files": files, "rows": rows})
-        self.console.log(f"{candidate.name} {target} {precision}: accuracy {rows[0]['accuracy']:.4f}, "
-                         f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)")
+        self.console.log(
+            f"{candidate.name} {target} {precision}: accuracy {rows[0]['accuracy']:.4f}, "
+            f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)"
+        )
         return rows
 
     def _export_path(self, candidate: Candidate, target: str, precision: str) -> Path:
@@ -257,17 +317,24 @@ class Pipeline:
     def _export_rows(self, candidate: Candidate, target: str, precision: str) -> list[dict]:
         module = targets.get_target(target)
         path = self._export_path(candidate, target, precision)
-        metadata_ = {"recipe": self.recipe.name, "candidate": candidate.name, "precision": precision, "lineage": " > ".join(candidate.lineage)}
-        module.export(candidate.model, torch.zeros(self.splits.input_shape), precision, path, self.calibration, metadata_)
+        metadata_ = {
+            "recipe": self.recipe.name,
+            "candidate": candidate.name,
+            "precision": precision,
+            "lineage": " > ".join(candidate.lineage),
+        }
+        module.export(
+            candidate.model, torch.zeros(self.splits.input_shape), precision, path, self.calibration, metadata_
+        )
         runner = module.load(path)
         parity = self.task.parity(candidate.outputs["val"], collect(runner, self.splits.val))
         if precision == "fp32" and parity["max_abs_diff"] > module.TOLERANCE:
-            path.unlink(missing_ok=True)
             raise EdgecompError(
                 f"{candidate.name}: the {target} fp32 export disagrees with PyTorch (max abs diff "
-                f"{parity['max_abs_diff']:.2e} > tolerance {module.TOLERANCE:.0e}); this is a converter problem, not a recipe one"
+                f"{parity['max_abs_diff']:.2e} > tolerance {module.TOLERANCE:.0e}): a converter problem, not a "
+                f"recipe one; the file is kept for inspection at {path}"
             )
-        return self._row(candidate, target, precision, runner, _size(path), parity)
+        return self._row(candidate, target, precision, runner, module.size_bytes(path), parity)
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -275,7 +342,9 @@ class Pipeline:
         self.splits: DataSplits = DATASETS.get(self.recipe.data.dataset)(self.recipe.data)
         self.num_classes = self.recipe.model.num_classes or self.splits.num_classes
         self.example = torch.zeros(self.splits.input_shape)
-        self.labels = {split: np.concatenate([y for _, y in as_numpy(getattr(self.splits, split))]) for split in ("val", "test")}
+        self.labels = {
+            split: np.concatenate([y for _, y in as_numpy(getattr(self.splits, split))]) for split in ("val", "test")
+        }
         self.calibration = calibration_samples(self.splits, CALIBRATION_SAMPLES, self.recipe.train.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
@@ -294,12 +363,21 @@ class Pipeline:
         started = time.perf_counter()
         rows = [row for candidate in self.candidates() for row in self.deploy(candidate)]
         results = {
-            "schema": RESULTS_SCHEMA, "recipe": self.recipe.name, "task": self.task.name, "metric": self.task.metric,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": self.command,
-            "seed": self.recipe.train.seed, "versions": package_versions(),
-            "device": {**device_info(), "runtimes": runtime_versions()}, "rows": rows,
+            "schema": RESULTS_SCHEMA,
+            "recipe": self.recipe.name,
+            "task": self.task.name,
+            "metric": self.task.metric,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": self.command,
+            "seed": self.recipe.train.seed,
+            "versions": package_versions(),
+            "device": {**device_info(), "runtimes": runtime_versions()},
+            "rows": rows,
         }
-        write_json(self.run_dir / "manifest.json", {"stages": self.manifest, "seconds": round(time.perf_counter() - started, 1)})
+        write_json(
+            self.run_dir / "manifest.json",
+            {"stages": self.manifest, "seconds": round(time.perf_counter() - started, 1)},
+        )
         write_json(self.run_dir / "results.json", results)
         report.write_report(results, self.run_dir)
         return results
@@ -322,11 +400,6 @@ def collect(runner: Runner, dataset) -> list[np.ndarray]:
     """A runner's outputs over a whole split."""
     parts = [runner.predict(x) for x, _ in as_numpy(dataset)]
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
-
-
-def _size(path: Path) -> int:
-    """Bytes on disk, an OpenVINO IR's weights file included."""
-    return path.stat().st_size + sum(p.stat().st_size for p in [path.with_suffix(".bin")] if path.suffix == ".xml" and p.is_file())
 
 
 def package_versions() -> dict[str, str]:

@@ -109,11 +109,15 @@ class ExportSpec(Spec):
     @model_validator(mode="after")
     def _supported(self) -> ExportSpec:
         if self.target not in TARGETS:
-            raise ValueError(f"unknown target {self.target!r}{did_you_mean(self.target, TARGETS)}; known: {', '.join(TARGETS)}")
+            raise ValueError(
+                f"unknown target {self.target!r}{did_you_mean(self.target, TARGETS)}; known: {', '.join(TARGETS)}"
+            )
         supported = TARGETS[self.target].precisions
         for precision in self.precision:
             if precision not in supported:
-                raise ValueError(f"{self.target} does not support precision {precision!r}; supported: {', '.join(supported)}")
+                raise ValueError(
+                    f"{self.target} does not support precision {precision!r}; supported: {', '.join(supported)}"
+                )
         return self
 
 

@@ -156,9 +156,7 @@ def _comparable_settings(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, st
     }
     if ("pytorch", "fp32") in both:
         return [(("pytorch", "fp32"), both[("pytorch", "fp32")])]
-    return sorted(
-        both.items(), key=lambda item: (_rank(TARGET_ORDER, item[0][0]), _rank(PRECISION_ORDER, item[0][1]))
-    )
+    return sorted(both.items(), key=lambda item: (_rank(TARGET_ORDER, item[0][0]), _rank(PRECISION_ORDER, item[0][1])))
 
 
 def _verdict(accuracies: dict[str, float]) -> str:
@@ -488,9 +486,7 @@ def _html(results: dict[str, Any], table: list[dict[str, Any]], verdicts: list[s
     title = html.escape(_title(results))
     image = base64.b64encode(png).decode("ascii")
     verdict_html = (
-        _html_list(verdicts)
-        if verdicts
-        else "<p>No scratch baseline shares MACs with a pruned candidate here.</p>"
+        _html_list(verdicts) if verdicts else "<p>No scratch baseline shares MACs with a pruned candidate here.</p>"
     )
     return "\n".join(
         [
@@ -552,9 +548,7 @@ def _round(value: float | None) -> float | None:
 
 def _csv(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
     """One line per results row, in table order: the raw fields plus the computed Δ and speedup."""
-    records = [
-        _flat(raw) | {key: _round(computed[key]) for key in ("delta_pts", "speedup")} for raw, computed in pairs
-    ]
+    records = [_flat(raw) | {key: _round(computed[key]) for key in ("delta_pts", "speedup")} for raw, computed in pairs]
     fields = list(dict.fromkeys(key for record in records for key in record))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -678,17 +672,13 @@ def _legend(axes: Any, points: list[dict[str, Any]], colours: dict[str, str]) ->
     headers = ["Target", "Kind", "Precision"]
     handles = [entry(headers[0], linestyle="none")]
     handles += [
-        entry(
-            f"{t}, {threads[t]} threads" if threads[t] else t, color=c, linestyle="none", marker="o", markersize=9
-        )
+        entry(f"{t}, {threads[t]} threads" if threads[t] else t, color=c, linestyle="none", marker="o", markersize=9)
         for t, c in colours.items()
     ]
     handles += [entry("Pareto front (per target)", color="#444444", linestyle="--")]
     handles += [entry(headers[1], linestyle="none")]
     handles += [entry(KIND_LABELS.get(k, k), **_marker_style(k, "fp32", "#444444")) for k in kinds]
-    handles += (
-        [entry("dense fp32 (ringed)", **(_ring("#444444") | {"markersize": 15}))] if "dense" in kinds else []
-    )
+    handles += [entry("dense fp32 (ringed)", **(_ring("#444444") | {"markersize": 15}))] if "dense" in kinds else []
     handles += [entry(headers[2], linestyle="none")]
     handles += [entry(p, **(_marker_style("", p, "#444444") | {"marker": "o"})) for p in precisions]
     legend = axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=10)

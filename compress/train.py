@@ -75,8 +75,12 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
     step, epoch_loss = 0, float("nan")
     model.train()
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        transient=True,
     ) as progress:
         bar = progress.add_task(job.label, total=total, loss=float("nan"))
         for epoch in range(job.epochs):

@@ -7,10 +7,10 @@ one runtime (tflite-runtime, ai-edge-litert or openvino) can run the runners and
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Runner(Protocol):
     path: Path
     runtime: str  # "<package> <version>", e.g. "ai_edge_litert 2.3.0"
     input_shape: tuple[int, ...]  # static shape of one inference, batch included (usually 1)
+    threads: int  # the CPU threads the runtime was opened with (a benchmark reports it)
 
     def predict(self, x: np.ndarray) -> list[np.ndarray]:
         """Run a batch of any size (split into the file's static batch); one float32 array per output."""
@@ -47,6 +48,70 @@ class Runner(Protocol):
         """Copy `x` (one static-shape input) into the runtime once and return a call that runs inference
         on it and nothing else: the benchmark times only that call."""
         ...
+
+    def outputs(self) -> list[np.ndarray]:
+        """The outputs of the last inference, float32 (dequantised), in the model's output order."""
+        ...
+
+
+def check_export_args(target: str, precision: str, supported: Iterable[str], calibration: np.ndarray | None) -> None:
+    """Refuse an export the target cannot do, before any slow conversion starts."""
+    supported = tuple(supported)
+    if precision not in supported:
+        raise EdgecompError(
+            f"{target} cannot export precision {precision!r}{did_you_mean(precision, supported)}; "
+            f"it exports: {', '.join(supported)}"
+        )
+    if precision == "int8" and (calibration is None or np.ndim(calibration) != 4 or len(calibration) == 0):
+        shape = None if calibration is None else np.shape(calibration)
+        raise EdgecompError(f"{target} int8 needs calibration samples shaped (N, C, H, W), got {shape}")
+
+
+# Lines of a converter's message that say what went wrong, best first; runtimes wrap the one useful
+# line in "Exception from <file>" / "Check '...' failed" frames and dumps of the graph.
+_KEY_LINE_MARKERS = ("error:", "no conversion rule", "lowering not found", "not supported", "unsupported")
+_FRAME_PREFIXES = ("Exception from ", "Check '", "Traceback", "File ")
+
+
+def key_error_line(error: BaseException, max_chars: int = 300) -> str:
+    """The one line of a long converter or runtime error that names the problem."""
+    lines = [line.strip().removeprefix("-- ") for line in str(error).splitlines() if line.strip()]
+    marked = [line for line in lines if any(m in line.lower() for m in _KEY_LINE_MARKERS)]
+    plain = [line for line in lines if not line.startswith(_FRAME_PREFIXES)]
+    line = (marked or plain or lines or [""])[0]
+    line = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return line if len(line) <= max_chars else line[: max_chars - 3] + "..."
+
+
+def export_failed(target: str, precision: str, error: BaseException) -> EdgecompError:
+    """The error to raise (``from error``) when a converter rejects a model."""
+    return EdgecompError(
+        f"{target} {precision} export failed: {key_error_line(error)} "
+        "(an op this converter cannot handle? replace it, or drop this target from the recipe; "
+        "--debug shows the converter's full message)"
+    )
+
+
+def predict_in_batches(runner: Runner, x: np.ndarray) -> list[np.ndarray]:
+    """`Runner.predict` for any runner: a batch of any size, one static batch at a time through `bind`,
+    so predictions and benchmarks run the very same inference call.
+
+    The last chunk is zero-padded to the static batch and its padding dropped from the outputs.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    shape = tuple(runner.input_shape)
+    if x.ndim != len(shape) or x.shape[1:] != shape[1:]:
+        raise EdgecompError(f"input of shape {x.shape} does not fit the model's input {shape} (batch may differ)")
+    step = shape[0]
+    chunks = []
+    for start in range(0, len(x), step):
+        chunk = x[start : start + step]
+        n = len(chunk)
+        if n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n, *shape[1:]), np.float32)])
+        runner.bind(chunk)()
+        chunks.append([out[:n] for out in runner.outputs()])
+    return [np.concatenate(outs) for outs in zip(*chunks, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,13 @@ def test_pruning_shrinks_and_keeps_classes(arch: str, importance: str) -> None:
     model = build_model(spec, num_classes=10).eval()
     dense_macs, dense_params = count(model, EXAMPLE[:1])
     batches = lambda: [(EXAMPLE, torch.tensor([0, 1]))]  # noqa: E731
-    prune(model, EXAMPLE[:1], PruneSpec(importance=importance, ratio=0.5, iterative_steps=2), batches, F.cross_entropy)
+    prune(
+        model,
+        EXAMPLE[:1],
+        PruneSpec(importance=importance, ratio=0.5, iterative_steps=2),
+        batches,
+        F.cross_entropy,
+    )
     macs, params = count(model, EXAMPLE[:1])
     assert macs < 0.6 * dense_macs and params < dense_params
     assert model(EXAMPLE).shape == (2, 10)
@@ -62,7 +68,7 @@ def test_pruned_checkpoint_round_trip(tmp_path) -> None:
 def test_checkpoint_for_another_architecture_is_refused(tmp_path) -> None:
     spec = ModelSpec(arch="mobilenet_v2", width_mult=0.5)
     save_checkpoint(build_model(spec, 10), tmp_path / "m.pt", spec, 10)
-    with pytest.raises(EdgecompError, match="not in this architecture|do not fit"):
+    with pytest.raises(EdgecompError, match=r"not in this architecture|do not fit"):
         load_checkpoint(tmp_path / "m.pt", ModelSpec(arch="mobilenet_v3_small"))
 
 
@@ -97,7 +103,13 @@ def test_distillation_criterion_blends_kd_and_labels() -> None:
 
 @pytest.mark.parametrize(
     ("epochs", "dense", "pruned", "cap", "expected"),
-    [(30, 100, 50, None, 60), (30, 100, 30, None, 100), (30, 100, 30, 50, 50), (10, 10, 10, None, 10), (0, 10, 5, None, 0)],
+    [
+        (30, 100, 50, None, 60),
+        (30, 100, 30, None, 100),
+        (30, 100, 30, 50, 50),
+        (10, 10, 10, None, 10),
+        (0, 10, 5, None, 0),
+    ],
 )
 def test_scratch_b_epochs_match_dense_compute(epochs, dense, pruned, cap, expected) -> None:
     assert scratch_b_epochs(epochs, dense, pruned, cap) == expected
@@ -141,7 +153,7 @@ def test_fashion_mnist_offline_message(tmp_path) -> None:
 
 
 def test_cifar10_without_files_says_where_to_point(tmp_path) -> None:
-    with pytest.raises(EdgecompError, match="set data.root"):
+    with pytest.raises(EdgecompError, match=r"set data\.root"):
         DATASETS.get("cifar10")(DataSpec(dataset="cifar10", root=str(tmp_path)))
 
 

@@ -173,9 +173,7 @@ def test_verdicts_per_target_when_no_pytorch_row_and_only_for_equal_macs() -> No
 
 
 def test_verdict_tie_claims_no_winner() -> None:
-    line = scratch_verdicts(
-        results_with([("kd", "pytorch", "fp32", 0.9500), ("scratch_b", "pytorch", "fp32", 0.9502)])
-    )
+    line = scratch_verdicts(results_with([("kd", "pytorch", "fp32", 0.9500), ("scratch_b", "pytorch", "fp32", 0.9502)]))
     assert "tie" in line[0] and "won" not in line[0]
 
 
@@ -257,9 +255,7 @@ def test_csv_has_one_line_per_row_with_flat_parity(results: dict[str, Any], tmp_
     with write_report(results, tmp_path)["csv"].open(newline="") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == len(results["rows"])
-    assert "parity" not in lines[0] and {"parity_max_abs_diff", "parity_top1_agreement", "speedup"} <= set(
-        lines[0]
-    )
+    assert "parity" not in lines[0] and {"parity_max_abs_diff", "parity_top1_agreement", "speedup"} <= set(lines[0])
     kd = find(lines, candidate="pruned-l2-0.5-kd", target="openvino", precision="int8", threads="2")
     raw = find(results["rows"], candidate="pruned-l2-0.5-kd", target="openvino", precision="int8", threads=2)
     assert float(kd["parity_max_abs_diff"]) == raw["parity"]["max_abs_diff"]

@@ -55,7 +55,11 @@ def imagefolder(spec: DataSpec) -> DataSplits:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = [path.name for path in _class_folders(root / "train")]
-        parts = [read_folder(root / part, classes, spec.image_size) for part in ("train", "val", "test") if (root / part).is_dir()]
+        parts = [
+            read_folder(root / part, classes, spec.image_size)
+            for part in ("train", "val", "test")
+            if (root / part).is_dir()
+        ]
         if len(parts) == 3:
             return build_splits(spec, mean, std, *parts)
         return with_validation(spec, mean, std, parts[0], parts[1], val_size=0.1)

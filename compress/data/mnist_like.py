@@ -52,7 +52,9 @@ def _fashion_root(spec: DataSpec) -> Path:
         if all(_find(root, stem) for pair in FASHION_FILES.values() for stem in pair):
             return root
     if spec.root:
-        raise EdgecompError(f"data.root {spec.root!r} lacks the four Fashion-MNIST idx files ({', '.join(FASHION_FILES['train'])}, ...)")
+        raise EdgecompError(
+            f"data.root {spec.root!r} lacks the four Fashion-MNIST idx files ({', '.join(FASHION_FILES['train'])}, ...)"
+        )
     _download_fashion(CACHE / "fashion_mnist")
     return CACHE / "fashion_mnist"
 

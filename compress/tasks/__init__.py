@@ -4,7 +4,7 @@ The pipeline asks the task, never branches on its name: a task supplies the trai
 over a split's outputs (whichever runtime produced them), and the parity of two runtimes' outputs.
 """
 
-from compress.tasks._base import TASKS, Task
 from compress.tasks import classification  # noqa: F401  (registers the task)
+from compress.tasks._base import TASKS, Task
 
 __all__ = ["TASKS", "Task"]

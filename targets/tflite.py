@@ -1,0 +1,239 @@
+"""TFLite (LiteRT): litert-torch converts, ai_edge_litert (else tflite_runtime) runs.
+
+fp32 is a plain ``litert_torch.convert``. int8 is full-integer post-training quantisation through PT2E:
+litert-torch's ``PT2EQuantizer`` (symmetric, per-channel weights, static activations) with torchao's
+``prepare_pt2e``/``convert_pt2e``; the file then has int8 input and output tensors, which the runner
+quantises and dequantises with each tensor's own scale and zero point.
+
+torch and litert_torch are imported only inside ``export``: a device runs ``load`` with numpy and one
+runtime installed.
+
+>>> path = export(model, torch.randn(1, 3, 32, 32), "int8", Path("m.tflite"), calibration, {"recipe": "q"})
+>>> load(path, threads=2).predict(images)[0].shape
+(len(images), num_classes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata as dist_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from targets import TARGETS
+from targets.base import EdgecompError, check_export_args, export_failed, key_error_line, predict_in_batches
+from targets.fileio import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+
+# fp32 logits through XNNPACK differ from PyTorch's by float rounding only (~1e-6 on a MobileNetV2
+# at 224); 1e-3 leaves room for larger logits and other CPUs while still catching a wrong layout.
+TOLERANCE = 1e-3
+
+_METADATA_NAME = "edgecomp"  # one flatbuffer metadata entry holding the metadata dict as JSON
+_TFLITE_FILE_IDENTIFIER = b"TFL3"
+_CALIBRATION_BATCH = 16
+
+
+def export(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    precision: str,
+    out: Path,
+    calibration: np.ndarray | None,
+    metadata: dict[str, str],
+) -> Path:
+    """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically."""
+    check_export_args("tflite", precision, TARGETS["tflite"].precisions, calibration)
+    model.eval()  # before export: a graph from torch.export refuses .eval()
+    try:
+        with _quiet_progress():
+            edge_model = _convert_int8(model, example, calibration) if precision == "int8" else _convert(model, example)
+        content = edge_model.model_content()
+    except Exception as e:
+        raise export_failed("tflite", precision, e) from e
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(_with_metadata(content, metadata))
+    return Path(out)
+
+
+def _convert(model: torch.nn.Module, example: torch.Tensor, **kwargs: Any) -> Any:
+    import litert_torch
+
+    return litert_torch.convert(model, (example,), **kwargs)
+
+
+def _convert_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> Any:
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    graph, batch = _calibration_graph(model, example)
+    prepared = prepare_pt2e(graph, quantizer)
+    samples = np.ascontiguousarray(calibration, dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(samples), batch):
+            prepared(torch.from_numpy(samples[start : start + batch]))
+    quantized = convert_pt2e(prepared, fold_quantize=False)
+    quantized.training = False  # traced from an eval model; exported graphs refuse .eval()
+    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, int]:
+    """The exported graph to calibrate, and how many samples it takes per call.
+
+    The batch dimension is made dynamic when the model allows it: PT2E's histogram observers cost
+    mostly per call, and MobileNetV2 at 224x224 calibrates 64 samples in ~30 s in batches of 16
+    against ~200 s one at a time. A model that pins its batch size is calibrated one sample at a time.
+    """
+    import torch
+
+    try:
+        batch_dim = torch.export.Dim("batch", min=1, max=4096)
+        pair = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialised, not traced
+        graph = torch.export.export(model, (pair,), dynamic_shapes=({0: batch_dim},)).module()
+        return graph, _CALIBRATION_BATCH
+    except Exception:  # any refusal of a dynamic batch means: use the static one
+        return torch.export.export(model, (example,)).module(), len(example)
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Silence litert-torch's own progress lines (edgecomp shows progress), unless the user set them."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def _with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
+    """Add `metadata` as one JSON flatbuffer metadata entry (runtimes ignore entries they don't know)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content))
+    if any(buffer.offset for buffer in model.buffers or []):  # >2 GB layout: offsets would break
+        return content
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = _METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=_TFLITE_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata dict `export` embedded in a .tflite file ({} for files made elsewhere)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes())
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == _METADATA_NAME.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return {}
+
+
+def size_bytes(path: Path) -> int:
+    """What the deployment ships, in bytes: the one .tflite file."""
+    return Path(path).stat().st_size
+
+
+def load(path: Path, threads: int | None = None) -> TFLiteRunner:
+    """Open a .tflite file in the installed TFLite runtime (XNNPACK on CPU)."""
+    return TFLiteRunner(Path(path), threads or os.cpu_count() or 1)
+
+
+def _interpreter_class() -> tuple[type, str]:
+    """The Interpreter class of the installed runtime and its "<package> <version>"."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, f"ai_edge_litert {dist_metadata.version('ai-edge-litert')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, f"tflite_runtime {dist_metadata.version('tflite-runtime')}"
+    except ImportError:
+        raise EdgecompError("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)") from None
+
+
+def _natural_key(name: str) -> list[Any]:
+    """Sort output_2 before output_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+class TFLiteRunner:
+    """One interpreter, reused for every inference; see `targets.base.Runner`."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        interpreter_class, self.runtime = _interpreter_class()
+        self.path = path
+        self.threads = threads
+        try:
+            self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except Exception as e:  # the runtime raises ValueError/RuntimeError with multi-line messages
+            raise EdgecompError(f"{path}: not a TFLite model this runtime can open ({key_error_line(e)})") from e
+        inputs = self._interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise EdgecompError(f"{path}: has {len(inputs)} inputs; edgecomp runs single-input models")
+        self._input = inputs[0]
+        self._outputs = self._output_details()
+        self.input_shape = tuple(int(d) for d in self._input["shape"])
+
+    def _output_details(self) -> list[dict[str, Any]]:
+        """Outputs in the model's order: by signature name (output_0, output_1, ...) when there is one,
+        since the interpreter's tensor order need not follow PyTorch's."""
+        signatures = self._interpreter.get_signature_list()
+        if not signatures:
+            return self._interpreter.get_output_details()
+        details = self._interpreter.get_signature_runner(next(iter(signatures))).get_output_details()
+        return [details[name] for name in sorted(details, key=_natural_key)]
+
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        return predict_in_batches(self, x)
+
+    def bind(self, x: np.ndarray) -> Callable[[], None]:
+        self._interpreter.set_tensor(self._input["index"], _quantize(np.asarray(x, np.float32), self._input))
+        return self._interpreter.invoke
+
+    def outputs(self) -> list[np.ndarray]:
+        return [_dequantize(self._interpreter.get_tensor(o["index"]), o) for o in self._outputs]
+
+
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float input as the tensor's dtype: q = round(x / scale) + zero_point, clipped to the dtype."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.ascontiguousarray(x, dtype=dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or scale == 0:
+        return q.astype(np.float32)  # also copies: the interpreter reuses its output buffer
+    return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny convolutional net and its exports, made once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import targets
+
+INPUT_SHAPE = (1, 3, 32, 32)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class TinyNet(nn.Module):
+    """MobileNet in miniature: conv-BN-ReLU, depthwise conv, global pool, linear classifier."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(3, 16, stride=2),
+            conv_bn_relu(16, 16, groups=16),
+            conv_bn_relu(16, 32, stride=2),
+            conv_bn_relu(32, 32, groups=32),
+        )
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def make_tiny_net(seed: int = 0) -> TinyNet:
+    """Random weights with non-trivial BN statistics (fresh BN layers would be identities) and logits
+    of a trained net's scale (a few units), so that tolerances on them mean something."""
+    torch.manual_seed(seed)
+    model = TinyNet()
+    nn.init.normal_(model.classifier.weight, std=2.0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_net() -> TinyNet:
+    return make_tiny_net()
+
+
+@pytest.fixture(scope="session")
+def calibration() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((64, *INPUT_SHAPE[1:])).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def exported(
+    tiny_net: TinyNet, calibration: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Path]:
+    """`exported(target, precision)`: the tiny net's file for that pair, exported on first use."""
+    folder = tmp_path_factory.mktemp("exports")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(target: str, precision: str) -> Path:
+        if (target, precision) not in cache:
+            out = folder / f"tiny-{target}-{precision}{targets.TARGETS[target].suffix}"
+            module = targets.get_target(target)
+            metadata = {"candidate": "tiny", "precision": precision}
+            cache[target, precision] = module.export(
+                tiny_net, torch.zeros(INPUT_SHAPE), precision, out, calibration, metadata
+            )
+        return cache[target, precision]
+
+    return get

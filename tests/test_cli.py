@@ -1,0 +1,78 @@
+"""The command line as a user meets it: real processes, exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edgecomp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+
+
+def quickstart_with(tmp_path: Path, change) -> Path:
+    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    change(recipe)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["train"].update(epoch=3), "train.epoch: unknown key"),
+        (lambda r: r["model"].update(weights="missing.pt"), "model.weights: no such file"),
+        (lambda r: r["model"].update(arch="mobilenet_v5"), "unknown model 'mobilenet_v5'"),
+        (lambda r: r["data"].update(dataset="mnist_digits"), "unknown data set 'mnist_digits'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, change, message: str) -> None:
+    done = edgecomp("run", str(quickstart_with(tmp_path, change)), cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    done = edgecomp(
+        "--debug", "run", str(quickstart_with(tmp_path, lambda r: r["train"].update(epoch=3))), cwd=tmp_path
+    )
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_bench_missing_and_unknown_files(tmp_path: Path) -> None:
+    missing = edgecomp("bench", "nope.tflite", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "model.pb").write_bytes(b"x")
+    unknown = edgecomp("bench", "model.pb", cwd=tmp_path)
+    assert unknown.returncode == 2 and "no target opens '.pb'" in unknown.stderr
+
+
+def test_listing_commands(tmp_path: Path) -> None:
+    assert "quickstart" in edgecomp("recipes", cwd=tmp_path).stdout
+    assert "mobilenet_v2" in edgecomp("models", cwd=tmp_path).stdout
+    assert "digits" in edgecomp("datasets", cwd=tmp_path).stdout
+    for command in ("run", "bench", "recipes", "models", "datasets"):
+        helped = edgecomp(command, "--help", cwd=tmp_path)
+        assert helped.returncode == 0 and "Usage" in helped.stdout
+
+
+def test_recipe_by_shipped_name_and_set_override_errors(tmp_path: Path) -> None:
+    done = edgecomp("run", "quickstart", "--set", "stages.9.prune.ratio=0.2", cwd=tmp_path)
+    assert done.returncode == 2 and "stages has no item '9'" in done.stderr

@@ -1,0 +1,110 @@
+"""The pipeline end to end on the quickstart (reduced epochs and size), and its stage caching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import targets
+from compress.pipeline import Pipeline
+from compress.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+REDUCED = [
+    "data.image_size=16",
+    "train.epochs=3",
+    "stages.1.finetune.epochs=1",
+    "baselines.max_epochs=4",
+    "bench.runs=5",
+    "bench.warmup=1",
+    "bench.threads=[1]",
+]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[dict, Path]:
+    run_dir = tmp_path_factory.mktemp("runs") / "quickstart"
+    return Pipeline(load_recipe(QUICKSTART, REDUCED), run_dir).run(), run_dir
+
+
+@pytest.mark.slow
+def test_quickstart_has_every_candidate_on_every_target(quickstart) -> None:
+    results, run_dir = quickstart
+    rows = results["rows"]
+    expected = {
+        (kind, target, precision)
+        for kind in ("dense", "kd", "scratch_e", "scratch_b")
+        for target, precision in [
+            ("pytorch", "fp32"),
+            ("tflite", "fp32"),
+            ("tflite", "int8"),
+            ("openvino", "fp32"),
+            ("openvino", "int8"),
+        ]
+    }
+    assert {(r["kind"], r["target"], r["precision"]) for r in rows} == expected
+    for name in ("results.json", "report.md", "report.html", "plot.png", "recipe.resolved.yaml", "manifest.json"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "results.json").read_text()) == results
+    assert not list(run_dir.rglob(".tmp-*")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_quickstart_numbers_are_real(quickstart) -> None:
+    results, _ = quickstart
+    rows = results["rows"]
+    by = {(r["kind"], r["target"], r["precision"]): r for r in rows}
+    assert by["dense", "pytorch", "fp32"]["accuracy"] > 0.5  # 3 epochs at 16x16: far above 10% chance
+    assert by["kd", "pytorch", "fp32"]["macs"] <= 0.6 * by["dense", "pytorch", "fp32"]["macs"]
+    assert by["scratch_b", "pytorch", "fp32"]["epochs"] == 4  # capped by baselines.max_epochs
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms_p50"] > 0
+        if row["target"] != "pytorch":
+            # A 3-epoch 16x16 model has close logits, so int8 flips some: far above chance (10%), not 95%.
+            assert row["size_bytes"] > 0
+            assert row["parity"]["top1_agreement"] >= (0.99 if row["precision"] == "fp32" else 0.4)
+        if row["precision"] == "fp32" and row["target"] != "pytorch":
+            reference = by[row["kind"], "pytorch", "fp32"]
+            assert abs(row["accuracy"] - reference["accuracy"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_exported_files_load_and_predict(quickstart) -> None:
+    _, run_dir = quickstart
+    files = sorted(p for p in (run_dir / "exports").rglob("*") if p.suffix in (".tflite", ".xml"))
+    assert len(files) == 16
+    for path in files:
+        runner = targets.load_runner(path)
+        (logits,) = runner.predict(np.zeros((2, 3, 16, 16), np.float32))
+        assert logits.shape == (2, 10)
+
+
+def stage_times(run_dir: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in run_dir.glob("*/model.pt")}
+
+
+def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path) -> None:
+    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.max_epochs=1", "bench.runs=2"]
+    recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
+    run_dir = tmp_path / "q"
+    first = Pipeline(recipe, run_dir).run()
+    times = stage_times(run_dir)
+    assert set(times) == {"dense", "prune", "finetune", "scratch_e", "scratch_b"}
+
+    second = Pipeline(recipe, run_dir).run()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(stage["cached"] for stage in manifest["stages"].values())
+    assert stage_times(run_dir) == times
+    assert [r["accuracy"] for r in second["rows"]] == [r["accuracy"] for r in first["rows"]]
+
+    changed = load_recipe(QUICKSTART, [*overrides, "stages.1.finetune.epochs=2"]).model_copy(update={"exports": []})
+    Pipeline(changed, run_dir).run()
+    after = stage_times(run_dir)
+    assert [name for name in times if after[name] != times[name]] == ["finetune"]
+
+    Pipeline(changed, run_dir, force=True).run()
+    assert all(t != after[name] for name, t in stage_times(run_dir).items())
