@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench reports install clean
 
 # Reinstall only when the dependency pins change.
 $(INSTALLED): pyproject.toml
@@ -24,6 +24,13 @@ lint: $(INSTALLED)
 
 test: lint
 	$(BIN)/pytest
+
+# The committed reports of the shipped CPU recipes, regenerated from scratch.
+reports: $(INSTALLED)
+	$(BIN)/edgecomp run recipes/quickstart.yaml --force
+	mkdir -p reports/quickstart
+	cp runs/quickstart/report.md runs/quickstart/report.html runs/quickstart/plot.png \
+	   runs/quickstart/results.json runs/quickstart/results.csv reports/quickstart/
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_targets.py
