@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compress import report
+from compress.recipe import ReportSpec
 from compress.report import pareto_front, plot_points, scratch_verdicts, table_rows, write_report
 from targets.base import EdgecompError
 
@@ -195,7 +196,7 @@ def test_markdown_has_one_table_line_per_row(results: dict[str, Any], tmp_path: 
     md = write_report(results, tmp_path)["md"].read_text()
     table = [line for line in md.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(results["rows"])  # header and separator
-    assert "![accuracy vs latency](plot.png)" in md
+    assert "](plot.png)" in md
     assert "edgecomp run recipes/quickstart.yaml" in md and "AMD EPYC 7B13" in md
     for kind, target, precision, threads in [("kd", "openvino", "int8", 2), ("scratch_b", "tflite", "fp32", 1)]:
         raw = find(results["rows"], kind=kind, target=target, precision=precision, threads=threads)
@@ -246,9 +247,21 @@ def test_plot_is_a_non_blank_png(results: dict[str, Any], tmp_path: Path) -> Non
     assert pixels[..., :3].std() > 0.05
 
 
-def test_plot_uses_log_axis_for_a_wide_latency_range(results: dict[str, Any]) -> None:
+def test_plot_has_a_panel_per_target_and_one_for_macs(results: dict[str, Any]) -> None:
     figure = report._figure(results, table_rows(results))
-    assert figure.axes[0].get_xscale() == "log"  # fixture spans 0.09 to 3.9 ms
+    titles = [axes.get_title(loc="left") for axes in figure.axes if axes.get_visible()]
+    assert titles == ["pytorch, 2 threads", "tflite, 2 threads", "openvino, 2 threads", "all targets: against MACs"]
+    assert all(axes.get_xscale() == "linear" for axes in figure.axes)  # each target spans less than 10x
+
+
+def test_plot_uses_log_axis_for_a_wide_latency_range(results: dict[str, Any]) -> None:
+    wide = copy.deepcopy(results)
+    for row in wide["rows"]:
+        if row["target"] == "tflite" and row["kind"] == "dense":
+            row["latency_ms_p50"] *= 100
+    figure = report._figure(wide, table_rows(wide))
+    scales = {axes.get_title(loc="left"): axes.get_xscale() for axes in figure.axes}
+    assert scales["tflite, 2 threads"] == "log" and scales["openvino, 2 threads"] == "linear"
 
 
 def test_csv_has_one_line_per_row_with_flat_parity(results: dict[str, Any], tmp_path: Path) -> None:
@@ -291,3 +304,259 @@ def test_failed_rewrite_keeps_the_old_report_whole(results: dict[str, Any], tmp_
 def test_import_is_cheap() -> None:
     code = "import sys, compress.report; assert not {'matplotlib', 'torch'} & set(sys.modules), sys.modules.keys()"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------- pareto in the table
+
+
+def test_table_marks_the_pareto_set_of_each_target_and_thread_count(results: dict[str, Any], tmp_path: Path) -> None:
+    table = table_rows(results)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in results["rows"]:
+        groups.setdefault((row["target"], row["threads"]), []).append(row)
+    expected = set()
+    for rows in groups.values():
+        front = brute_force_front([(r["latency_ms_p50"], r["accuracy"]) for r in rows])
+        expected |= {(rows[i]["candidate"], rows[i]["target"], rows[i]["precision"], rows[i]["threads"]) for i in front}
+    marked = {(r["candidate"], r["target"], r["precision"], r["threads"]) for r in table if r["front"]}
+    assert marked == expected
+    assert ("pruned-l2-0.5-kd", "tflite", "fp32", 2) in marked and ("scratch-e", "tflite", "fp32", 2) not in marked
+    md = write_report(results, tmp_path)["md"].read_text()
+    assert sum(line.endswith("| yes |") for line in md.splitlines()) == len(expected)
+
+
+# ---------------------------------------------------------------------------------------------- recommendation
+
+
+def timed(candidate: str, kind: str, target: str, precision: str, accuracy: float, p50: float) -> dict[str, Any]:
+    return {
+        "candidate": candidate,
+        "kind": kind,
+        "target": target,
+        "precision": precision,
+        "accuracy": accuracy,
+        "latency_ms_p50": p50,
+        "threads": 2,
+        "macs": 1_000_000 if kind == "dense" else 400_000,
+    }
+
+
+def picks(rows: list[dict[str, Any]], **constraints: float) -> dict[str, report.Recommendation]:
+    results = {"schema": 1, "recipe": "t", "metric": "top1", "rows": rows}
+    return {pick.target: pick for pick in report.recommend(table_rows(results), ReportSpec(**constraints))}
+
+
+CASE = [
+    timed("dense", "dense", "pytorch", "fp32", 0.950, 10.0),
+    timed("dense", "dense", "tflite", "fp32", 0.950, 4.0),
+    timed("dense", "dense", "tflite", "int8", 0.930, 3.0),  # int8's own loss: 2 points below dense fp32
+    timed("kd", "kd", "tflite", "fp32", 0.945, 2.0),
+    timed("kd", "kd", "tflite", "int8", 0.940, 1.0),
+    timed("ft", "finetune", "tflite", "fp32", 0.945, 1.5),  # as accurate as kd fp32 and faster
+    timed("tiny", "finetune", "tflite", "int8", 0.800, 0.5),
+]
+
+
+def chosen(pick: report.Recommendation) -> tuple[str, str] | None:
+    return None if pick.row is None else (pick.row["candidate"], pick.row["precision"])
+
+
+def test_budget_met_by_several_rows_picks_the_most_accurate_then_the_faster() -> None:
+    found = picks(CASE, latency_budget_ms=2.0)
+    assert chosen(found["tflite"]) == ("ft", "fp32")  # kd fp32 ties on accuracy, ft is faster
+    assert found["tflite"].text.startswith("ft (pruned+ft), fp32, 2 threads: 94.5%, -0.5 pts vs dense fp32 pytorch")
+    assert chosen(picks(CASE, latency_budget_ms=1.0)["tflite"]) == ("kd", "int8")
+    assert chosen(picks(CASE, latency_budget_ms=100)["tflite"]) == ("dense", "fp32")
+
+
+def test_budget_met_by_none_says_so_and_how_far_off() -> None:
+    found = picks(CASE, latency_budget_ms=0.4)
+    assert found["tflite"].row is None and found["pytorch"].row is None
+    assert found["tflite"].text == "no row meets the constraints (fastest p50 0.500 ms)"
+    assert "fastest p50 10.0 ms" in found["pytorch"].text
+
+
+def test_max_drop_picks_the_fastest_within_it_against_dense_fp32_pytorch() -> None:
+    assert chosen(picks(CASE, max_accuracy_drop=1.0)["tflite"]) == ("kd", "int8")  # 0.95 -> 0.94: exactly 1.0 pt
+    assert chosen(picks(CASE, max_accuracy_drop=0.5)["tflite"]) == ("ft", "fp32")
+    assert chosen(picks(CASE, max_accuracy_drop=0.0)["tflite"]) == ("dense", "fp32")
+    assert chosen(picks(CASE, max_accuracy_drop=20)["tflite"]) == ("tiny", "int8")
+    # dense int8 is 2 points below dense fp32: its own quantization loss counts
+    assert all(chosen(picks(CASE, max_accuracy_drop=d)["tflite"]) != ("dense", "int8") for d in (0.5, 1.5, 2.0))
+
+
+def test_max_drop_met_by_none_and_without_a_dense_reference() -> None:
+    worse = [row | {"accuracy": row["accuracy"] - 0.05} for row in CASE if row["kind"] != "dense"] + CASE[:1]
+    assert picks(worse, max_accuracy_drop=1.0)["tflite"].text == "no row meets the constraints (smallest drop 5.5 pts)"
+    headless = [row for row in CASE if row["kind"] != "dense"]
+    assert "no dense fp32 row" in picks(headless, max_accuracy_drop=1.0)["tflite"].text
+    assert chosen(picks(headless, latency_budget_ms=1.0)["tflite"]) == ("kd", "int8")  # a budget needs no reference
+
+
+def test_both_constraints_and_the_dense_reference_of_the_target_when_no_pytorch_row() -> None:
+    assert chosen(picks(CASE, latency_budget_ms=1.9, max_accuracy_drop=1.0)["tflite"]) == ("ft", "fp32")
+    no_pytorch = [row for row in CASE if row["target"] != "pytorch"]
+    found = picks(no_pytorch, max_accuracy_drop=0.5)
+    assert chosen(found["tflite"]) == ("ft", "fp32") and "vs dense fp32 tflite" in found["tflite"].text
+
+
+def test_no_constraint_no_pick_and_the_report_says_how_to_ask(results: dict[str, Any], tmp_path: Path) -> None:
+    assert report.recommend(table_rows(results), None) == report.recommend(table_rows(results), ReportSpec()) == []
+    md = write_report(results, tmp_path)["md"].read_text()
+    assert "No constraint set" in md and "latency_budget_ms" in md
+
+
+def test_recommendation_in_the_report(results: dict[str, Any], tmp_path: Path) -> None:
+    paths = write_report(results, tmp_path, ReportSpec(latency_budget_ms=0.1))
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "- tflite: pruned-l2-0.5-kd (pruned+KD), fp32, 2 threads: 96.9%" in md
+    assert "- openvino: pruned-l2-0.5-kd (pruned+KD), int8, 2 threads: 96.7%" in md
+    assert "- pytorch: no row meets the constraints" in md
+    assert page.count('<tr class="pick"') == 2
+
+
+# ---------------------------------------------------------------------------------------------- architectures
+
+
+def arch_row(candidate: str, kind: str, accuracy: float, arch: str | None, macs: int) -> dict[str, Any]:
+    row = {"candidate": candidate, "kind": kind, "target": "pytorch", "precision": "fp32", "accuracy": accuracy}
+    return row | {"macs": macs} | ({"arch": arch} if arch else {})
+
+
+def test_verdicts_group_by_arch_and_name_several_candidates_of_one_kind() -> None:
+    rows = [
+        arch_row("l2-kd", "kd", 0.95, "aaaaaaaaaaaa", 500_000),
+        arch_row("l1-kd", "kd", 0.96, "aaaaaaaaaaaa", 500_000),
+        arch_row("l2-ft", "finetune", 0.93, "aaaaaaaaaaaa", 500_000),
+        arch_row("scratch-e", "scratch_e", 0.94, "aaaaaaaaaaaa", 500_000),
+        arch_row("other-kd", "kd", 0.90, "bbbbbbbbbbbb", 500_000),  # same MACs, another architecture
+        arch_row("other-scratch-b", "scratch_b", 0.92, "bbbbbbbbbbbb", 500_000),
+    ]
+    first, second = scratch_verdicts({"schema": 1, "rows": rows})
+    assert first.startswith("0.50 M MACs (arch aaaaaaaa), pytorch fp32: l1-kd (pruned+KD) 96.0%")
+    assert "(and l2-kd (pruned+KD) 95.0%, pruned+ft 93.0%) vs Scratch-E 94.0% (+2.0 pts)" in first
+    assert second.startswith("0.50 M MACs (arch bbbbbbbb), pytorch fp32: pruned+KD 90.0% vs Scratch-B 92.0%")
+    assert "Scratch-B won by 2.0 pts" in second
+
+
+def test_verdicts_fall_back_to_macs_without_arch() -> None:
+    rows = [arch_row("kd", "kd", 0.95, None, 500_000), arch_row("se", "scratch_e", 0.94, None, 500_000)]
+    rows.append(arch_row("se-big", "scratch_e", 0.99, None, 900_000))
+    [line] = scratch_verdicts({"schema": 1, "rows": rows})
+    assert line.startswith("0.50 M MACs, pytorch fp32: pruned+KD 95.0% vs Scratch-E 94.0%")
+
+
+# ---------------------------------------------------------------------------------------------- several runs
+
+
+def two_machines(results: dict[str, Any]) -> list[dict[str, Any]]:
+    other = copy.deepcopy(results)
+    other["device"]["cpu"] = "Cortex-A76"
+    other["device"]["cores"] = 4
+    for row in other["rows"]:
+        row["latency_ms_p50"] *= 3
+    return [results, other]
+
+
+def test_combined_runs_get_a_run_column_and_compare_within_a_run(results: dict[str, Any], tmp_path: Path) -> None:
+    combined = report.combine_runs(two_machines(results))
+    table = table_rows(combined)
+    labels = ["quickstart @ AMD EPYC 7B13, 2 cores", "quickstart @ Cortex-A76, 4 cores"]
+    assert sorted({row["run"] for row in table}) == labels and len(table) == 2 * len(results["rows"])
+    slow = find(table, run=labels[1], candidate="pruned-l2-0.5-kd", target="tflite", precision="int8", threads=2)
+    fast = find(table, run=labels[0], candidate="pruned-l2-0.5-kd", target="tflite", precision="int8", threads=2)
+    assert slow["speedup"] == pytest.approx(fast["speedup"])  # against the dense row of its own machine
+    paths = write_report(combined, tmp_path, ReportSpec(latency_budget_ms=0.15))
+    md = paths["md"].read_text()
+    assert md.count(f"| {labels[1]} | ") == len(results["rows"])
+    assert f"- {labels[0]}, tflite: pruned-l2-0.5-kd" in md and f"- {labels[1]}, tflite: no row meets" in md
+    assert md.count("## Reproduce") == 1 and md.count("### quickstart @") == 2
+
+
+def test_same_recipe_same_machine_runs_are_numbered(results: dict[str, Any]) -> None:
+    combined = report.combine_runs([results, copy.deepcopy(results)])
+    assert [run["label"] for run in combined["runs"]] == [
+        "quickstart @ AMD EPYC 7B13, 2 cores #1",
+        "quickstart @ AMD EPYC 7B13, 2 cores #2",
+    ]
+
+
+def test_runs_with_different_metrics_do_not_mix(results: dict[str, Any]) -> None:
+    with pytest.raises(EdgecompError, match="different metrics"):
+        report.combine_runs([results, results | {"metric": "map50"}])
+
+
+def run_dir(tmp_path: Path, name: str, results: Any) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "results.json").write_text(results if isinstance(results, str) else json.dumps(results))
+    return folder
+
+
+def test_report_runs_reads_run_dirs_and_the_recipes_report_section(results: dict[str, Any], tmp_path: Path) -> None:
+    first, second = (run_dir(tmp_path, name, r) for name, r in zip("ab", two_machines(results), strict=True))
+    for folder in (first, second):
+        (folder / "recipe.resolved.yaml").write_text("name: quickstart\nreport: {latency_budget_ms: 0.1}\n")
+    paths = report.report_runs([first, second], tmp_path / "out")
+    assert paths["md"].parent == tmp_path / "out" and "p50 latency at most 0.1 ms" in paths["md"].read_text()
+    paths = report.report_runs([first], max_accuracy_drop=1.0)  # options replace the recipe's section
+    assert paths["md"] == first / "report.md" and "at most 1 pts below" in paths["md"].read_text()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, r: tmp / "nowhere", "no such run directory"),
+        (lambda tmp, r: (tmp / "empty").mkdir() or tmp / "empty", "results.json: not found"),
+        (lambda tmp, r: run_dir(tmp, "broken", "{not json"), "not valid results JSON"),
+        (lambda tmp, r: run_dir(tmp, "v2", r | {"schema": 2}), "schema 2 is not 1"),
+        (lambda tmp, r: run_dir(tmp, "list", [1, 2]), "expected a JSON object"),
+        (lambda tmp, r: run_dir(tmp, "text", r | {"rows": [r["rows"][0] | {"accuracy": "high"}]}), "must be numbers"),
+    ],
+)
+def test_bad_run_dirs_are_one_line_user_errors(results: dict[str, Any], tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(EdgecompError, match=message) as error:
+        report.report_runs([make(tmp_path, results)], tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_constraints_and_several_runs_without_out(results: dict[str, Any], tmp_path: Path) -> None:
+    folder = run_dir(tmp_path, "a", results)
+    with pytest.raises(EdgecompError, match="latency_budget_ms"):
+        report.report_runs([folder], latency_budget_ms=-1)
+    with pytest.raises(EdgecompError, match="--out"):
+        report.report_runs([folder, folder])
+
+
+def edgecomp(*args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=root, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_cli_report_over_two_runs_and_its_errors(results: dict[str, Any], tmp_path: Path) -> None:
+    first, second = (run_dir(tmp_path, name, r) for name, r in zip("ab", two_machines(results), strict=True))
+    done = edgecomp("report", str(first), str(second), "--out", str(tmp_path / "out"), "--max-accuracy-drop", "1")
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (tmp_path / "out").iterdir()} == FILES
+    assert "| quickstart @ Cortex-A76, 4 cores |" in (tmp_path / "out" / "report.md").read_text()
+    failed = edgecomp("report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out2"))
+    assert failed.returncode == 2 and "no such run directory" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def test_source_commit_is_this_checkout_or_none() -> None:
+    commit = report.source_commit()
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
+
+
+def test_reproduce_block_has_commit_seed_versions_and_command(results: dict[str, Any], tmp_path: Path) -> None:
+    md = write_report(results | {"git_commit": "0123abc"}, tmp_path)["md"].read_text()
+    assert "- git commit: 0123abc" in md and "- seed: 0" in md and "torch 2.14.1" in md
+    assert "```\nedgecomp run recipes/quickstart.yaml\n```" in md
