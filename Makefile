@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench reports install clean
+.PHONY: demo test lint bench reports install clean fuzz chaos arm-check
 
 # Reinstall only when the dependency pins change.
 $(INSTALLED): pyproject.toml
@@ -32,8 +32,20 @@ reports: $(INSTALLED)
 	cp runs/quickstart/report.md runs/quickstart/report.html runs/quickstart/plot.png \
 	   runs/quickstart/results.json runs/quickstart/results.csv reports/quickstart/
 
+# Issue #8's long versions: 1,000+ generated bad recipes; ten SIGKILLs of a running recipe (CI runs fewer).
+fuzz: $(INSTALLED)
+	EDGECOMP_FUZZ_EXAMPLES=1000 $(BIN)/pytest -m fuzz --hypothesis-show-statistics
+
+chaos: $(INSTALLED)
+	EDGECOMP_CHAOS_KILLS=10 $(BIN)/pytest -m chaos
+
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_targets.py
+
+# Every quickstart export (runs/quickstart from `make demo`, else a reduced run) on aarch64 under qemu
+# against x86: sysroot and aarch64 wheels built once into ~/.cache/edgecomp/arm. Correctness, not speed.
+arm-check: $(INSTALLED)
+	$(BIN)/python -m arm.check
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from targets.base import EdgecompError
@@ -61,15 +62,21 @@ def run(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, ignoring cached results.")] = False,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories go.")] = Path("runs"),
+    trust: Annotated[
+        bool, typer.Option("--trust", help="Let model.weights be a pickled module (runs its code: trusted files only).")
+    ] = False,
 ) -> None:
     """Run a recipe end to end; writes runs/<name>/ with results.json and the report."""
+    from compress.models import trusted_pickles
     from compress.pipeline import Pipeline
     from compress.recipe import load_recipe
+    from compress.runlock import run_lock
 
     parsed = load_recipe(_recipe_path(recipe), overrides=set_ or [])
     run_dir = runs_dir / parsed.name
     command = shlex.join(["edgecomp", *sys.argv[1:]])
-    results = Pipeline(parsed, run_dir, force=force, command=command, console=errors).run()
+    with run_lock(run_dir), trusted_pickles(trust):
+        results = Pipeline(parsed, run_dir, force=force, command=command, console=errors).run()
     console.print(results_table(results))
     console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
 
@@ -108,18 +115,24 @@ def results_table(results: dict) -> Table:
 
 @app.command()
 def bench(
-    model_file: Annotated[Path, typer.Argument(help="A .tflite file or an OpenVINO .xml (its .bin beside it).")],
+    model_file: Annotated[
+        Path, typer.Argument(help="A .tflite, .onnx or OpenVINO .xml file (its .bin beside it), made here or not.")
+    ],
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 100,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", min=0.001, help="Time runs for this many seconds instead.")
+    ] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 10,
+    batch: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the file's).")] = None,
+    shape: Annotated[str | None, typer.Option(help="Input shape such as 1x3x224x224, for dynamic inputs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Latency of one model file in its runtime: p50 / p90 / mean over timed runs."""
-    import targets
-    from targets.bench import benchmark
+    """Latency of one model file in its runtime: p50 / p90 / mean over timed runs, throughput, peak memory."""
+    from targets.bench import benchmark, open_for_bench, parse_shape
 
-    runner = targets.load_runner(model_file, threads=threads)
-    result = benchmark(runner, warmup=warmup, runs=runs)
+    runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
+    result = benchmark(runner, warmup=warmup, runs=runs, time_budget_s=time_budget)
     if as_json:
         console.print_json(result.to_json())
         return
@@ -129,6 +142,27 @@ def bench(
     for key, value in result.as_dict().items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/<name>), one or more.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where the report goes (default: the run directory, if one).")
+    ] = None,
+    latency_budget_ms: Annotated[
+        float | None, typer.Option("--latency-budget-ms", help="Recommend the most accurate row within this p50.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option("--max-accuracy-drop", help="Points below dense fp32 PyTorch a recommended row may lose."),
+    ] = None,
+) -> None:
+    """Write one report (md, html, plot, csv) over one or more runs, e.g. one recipe on two machines."""
+    from compress.report import report_runs
+
+    paths = report_runs(run_dirs, out, latency_budget_ms=latency_budget_ms, max_accuracy_drop=max_accuracy_drop)
+    console.print(f"Report: {paths['md']}  (also {paths['html'].name}, {paths['plot'].name}, {paths['csv'].name})")
 
 
 @app.command()
@@ -160,18 +194,42 @@ def datasets() -> None:
         console.print(name)
 
 
+def _fail(message: str) -> None:
+    """One red line (the message is text, never rich markup: it may quote a user's key) and exit code 2."""
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, emoji=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _os_error_message(error: OSError) -> str:
+    """A full disk or a folder that cannot be written, in one line that says what to do."""
+    where = f"{error.filename}: " if error.filename else ""
+    return (
+        f"{where}{error.strerror or error} (errno {error.errno}); finished stages are kept: "
+        "free space or fix the permissions, then run the same command again to resume"
+    )
+
+
+def _interrupted() -> None:
+    command = shlex.join(["edgecomp", *sys.argv[1:]])
+    errors.print(
+        f"interrupted: finished stages are saved; to resume, run the same command again: {command}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    sys.exit(130)
+
+
 def main() -> None:
     """The console script: user errors become one red line and exit code 2 (tracebacks with --debug)."""
     try:
-        app(standalone_mode=False)
-    except EdgecompError as error:
+        code = app(standalone_mode=False)  # typer returns 130 for Ctrl-C, and typer.Exit's code, when not standalone
+    except (EdgecompError, OSError) as error:
         if state["debug"]:
             raise
-        errors.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(error) if isinstance(error, EdgecompError) else _os_error_message(error))
     except KeyboardInterrupt:
-        errors.print("interrupted: finished stages are saved; run the same command again to resume")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except typer.Abort:
@@ -183,6 +241,10 @@ def main() -> None:
             error.show()
             sys.exit(error.exit_code)
         raise
+    if code == 130:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

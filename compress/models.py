@@ -11,8 +11,12 @@ a pruned model is rebuilt from its base architecture without pickled modules and
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -28,6 +32,8 @@ Builder = Callable[[ModelSpec, int], nn.Module]
 MODELS: Registry[Builder] = Registry("model")
 
 CHECKPOINT_FORMAT = 1
+# Unpickling runs code: a pickled module as model.weights loads only under `edgecomp run --trust`.
+TRUST_PICKLES: ContextVar[bool] = ContextVar("TRUST_PICKLES", default=False)
 
 
 def _stride1_stem(model: nn.Module) -> nn.Module:
@@ -58,7 +64,7 @@ def _import_builder(arch: str) -> Builder:
     module_name, _, function_name = arch.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
+    except (ImportError, AttributeError, ValueError, TypeError) as error:  # ':f' and '.relative:f' too
         raise EdgecompError(f"cannot import model builder {arch!r}: {error}") from None
     return lambda spec, num_classes: function(num_classes=num_classes)
 
@@ -106,6 +112,11 @@ def _layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
     }
 
 
+def architecture_id(model: nn.Module) -> str:
+    """A short hash of every layer's shape: two models share it iff they have the same architecture."""
+    return hashlib.sha256(json.dumps(_layer_shapes(model), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _reshape_layers(model: nn.Module, shapes: dict[str, dict[str, int]], state: dict[str, torch.Tensor]) -> None:
     """Resize layers to the saved (possibly pruned) shapes so that ``load_state_dict`` fits."""
     modules = dict(model.named_modules())
@@ -146,12 +157,21 @@ def load_checkpoint(path: Path, spec: ModelSpec | None = None) -> nn.Module:
     except FileNotFoundError:
         raise EdgecompError(f"{path}: no such checkpoint") from None
     except Exception as error:
+        if _unsafe_pickle(error):
+            raise EdgecompError(
+                f"{path}: refused: it holds pickled Python objects, which could run code when loaded; "
+                "edgecomp checkpoints hold only tensors, so this file is not one of them"
+            ) from None
         raise EdgecompError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {str(error)[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise EdgecompError(f"{path}: not an edgecomp checkpoint (format {CHECKPOINT_FORMAT})")
     spec = spec or ModelSpec.model_validate(payload["model"])
     model = build_model(spec, payload["num_classes"])
-    _reshape_layers(model, payload["layers"], payload["state_dict"])
+    saved = payload["model"].get("arch")
+    try:
+        _reshape_layers(model, payload["layers"], payload["state_dict"])
+    except EdgecompError as error:
+        raise EdgecompError(f"{path}: a {saved} checkpoint, not {spec.arch}: {error}") from None
     load_weights(model, payload["state_dict"], str(path))
     return model
 
@@ -165,13 +185,62 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         raise EdgecompError(f"{source}: weights do not fit this architecture: {detail}") from None
 
 
-def load_pretrained(model: nn.Module, path: str) -> None:
-    """Load a plain state dict (or an edgecomp checkpoint's) into `model`, safely."""
+def _unsafe_pickle(error: Exception) -> bool:
+    """torch.load(weights_only=True) met a pickled object that is not a tensor or a plain container."""
+    return "Weights only load failed" in str(error) and "Unsupported global" in str(error)
+
+
+@contextmanager
+def trusted_pickles(trust: bool) -> Iterator[None]:
+    """Within the block, `load_pretrained` unpickles whole modules when `trust` (`edgecomp run --trust`)."""
+    token = TRUST_PICKLES.set(trust)
     try:
-        payload = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+        yield
+    finally:
+        TRUST_PICKLES.reset(token)
+
+
+TORCHVISION_WEIGHTS = "torchvision"
+
+
+def load_pretrained(model: nn.Module, arch: str, source: str) -> None:
+    """Load `source` into `model`, safely: a state dict or edgecomp checkpoint path, or ``torchvision``
+    for torchvision's ImageNet weights of `arch` (downloaded, so online only). With another class count
+    than the weights', the classifier keeps its fresh init and everything else loads."""
+    if source == TORCHVISION_WEIGHTS:
+        state = _torchvision_state(arch)
+    else:
+        try:
+            payload = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
+        state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+        if not isinstance(state, dict):
+            raise EdgecompError(f"{source}: expected a state dict")
+    own = model.state_dict()
+    classifier = output_layer(model)
+    head = [f"{name}.{p}" for name, m in model.named_modules() if m is classifier for p in ("weight", "bias")]
+    state = {k: v for k, v in state.items() if not (k in head and k in own and v.shape != own[k].shape)}
+    load_weights(model, {**{k: own[k] for k in head if k in own}, **state}, source)
+
+
+def _torchvision_state(arch: str) -> dict[str, torch.Tensor]:
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError):
+        raise EdgecompError(f"torchvision has no pretrained weights for {arch!r}") from None
+    try:
+        return weights.get_state_dict(progress=False)
     except Exception as error:
-        raise EdgecompError(f"{path}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise EdgecompError(f"{path}: expected a state dict")
-    load_weights(model, state, path)
+        raise EdgecompError(
+            f"could not download torchvision's {weights} ({type(error).__name__}); offline, download "
+            f"{weights.url} elsewhere and set model.weights to the local .pth file"
+        ) from None
+
+
+def output_layer(model: nn.Module) -> nn.Module:
+    """The last Linear or Conv2d in module order: the classifier, whose outputs are the classes."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise EdgecompError("the model has no Linear or Conv2d layer")
+    return layers[-1]

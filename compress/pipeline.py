@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -29,12 +29,19 @@ from torch import nn
 import targets
 from compress import report
 from compress.data import DATASETS, DataSplits, as_numpy, make_loader
-from compress.distill import LogitsDistillation
+from compress.distill import Distillation
 from compress.eager import TorchRunner
 from compress.measure import count
-from compress.models import build_model, load_checkpoint, load_pretrained, reinitialize, save_checkpoint
+from compress.models import (
+    architecture_id,
+    build_model,
+    load_checkpoint,
+    load_pretrained,
+    reinitialize,
+    save_checkpoint,
+)
 from compress.prune import prune
-from compress.recipe import Recipe, Spec, dump_recipe
+from compress.recipe import Branch, DistillSpec, PruneSpec, Recipe, Spec, dump_recipe
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, seed_everything, supervised
 from targets.base import EdgecompError, Runner
@@ -59,7 +66,8 @@ class Candidate:
     epochs: int
     macs: int = 0
     params: int = 0
-    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # PyTorch outputs per split
+    arch: str = ""  # identifies the layer shapes: equal for candidates that share a pruned architecture
+    reference: list[np.ndarray] | None = None  # PyTorch outputs on the validation split
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,15 @@ class Pruned:
     step: str  # its lineage entry
     macs: int
     checkpoint: Path
+    arch: str  # architecture_id: criteria that prune to the same channel counts share scratch baselines
 
 
 def _key(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tagged(name: str, tag: str) -> str:
+    return f"{name}-{tag}" if tag else name
 
 
 def _dump(spec: Spec | None) -> dict | None:
@@ -131,66 +144,86 @@ class Pipeline:
             seed_everything(recipe.train.seed)
             model = build_model(recipe.model, self.num_classes)
             if recipe.model.weights:
-                load_pretrained(model, recipe.model.weights)
+                load_pretrained(model, recipe.model.arch, recipe.model.weights)
             return model, self._train(model, recipe.train.epochs, recipe.train.lr, self._label_criterion(), "dense")
 
         model, _, key = self._stage("dense", inputs, build)
         lineage = [f"dense({recipe.model.arch} x{recipe.model.width_mult:g}, {recipe.train.epochs} ep)"]
         return self._candidate("dense", "dense", lineage, model, key, recipe.train.epochs)
 
-    def pruned(self, dense: Candidate) -> Pruned:
-        spec = self.recipe.prune
-        assert spec is not None
+    def pruned(self, dense: Candidate, branch: Branch) -> Pruned:
+        spec = branch.prune
+        kind, value = spec.target
 
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(self.run_dir / "dense" / "model.pt", self.recipe.model)
             seed_everything(self.recipe.train.seed)
-            prune(model, self.example, spec, self._gradient_batches, self.task.loss(0.0))
+            prune(model, self.example, spec, self._gradient_batches, self.task.loss(0.0), self._between_steps(spec))
             macs, params = count(model, self.example)
-            return model, {"macs": macs, "params": params}
+            arch = architecture_id(model)
+            return model, {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
 
-        _, metrics, key = self._stage("prune", {"parent": dense.key, "prune": _dump(spec)}, build)
+        name = _tagged("prune", branch.prune_tag)
+        _, metrics, key = self._stage(name, {"parent": dense.key, "prune": _dump(spec)}, build)
         steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
-        step = f"prune({spec.importance}, ratio={spec.ratio:g}, {steps})"
-        return Pruned(key, step, metrics["macs"], self.run_dir / "prune" / "model.pt")
+        if spec.finetune_epochs_per_step:
+            steps += f" +{spec.finetune_epochs_per_step} ep each"
+        step = f"prune({spec.importance}, {kind}={value:g}, {steps})"
+        return Pruned(key, step, metrics["macs"], self.run_dir / name / "model.pt", metrics["arch"])
+
+    def _between_steps(self, spec: PruneSpec) -> Callable[[nn.Module], None] | None:
+        """Iterative pruning's fine-tune between steps: labels only, the dense run's optimizer."""
+        if not spec.finetune_epochs_per_step:
+            return None
+        epochs = spec.finetune_epochs_per_step
+        return lambda model: self._train(model, epochs, self.recipe.train.lr, self._label_criterion(), "prune step")
 
     def _gradient_batches(self):
         loader = make_loader(self.splits.train, self.recipe.data.batch_size, shuffle=True, seed=self.recipe.train.seed)
         return (batch for batch, _ in zip(loader, range(4), strict=False))
 
-    def finetuned(self, pruned: Pruned, dense: Candidate) -> Candidate:
-        spec = self.recipe.finetune
+    def _teacher(self, distill: DistillSpec, dense: Candidate) -> tuple[nn.Module, str]:
+        """The teacher model and a key that changes when it does."""
+        if distill.teacher == "dense":
+            return dense.model, dense.key
+        path = Path(distill.teacher).expanduser()
+        return load_checkpoint(path), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+    def finetuned(self, pruned: Pruned, dense: Candidate, branch: Branch) -> Candidate:
+        spec = branch.finetune
         if spec is None:
             model = load_checkpoint(pruned.checkpoint, self.recipe.model)
-            return self._candidate("pruned", "finetune", [*dense.lineage, pruned.step], model, pruned.key, 0)
+            name = _tagged("pruned", branch.tag)
+            return self._candidate(name, "finetune", [*dense.lineage, pruned.step], model, pruned.key, 0)
         lr = spec.lr or self.recipe.train.lr / 10
         distill = spec.distill
+        teacher, teacher_key = self._teacher(distill, dense) if distill else (None, None)
         inputs = {
             "parent": pruned.key,
-            "teacher": dense.key,
+            "teacher": teacher_key,
             "finetune": _dump(spec),
             "train": _dump(self.recipe.train),
         }
 
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(pruned.checkpoint, self.recipe.model)
-            criterion = self._label_criterion()
+            label_loss = self.task.loss(self.recipe.train.label_smoothing)
+            criterion = supervised(label_loss)
             if distill is not None:
-                criterion = LogitsDistillation(
-                    dense.model,
-                    self.task.loss(self.recipe.train.label_smoothing),
-                    distill.alpha,
-                    distill.temperature,
+                criterion = Distillation(
+                    teacher, label_loss, distill.alpha, distill.temperature, distill.features, model, self.example
                 )
             return model, self._train(model, spec.epochs, lr, criterion, "finetune" + (" (KD)" if distill else ""))
 
-        model, _, key = self._stage("finetune", inputs, build)
+        model, _, key = self._stage(_tagged("finetune", branch.tag), inputs, build)
         kind = "kd" if distill else "finetune"
-        how = f"KD a={distill.alpha:g} T={distill.temperature:g}" if distill else "labels"
-        lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, {how})"]
-        return self._candidate(f"pruned-{kind}", kind, lineage, model, key, spec.epochs)
+        how = "labels"
+        if distill:
+            how = f"KD a={distill.alpha:g} T={distill.temperature:g}" + " +features" * bool(distill.features)
+        lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, lr {lr:g}, {how})"]
+        return self._candidate(_tagged(f"pruned-{kind}", branch.tag), kind, lineage, model, key, spec.epochs)
 
-    def scratch(self, pruned: Pruned, dense: Candidate) -> list[Candidate]:
+    def scratch(self, pruned: Pruned, dense: Candidate, branch: Branch) -> list[Candidate]:
         """Liu et al. (2019): the pruned architecture trained from a fresh init with the same epochs as the
         dense model (Scratch-E) and with the same compute (Scratch-B: epochs x dense MACs / pruned MACs)."""
         baselines = self.recipe.baselines
@@ -201,32 +234,37 @@ class Pipeline:
         }
         candidates = []
         for variant in baselines.scratch:
-            name = f"scratch_{variant.lower()}"
-            inputs = {
-                "parent": pruned.key,
+            kind = f"scratch_{variant.lower()}"
+            inputs = {  # a fresh init inherits nothing but the architecture from its parent
+                "arch": pruned.arch,
+                "model": _dump(self.recipe.model),
                 "epochs": epochs[variant],
                 "train": _dump(self.recipe.train),
                 "data": _dump(self.recipe.data),
             }
 
-            def build(n=epochs[variant], label=name) -> tuple[nn.Module, dict]:
+            def build(n=epochs[variant], label=kind) -> tuple[nn.Module, dict]:
                 seed_everything(self.recipe.train.seed)
                 model = reinitialize(load_checkpoint(pruned.checkpoint, self.recipe.model))
                 return model, self._train(model, n, self.recipe.train.lr, self._label_criterion(), label)
 
-            model, _, key = self._stage(name, inputs, build)
+            model, _, key = self._stage(_tagged(kind, branch.prune_tag), inputs, build)
             lineage = [*dense.lineage, pruned.step, f"scratch-{variant}({epochs[variant]} ep, random init)"]
-            candidates.append(self._candidate(f"scratch-{variant.lower()}", name, lineage, model, key, epochs[variant]))
+            name = _tagged(f"scratch-{variant.lower()}", branch.prune_tag)
+            candidates.append(self._candidate(name, kind, lineage, model, key, epochs[variant]))
         return candidates
 
     def _candidate(
         self, name: str, kind: str, lineage: list[str], model: nn.Module, key: str, epochs: int
     ) -> Candidate:
         macs, params = count(model, self.example)
-        candidate = Candidate(name, kind, lineage, model.eval(), key, epochs, macs, params)
-        for split in ("val", "test"):
-            candidate.outputs[split], _ = predict(model, getattr(self.splits, split))
-        return candidate
+        return Candidate(name, kind, lineage, model.eval(), key, epochs, macs, params, architecture_id(model))
+
+    def _reference(self, candidate: Candidate) -> list[np.ndarray]:
+        """PyTorch's outputs on the validation split, the parity reference; computed once, when first needed."""
+        if candidate.reference is None:
+            candidate.reference, _ = predict(candidate.model, self.splits.val)
+        return candidate.reference
 
     # -- deployment -----------------------------------------------------------------------------
 
@@ -252,6 +290,7 @@ class Pipeline:
                     "threads": threads,
                     "macs": candidate.macs,
                     "params": candidate.params,
+                    "arch": candidate.arch,
                     "size_bytes": size,
                     "epochs": candidate.epochs,
                     "parity": parity,
@@ -281,12 +320,13 @@ class Pipeline:
                     candidate,
                     export.target,
                     precision,
-                    lambda t=export.target, p=precision: self._export_rows(candidate, t, p),
+                    lambda t=export.target, p=precision, io=export.io: self._export_rows(candidate, t, p, io),
+                    export.io,
                 )
         return rows
 
     def _cached_rows(
-        self, candidate: Candidate, target: str, precision: str, measure: Callable[[], list[dict]]
+        self, candidate: Candidate, target: str, precision: str, measure: Callable[[], list[dict]], io: str = "float"
     ) -> list[dict]:
         inputs = {
             "candidate": candidate.key,
@@ -295,15 +335,17 @@ class Pipeline:
             "bench": _dump(self.recipe.bench),
             "calibration": CALIBRATION_SAMPLES,
         }
+        if io != "float":  # float I/O keeps the keys and names of runs made before `io` existed
+            inputs["io"] = io
         key = _key(inputs)
-        record = self.run_dir / "exports" / candidate.name / f"{target}-{precision}.json"
+        record = self._export_path(candidate, target, precision, io).with_suffix(".json")
         if not self.force and record.is_file():
             saved = json.loads(record.read_text())
             if saved.get("key") == key and all(Path(p).is_file() for p in saved.get("files", [])):
                 return saved["rows"]
         started = time.perf_counter()
         rows = measure()
-        files = [str(self._export_path(candidate, target, precision))] if target != "pytorch" else []
+        files = [str(self._export_path(candidate, target, precision, io))] if target != "pytorch" else []
         write_json(record, {"key": key, "inputs": inputs, "files": files, "rows": rows})
         self.console.log(
             f"{candidate.name} {target} {precision}: accuracy {rows[0]['accuracy']:.4f}, "
@@ -311,27 +353,31 @@ class Pipeline:
         )
         return rows
 
-    def _export_path(self, candidate: Candidate, target: str, precision: str) -> Path:
-        return self.run_dir / "exports" / candidate.name / f"{target}-{precision}{targets.TARGETS[target].suffix}"
+    def _export_path(self, candidate: Candidate, target: str, precision: str, io: str = "float") -> Path:
+        suffix = targets.TARGETS[target].suffix if target in targets.TARGETS else ""
+        name = f"{target}-{precision}" + ("" if io == "float" else f"-io{io}")
+        return self.run_dir / "exports" / candidate.name / f"{name}{suffix}"
 
-    def _export_rows(self, candidate: Candidate, target: str, precision: str) -> list[dict]:
+    def _export_rows(self, candidate: Candidate, target: str, precision: str, io: str = "float") -> list[dict]:
         module = targets.get_target(target)
-        path = self._export_path(candidate, target, precision)
+        path = self._export_path(candidate, target, precision, io)
         metadata_ = {
             "recipe": self.recipe.name,
             "candidate": candidate.name,
             "precision": precision,
+            "io": io,
             "lineage": " > ".join(candidate.lineage),
         }
         module.export(
-            candidate.model, torch.zeros(self.splits.input_shape), precision, path, self.calibration, metadata_
+            candidate.model, torch.zeros(self.splits.input_shape), precision, path, self.calibration, metadata_, io=io
         )
         runner = module.load(path)
-        parity = self.task.parity(candidate.outputs["val"], collect(runner, self.splits.val))
-        if precision == "fp32" and parity["max_abs_diff"] > module.TOLERANCE:
+        parity = self.task.parity(self._reference(candidate), collect(runner, self.splits.val))
+        tolerance = module.TOLERANCE.get(precision)  # float precisions only: int8 is judged by its accuracy
+        if tolerance is not None and parity["max_abs_diff"] > tolerance:
             raise EdgecompError(
-                f"{candidate.name}: the {target} fp32 export disagrees with PyTorch (max abs diff "
-                f"{parity['max_abs_diff']:.2e} > tolerance {module.TOLERANCE:.0e}): a converter problem, not a "
+                f"{candidate.name}: the {target} {precision} export disagrees with PyTorch (max abs diff "
+                f"{parity['max_abs_diff']:.2e} > tolerance {tolerance:.0e}): a converter problem, not a "
                 f"recipe one; the file is kept for inspection at {path}"
             )
         return self._row(candidate, target, precision, runner, module.size_bytes(path), parity)
@@ -350,12 +396,17 @@ class Pipeline:
         write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
 
     def candidates(self) -> list[Candidate]:
+        """Dense, then per branch (one without a sweep) the pruned candidate and, once per distinct pruned
+        architecture, its scratch baselines (named after the first branch that produced it)."""
         dense = self.dense()
         candidates = [dense]
-        if self.recipe.prune is not None:
-            pruned = self.pruned(dense)
-            candidates.append(self.finetuned(pruned, dense))
-            candidates += self.scratch(pruned, dense)
+        scratched: set[str] = set()
+        for branch in self.recipe.branches():
+            pruned = self.pruned(dense, branch)
+            candidates.append(self.finetuned(pruned, dense, branch))
+            if pruned.arch not in scratched:
+                scratched.add(pruned.arch)
+                candidates += self.scratch(pruned, dense, branch)
         return candidates
 
     def run(self) -> dict:
@@ -371,6 +422,7 @@ class Pipeline:
             "command": self.command,
             "seed": self.recipe.train.seed,
             "versions": package_versions(),
+            "git_commit": report.source_commit(),
             "device": {**device_info(), "runtimes": runtime_versions()},
             "rows": rows,
         }
@@ -379,7 +431,7 @@ class Pipeline:
             {"stages": self.manifest, "seconds": round(time.perf_counter() - started, 1)},
         )
         write_json(self.run_dir / "results.json", results)
-        report.write_report(results, self.run_dir)
+        report.write_report(results, self.run_dir, self.recipe.report)
         return results
 
 

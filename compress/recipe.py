@@ -10,6 +10,9 @@ starts, or creates its run directory, on a recipe that would fail half-way.
 
 from __future__ import annotations
 
+import itertools
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from targets import TARGETS
 from targets.base import EdgecompError, did_you_mean
 
-PositiveInt = Annotated[int, Field(gt=0)]
+# Upper bounds keep absurd values (a 2**70 seed, 10**12 epochs) from failing hours into a run.
+PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
+Epochs = Annotated[int, Field(ge=0, le=100_000)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Spec):
@@ -32,47 +37,108 @@ class ModelSpec(Spec):
     num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
     width_mult: float = Field(1.0, gt=0.0, le=4.0)
     small_input: bool = Field(False, description="stride-1 stem, for 32x32-class inputs")
-    weights: str | None = Field(None, description="checkpoint (state dict) to start the dense model from")
+    weights: str | None = Field(
+        None, description="a checkpoint (state dict) to start the dense model from, or 'torchvision' (online)"
+    )
 
 
 class DataSpec(Spec):
     dataset: str = Field(description="a name in `edgecomp datasets`")
-    image_size: PositiveInt = 32
-    batch_size: PositiveInt = 64
+    image_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    batch_size: Annotated[int, Field(gt=0, le=65_536)] = 64
     root: str | None = Field(None, description="where the data set's files are (data sets that need files)")
-    train_subset: PositiveInt | None = Field(None, description="use a stratified subset of the training split")
+    train_subset: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="use a stratified subset of the training split"
+    )
 
 
 class TrainSpec(Spec):
-    epochs: Annotated[int, Field(ge=0)] = 30
+    epochs: Epochs = 30
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)
+    lr: float = Field(0.05, gt=0.0, le=100.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(4e-5, ge=0.0)
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class PruneSpec(Spec):
-    importance: str = "l2"
-    ratio: Fraction = Field(0.5, description="fraction of channels removed in every prunable layer")
+    """Structured pruning. The target is one of `ratio` (channel sparsity per prunable layer), `macs` or
+    `params` (the fraction of the dense model's to keep); with none given, ratio 0.5. A list value sweeps it."""
+
+    importance: str | list[str] = "l2"
+    ratio: Fraction | list[Fraction] | None = Field(None, description="fraction of channels removed per layer")
+    macs: Fraction | list[Fraction] | None = Field(None, description="fraction of the dense MACs to keep")
+    params: Fraction | list[Fraction] | None = Field(None, description="fraction of the dense parameters to keep")
+    layer_ratios: dict[str, Fraction] = Field(
+        default_factory=dict, description="per-layer ratio by module-name glob, e.g. {'features.1*': 0.2} (ratio only)"
+    )
     iterative_steps: PositiveInt = 1
+    finetune_epochs_per_step: Epochs = 0
     global_pruning: bool = False
-    round_to: PositiveInt | None = None
+    round_to: PositiveInt | None = Field(None, description="keep channel counts a multiple of this (runtimes like 8)")
     ignore: list[str] = Field(default_factory=list, description="module names kept whole (the classifier always is)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneSpec:
+        given = [name for name in ("ratio", "macs", "params") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one pruning target, not {' and '.join(given)}")
+        if self.layer_ratios and given and given[0] != "ratio":
+            raise ValueError("layer_ratios go with a ratio target, not a macs or params one")
+        return self
+
+    @property
+    def target(self) -> tuple[str, float]:
+        """(kind, value) of the pruning target: ('ratio', 0.5), ('macs', 0.4) or ('params', 0.3)."""
+        for name in ("ratio", "macs", "params"):
+            if getattr(self, name) is not None:
+                return name, getattr(self, name)
+        return "ratio", 0.5
+
+
+class FeatureKD(Spec):
+    student: str = Field(description="module name in the student whose output is matched")
+    teacher: str | None = Field(None, description="module name in the teacher (default: the student's name)")
+    weight: float = Field(1.0, gt=0.0)
 
 
 class DistillSpec(Spec):
-    teacher: Literal["dense"] = "dense"
+    teacher: str = Field("dense", description="'dense' (this run's dense model) or the path of an edgecomp checkpoint")
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the KD term; 1 - alpha weighs the label loss")
     temperature: float = Field(4.0, gt=0.0)
+    features: list[FeatureKD] = Field(default_factory=list, description="feature KD on intermediate layers")
 
 
 class FinetuneSpec(Spec):
-    epochs: Annotated[int, Field(ge=0)] = 10
-    lr: float | None = Field(None, gt=0.0, description="default: train.lr / 10")
+    epochs: Epochs | list[Epochs] = 10
+    lr: Annotated[float, Field(gt=0.0, le=100.0)] | list[Annotated[float, Field(gt=0.0, le=100.0)]] | None = Field(
+        None, description="default: train.lr / 10"
+    )
     distill: DistillSpec | None = None
+
+
+SWEEPABLE = {PruneSpec: ("importance", "ratio", "macs", "params"), FinetuneSpec: ("epochs", "lr")}
+
+
+def expand(spec: Spec | None) -> list[tuple[str, Spec | None]]:
+    """One (tag, scalar spec) per combination of the spec's list-valued (swept) fields.
+
+    >>> [tag for tag, _ in expand(PruneSpec(importance=["l2", "random"], macs=[0.5, 0.3]))]
+    ['l2-macs0.5', 'l2-macs0.3', 'random-macs0.5', 'random-macs0.3']
+    """
+    if spec is None:
+        return [("", None)]
+    swept = [name for name in SWEEPABLE[type(spec)] if isinstance(getattr(spec, name), list)]
+    combos = itertools.product(*(getattr(spec, name) for name in swept))
+    return [
+        (
+            "-".join(str(v) if name == "importance" else f"{name}{v:g}" for name, v in zip(swept, values, strict=True)),
+            spec.model_copy(update=dict(zip(swept, values, strict=True))),
+        )
+        for values in combos
+    ]
 
 
 class StageSpec(Spec):
@@ -103,8 +169,11 @@ class BaselinesSpec(Spec):
 
 
 class ExportSpec(Spec):
+    """One target and its precisions, checked against the target's capability table (`targets.TARGETS`)."""
+
     target: str
     precision: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    io: str = Field("float", description="input/output tensor type: float, or int8 (int8 precision, tflite)")
 
     @model_validator(mode="after")
     def _supported(self) -> ExportSpec:
@@ -112,19 +181,34 @@ class ExportSpec(Spec):
             raise ValueError(
                 f"unknown target {self.target!r}{did_you_mean(self.target, TARGETS)}; known: {', '.join(TARGETS)}"
             )
-        supported = TARGETS[self.target].precisions
+        spec = TARGETS[self.target]
         for precision in self.precision:
-            if precision not in supported:
+            if precision not in spec.precisions:
+                hint = did_you_mean(precision, spec.precisions)
                 raise ValueError(
-                    f"{self.target} does not support precision {precision!r}; supported: {', '.join(supported)}"
+                    f"{self.target} does not support precision {precision!r}{hint}; "
+                    f"supported: {', '.join(spec.precisions)}"
                 )
+        if self.io not in spec.io:
+            raise ValueError(f"{self.target} does not support io {self.io!r}; supported: {', '.join(spec.io)}")
+        if self.io != "float" and self.precision != ["int8"]:
+            raise ValueError(f"io {self.io!r} goes with precision [int8] only (float precisions have float I/O)")
         return self
 
 
 class BenchSpec(Spec):
-    threads: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1)
-    warmup: Annotated[int, Field(ge=0)] = 10
+    threads: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [2], min_length=1)
+    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     runs: PositiveInt = 100
+
+
+class ReportSpec(Spec):
+    """What the report recommends: per target, the best measured row within these limits (none set: no pick)."""
+
+    latency_budget_ms: float | None = Field(None, gt=0.0, description="the most accurate row with p50 within this")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0.0, description="points below the dense fp32 PyTorch model; alone: the fastest row within it"
+    )
 
 
 class Recipe(Spec):
@@ -137,6 +221,7 @@ class Recipe(Spec):
     baselines: BaselinesSpec = BaselinesSpec()
     exports: list[ExportSpec] = Field(default_factory=list)
     bench: BenchSpec = BenchSpec()
+    report: ReportSpec = ReportSpec()
 
     @model_validator(mode="after")
     def _stage_order(self) -> Recipe:
@@ -155,15 +240,55 @@ class Recipe(Spec):
     def finetune(self) -> FinetuneSpec | None:
         return next((stage.finetune for stage in self.stages if stage.finetune is not None), None)
 
+    def branches(self) -> list[Branch]:
+        """The pruned candidates this recipe asks for: one per combination of swept values."""
+        if self.prune is None:
+            return []
+        return [
+            Branch(prune_tag, prune, "-".join(tag for tag in (prune_tag, finetune_tag) if tag), finetune)
+            for prune_tag, prune in expand(self.prune)
+            for finetune_tag, finetune in expand(self.finetune)
+        ]
 
-def _format_errors(source: str, error: ValidationError) -> str:
-    lines = []
+
+@dataclass(frozen=True)
+class Branch:
+    """One pruned candidate's path: a scalar prune spec (shared by the scratch baselines) and fine-tune spec."""
+
+    prune_tag: str  # names the pruned architecture: '' without a sweep, e.g. 'l2-macs0.5' with one
+    prune: PruneSpec
+    tag: str  # names the candidate: prune_tag plus any swept fine-tune values
+    finetune: FinetuneSpec | None
+
+
+def _path(loc: tuple, data: Any, missing_ok: bool) -> str:
+    """The error's location as keys and indices that exist in the user's data (pydantic adds the
+    names of union branches, e.g. 'list[constrained-float]', which mean nothing to a user)."""
+    parts, node = [], data
+    for part in loc:
+        if isinstance(node, dict):
+            if part not in node:
+                parts += [part] if missing_ok else []  # a missing required key is named; a union label is not
+                break
+            parts.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            parts.append(part)
+            node = node[part]
+        else:
+            break
+    shown = [str(p) if re.fullmatch(r"[\w-]+", str(p)) else repr(str(p)) for p in parts]
+    return ".".join(shown) or "(top level)"
+
+
+def _format_errors(source: str, error: ValidationError, data: Any) -> str:
+    """One line per offending key (the first problem found there)."""
+    lines: dict[str, str] = {}
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        message = message.removeprefix("Value error, ")
-        lines.append(f"{source}: {where}: {message}")
-    return "\n".join(lines)
+        where = _path(item["loc"], data, missing_ok=item["type"] == "missing")
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        lines.setdefault(where, f"{source}: {where}: {' '.join(message.split())}")
+    return "\n".join(lines.values())
 
 
 def _parse_value(text: str) -> Any:
@@ -204,7 +329,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
-        raise EdgecompError(_format_errors(source, error)) from None
+        raise EdgecompError(_format_errors(source, error, data)) from None
     _check_names(recipe, source)
     return recipe
 
@@ -223,14 +348,29 @@ def _check_names(recipe: Recipe, source: str) -> None:
     ]
     for i, stage in enumerate(recipe.stages):
         if stage.prune is not None:
-            checks.append((f"stages.{i}.prune.importance", lambda s=stage.prune: IMPORTANCE.get(s.importance)))
+            names = stage.prune.importance if isinstance(stage.prune.importance, list) else [stage.prune.importance]
+            checks += [(f"stages.{i}.prune.importance", lambda n=name: IMPORTANCE.get(n)) for name in names]
     for where, check in checks:
         try:
             check()
         except EdgecompError as error:
             raise EdgecompError(f"{source}: {where}: {error}") from None
-    if recipe.model.weights is not None and not Path(recipe.model.weights).expanduser().is_file():
+    weights = recipe.model.weights
+    if weights is not None and weights != "torchvision" and not Path(weights).expanduser().is_file():
         raise EdgecompError(f"{source}: model.weights: no such file {recipe.model.weights!r}")
+    for i, stage in enumerate(recipe.stages):
+        teacher = stage.finetune.distill.teacher if stage.finetune and stage.finetune.distill else "dense"
+        if teacher != "dense" and not Path(teacher).expanduser().is_file():
+            raise EdgecompError(f"{source}: stages.{i}.finetune.distill.teacher: no such checkpoint {teacher!r}")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' on one line, for parser, scanner and reader errors alike."""
+    mark = getattr(error, "problem_mark", None)
+    if isinstance(error, yaml.reader.ReaderError):
+        return f" at character {error.position}: {error.reason}"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{where}: {' '.join(str(getattr(error, 'problem', None) or error).split())}"
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -241,15 +381,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise EdgecompError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+        raise EdgecompError(f"{path}: not valid YAML{_yaml_problem(error)}") from None
     except UnicodeDecodeError:
         raise EdgecompError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise EdgecompError(f"{path}: nested too deeply to be a recipe") from None
     if isinstance(data, dict):
         for assignment in overrides or []:
             apply_override(data, assignment)
-    return parse_recipe(data, source=str(path))
+    try:
+        return parse_recipe(data, source=str(path))
+    except RecursionError:
+        raise EdgecompError(f"{path}: nested too deeply to be a recipe") from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

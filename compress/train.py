@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +53,10 @@ class Fit:
     label: str  # shown in the progress bar
 
 
-def _optimizer(model: nn.Module, spec: TrainSpec, lr: float) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases: weight decay only hurts
+def _optimizer(modules: list[nn.Module], spec: TrainSpec, lr: float) -> torch.optim.Optimizer:
+    params = [p for module in modules for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]  # BN and biases: weight decay only hurts
     groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
@@ -65,23 +69,54 @@ def _lr_at(step: int, total: int, base: float, schedule: str) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * step / total))
 
 
+@contextmanager
+def stop_between_batches() -> Iterator[Callable[[], None]]:
+    """Ctrl-C during training finishes the batch in flight, then the returned check raises KeyboardInterrupt,
+    so no optimizer step is half done; a second Ctrl-C interrupts at once."""
+    # Signal handlers live in the main thread; a process started with Ctrl-C ignored (nohup, `&`) keeps ignoring it.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield lambda: None
+        return
+    requested: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    def check() -> None:
+        if requested:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, job: Fit) -> dict[str, float]:
     """Train `model` in place; returns the last epoch's mean loss and the epochs run."""
     seed_everything(spec.seed)
     torch.set_num_threads(cpu_threads())
-    optimizer = _optimizer(model, spec, job.lr)
+    # A criterion that is a module (distillation adapters) trains with the model.
+    trained = [model] + ([job.criterion] if isinstance(job.criterion, nn.Module) else [])
+    optimizer = _optimizer(trained, spec, job.lr)
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     total = job.epochs * steps_per_epoch
     step, epoch_loss = 0, float("nan")
     model.train()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as progress:
+    with (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as progress,
+        stop_between_batches() as stop_if_interrupted,
+    ):
         bar = progress.add_task(job.label, total=total, loss=float("nan"))
         for epoch in range(job.epochs):
             losses = []
@@ -95,6 +130,7 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
                 losses.append(loss.item())
                 step += 1
                 progress.update(bar, advance=1, loss=losses[-1])
+                stop_if_interrupted()
             epoch_loss = float(np.mean(losses))
     model.eval()
     return {"epochs": job.epochs, "final_loss": epoch_loss}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from compress.data import DATASETS
-from compress.distill import LogitsDistillation, kd_loss
+from compress.distill import Distillation, kd_loss
 from compress.measure import count
 from compress.models import MODELS, build_model, load_checkpoint, reinitialize, save_checkpoint
 from compress.pipeline import scratch_b_epochs
@@ -96,7 +96,7 @@ def test_distillation_criterion_blends_kd_and_labels() -> None:
     student = torch.nn.Linear(4, 3)
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     for alpha in (0.0, 1.0):
-        loss = LogitsDistillation(teacher, F.cross_entropy, alpha=alpha, temperature=3.0)(student, x, y)
+        loss = Distillation(teacher, F.cross_entropy, alpha=alpha, temperature=3.0)(student, x, y)
         expected = F.cross_entropy(student(x), y) if alpha == 0 else kd_loss(student(x), teacher(x), 3.0)
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 

@@ -1,7 +1,8 @@
 """`imagefolder`: a root with one folder per class (or train/ val/ test/ folders of those).
 
-Images are decoded and resized to the recipe's image size once, when the set is loaded, and kept in
-memory as uint8: fine for the tens of thousands of images a compression recipe on CPU uses.
+Images are decoded when a batch needs them (so ImageNet-sized folders work), resized to the recipe's
+square image size and normalised with ImageNet's statistics. Every file's header is checked when the
+set is opened, so a file that is not an image fails the run at once, not hours into training.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-from compress.data._base import DATASETS, Arrays, DataSplits, build_splits, stratified_split, with_validation
+from compress.data._base import DATASETS, DataSplits, normalize, stratified_holdout, stratified_split, subset_train
 from compress.recipe import DataSpec
 from targets.base import EdgecompError
 
@@ -18,31 +21,72 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
-
-
-def _read(path: Path, size: int) -> np.ndarray:
+def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+        return Image.open(path)
     except (UnidentifiedImageError, OSError) as error:
         raise EdgecompError(f"{path}: cannot read image ({error}); remove or replace the file") from None
 
 
-def read_folder(root: Path, classes: list[str], size: int) -> Arrays:
-    """All images under root/<class>/ as uint8 NCHW at size x size, with their class indices."""
-    images, labels = [], []
+class ImageFileDataset(Dataset):
+    """(path, label) pairs, decoded on access to RGB at size x size."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, image_size: int) -> None:
+        self.files = files
+        self.labels = labels
+        self.image_size = image_size
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        try:
+            with _open(self.files[index]) as image:
+                rgb = image.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        except OSError as error:  # truncated data shows only on decode
+            raise EdgecompError(f"{self.files[index]}: cannot decode image ({error})") from None
+        chw = torch.from_numpy(np.asarray(rgb).transpose(2, 0, 1).copy())
+        return normalize(chw, self.image_size, self.mean, self.std), int(self.labels[index])
+
+    def subset(self, index: np.ndarray) -> ImageFileDataset:
+        return ImageFileDataset([self.files[i] for i in index], self.labels[index], self.image_size)
+
+
+def scan(root: Path, classes: list[str], image_size: int) -> ImageFileDataset:
+    """Every image under root/<class>/ (recursively), header-checked, with its class index."""
+    files, labels = [], []
     for label, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        images += [_read(path, size) for path in files]
-        labels += [label] * len(files)
-    if not images:
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        for path in found:
+            _open(path).close()
+        files += found
+        labels += [label] * len(found)
+    if not files:
         raise EdgecompError(f"{root}: no images found (expected {root}/<class name>/<image files>)")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    return ImageFileDataset(files, np.asarray(labels, dtype=np.int64), image_size)
+
+
+def _classes(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _splits(spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test: ImageFileDataset) -> DataSplits:
+    return DataSplits(
+        train=subset_train(train, train.labels, spec.train_subset),
+        val=val,
+        test=test,
+        num_classes=int(max(train.labels.max(), test.labels.max())) + 1,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        image_size=spec.image_size,
+    )
 
 
 @DATASETS.register("imagefolder")
@@ -52,18 +96,16 @@ def imagefolder(spec: DataSpec) -> DataSplits:
     root = Path(spec.root).expanduser()
     if not root.is_dir():
         raise EdgecompError(f"data.root {spec.root!r}: no such folder")
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = [path.name for path in _class_folders(root / "train")]
-        parts = [
-            read_folder(root / part, classes, spec.image_size)
-            for part in ("train", "val", "test")
-            if (root / part).is_dir()
-        ]
-        if len(parts) == 3:
-            return build_splits(spec, mean, std, *parts)
-        return with_validation(spec, mean, std, parts[0], parts[1], val_size=0.1)
-    classes = [path.name for path in _class_folders(root)]
-    images, labels = read_folder(root, classes, spec.image_size)
-    train, val, test = stratified_split(labels, val=0.1, test=0.2)
-    return build_splits(spec, mean, std, *((images[index], labels[index]) for index in (train, val, test)))
+    if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
+        classes = _classes(root / "train")
+        train = scan(root / "train", classes, spec.image_size)
+        if (root / "val").is_dir() and (root / "test").is_dir():
+            return _splits(
+                spec, train, scan(root / "val", classes, spec.image_size), scan(root / "test", classes, spec.image_size)
+            )
+        test = scan(root / ("test" if (root / "test").is_dir() else "val"), classes, spec.image_size)
+        rest, val = stratified_holdout(train.labels, 0.1)
+        return _splits(spec, train.subset(rest), train.subset(val), test)
+    everything = scan(root, _classes(root), spec.image_size)
+    train, val, test = stratified_split(everything.labels, val=0.1, test=0.2)
+    return _splits(spec, everything.subset(train), everything.subset(val), everything.subset(test))
