@@ -6,9 +6,13 @@ runtime inside the functions that need them (the Ultralytics exporter habit), so
 
 Every target module provides:
 
-- ``export(model, example, precision, out, calibration, metadata) -> Path``: write one file (torch needed);
-- ``load(path, threads=None) -> Runner``: open a file in the target's runtime (no torch);
-- ``TOLERANCE``: the max abs output difference against PyTorch that an fp32 export may show.
+- ``export(model, example, precision, out, calibration, metadata, io="float") -> Path``: write one file
+  (torch needed);
+- ``load(path, threads=None, shape=None) -> Runner``: open a file in the target's runtime (no torch);
+  ``shape`` fixes a dynamic input shape (or changes the batch of a file that allows it);
+- ``read_metadata(path) -> dict`` and ``size_bytes(path) -> int``;
+- ``TOLERANCE``: per float precision (fp32, fp16), the max abs output difference against PyTorch that an
+  export may show; a larger one means a converter problem, and the pipeline stops.
 
 Adding a target is one new module and one line in ``TARGETS``.
 """
@@ -30,12 +34,17 @@ class TargetSpec:
     name: str
     module: str
     suffix: str  # of the file that `load` opens
-    precisions: tuple[str, ...]
+    precisions: tuple[str, ...]  # fp32, fp16 (weights), int8 (static, calibrated), int8_dynamic (weights only)
+    io: tuple[str, ...] = ("float",)  # the input/output tensor types an export can have ("int8": quantised I/O)
+    devices: tuple[str, ...] = ("CPU",)  # where the runner executes; accelerators are not driven yet
 
 
 TARGETS: dict[str, TargetSpec] = {
-    "tflite": TargetSpec("tflite", "targets.tflite", ".tflite", ("fp32", "int8")),
-    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "int8")),
+    "tflite": TargetSpec(
+        "tflite", "targets.tflite", ".tflite", ("fp32", "fp16", "int8", "int8_dynamic"), ("float", "int8")
+    ),
+    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8")),
+    "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8")),
 }
 
 
@@ -55,9 +64,12 @@ def target_for_file(path: Path) -> TargetSpec:
     raise EdgecompError(f"{path}: no target opens '{path.suffix}' files; known suffixes: {known}")
 
 
-def load_runner(path: str | Path, threads: int | None = None) -> Runner:
-    """Open any supported model file (made by edgecomp or not) in its runtime."""
+def load_runner(path: str | Path, threads: int | None = None, shape: tuple[int, ...] | None = None) -> Runner:
+    """Open any supported model file (made by edgecomp or not) in its runtime.
+
+    `shape` is the input shape to run (batch included): needed when the file's input is dynamic.
+    """
     path = Path(path)
     if not path.is_file():
         raise EdgecompError(f"{path}: no such file")
-    return get_target(target_for_file(path).name).load(path, threads=threads)
+    return get_target(target_for_file(path).name).load(path, threads=threads, shape=shape)

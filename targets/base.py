@@ -7,6 +7,7 @@ one runtime (tflite-runtime, ai-edge-litert or openvino) can run the runners and
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,28 +55,74 @@ class Runner(Protocol):
         ...
 
 
-def check_export_args(target: str, precision: str, supported: Iterable[str], calibration: np.ndarray | None) -> None:
+CALIBRATED_PRECISIONS = ("int8",)  # precisions whose activation ranges come from calibration samples
+
+
+def check_export_args(
+    target: str,
+    precision: str,
+    supported: Iterable[str],
+    calibration: np.ndarray | None,
+    io: str = "float",
+    supported_io: Iterable[str] = ("float",),
+) -> None:
     """Refuse an export the target cannot do, before any slow conversion starts."""
-    supported = tuple(supported)
+    supported, supported_io = tuple(supported), tuple(supported_io)
     if precision not in supported:
         raise EdgecompError(
             f"{target} cannot export precision {precision!r}{did_you_mean(precision, supported)}; "
             f"it exports: {', '.join(supported)}"
         )
-    if precision == "int8" and (calibration is None or np.ndim(calibration) != 4 or len(calibration) == 0):
+    if io not in supported_io:
+        raise EdgecompError(f"{target} cannot make {io!r} input/output tensors; it makes: {', '.join(supported_io)}")
+    if io != "float" and precision not in CALIBRATED_PRECISIONS:
+        raise EdgecompError(f"{target}: io {io!r} needs a calibrated precision ({', '.join(CALIBRATED_PRECISIONS)})")
+    if precision in CALIBRATED_PRECISIONS and (
+        calibration is None or np.ndim(calibration) != 4 or len(calibration) == 0
+    ):
         shape = None if calibration is None else np.shape(calibration)
-        raise EdgecompError(f"{target} int8 needs calibration samples shaped (N, C, H, W), got {shape}")
+        raise EdgecompError(f"{target} {precision} needs calibration samples shaped (N, C, H, W), got {shape}")
+
+
+def static_input_shape(path: Path, dims: Iterable[int | None], shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input shape a runner runs: `shape` when given (it must fit the file's rank), else the file's own,
+    which must then be static (a benchmark of a dynamic shape would time whatever shape came first)."""
+    dims = list(dims)
+    if shape is not None:
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims[1:], shape[1:], strict=True)):
+            raise EdgecompError(f"{path}: shape {shape} does not fit the file's input {_show(dims)}")
+        return shape
+    if any(d is None or d < 1 for d in dims):
+        raise EdgecompError(
+            f"{path}: input shape {_show(dims)} is dynamic; give one to run (--shape 1x3x224x224), "
+            "or export it with a static shape"
+        )
+    return tuple(int(d) for d in dims)
+
+
+def _show(dims: list[int | None]) -> str:
+    return "x".join("?" if d is None or d < 1 else str(d) for d in dims)
 
 
 # Lines of a converter's message that say what went wrong, best first; runtimes wrap the one useful
 # line in "Exception from <file>" / "Check '...' failed" frames and dumps of the graph.
-_KEY_LINE_MARKERS = ("error:", "no conversion rule", "lowering not found", "not supported", "unsupported")
+_KEY_LINE_MARKERS = (
+    "error:",
+    "no conversion rule",
+    "lowering not found",
+    "not supported",
+    "unsupported",
+    "no onnx function found",
+)
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch.onnx colours its messages
 _FRAME_PREFIXES = ("Exception from ", "Check '", "Traceback", "File ")
 
 
 def key_error_line(error: BaseException, max_chars: int = 300) -> str:
     """The one line of a long converter or runtime error that names the problem."""
-    lines = [line.strip().removeprefix("-- ") for line in str(error).splitlines() if line.strip()]
+    text = _ANSI_ESCAPE.sub("", str(error))
+    lines = [line.strip().removeprefix("-- ") for line in text.splitlines() if line.strip()]
     marked = [line for line in lines if any(m in line.lower() for m in _KEY_LINE_MARKERS)]
     plain = [line for line in lines if not line.startswith(_FRAME_PREFIXES)]
     line = (marked or plain or lines or [""])[0]

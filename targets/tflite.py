@@ -1,9 +1,14 @@
 """TFLite (LiteRT): litert-torch converts, ai_edge_litert (else tflite_runtime) runs.
 
-fp32 is a plain ``litert_torch.convert``. int8 is full-integer post-training quantisation through PT2E:
-litert-torch's ``PT2EQuantizer`` (symmetric, per-channel weights, static activations) with torchao's
-``prepare_pt2e``/``convert_pt2e``; the file then has int8 input and output tensors, which the runner
-quantises and dequantises with each tensor's own scale and zero point.
+fp32 is a plain ``litert_torch.convert``; fp16 (weights stored in half precision) and int8_dynamic (int8
+weights, activations quantised on the fly) are litert-torch's ``full_fp16_recipe`` / ``full_dynamic_recipe``
+(ai-edge-quantizer, applied after conversion). int8 is full-integer post-training quantisation through
+PT2E: litert-torch's ``PT2EQuantizer`` (symmetric, per-channel weights, static activations) with torchao's
+``prepare_pt2e``/``convert_pt2e``. litert-torch gives such a file int8 input and output tensors; unless
+``io="int8"`` is asked, ``export`` adds a QUANTIZE op before the first and a DEQUANTIZE op after the last,
+so the file takes and returns float32 like the others (what TFLite's own converter calls
+``inference_input_type=float32``). The runner quantises the inputs of an int8-I/O file itself, with each
+tensor's own scale and zero point.
 
 torch and litert_torch are imported only inside ``export``: a device runs ``load`` with numpy and one
 runtime installed.
@@ -15,11 +20,12 @@ runtime installed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from importlib import metadata as dist_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from targets import TARGETS
-from targets.base import EdgecompError, check_export_args, export_failed, key_error_line, predict_in_batches
+from targets.base import (
+    EdgecompError,
+    check_export_args,
+    export_failed,
+    key_error_line,
+    predict_in_batches,
+    static_input_shape,
+)
 from targets.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -35,7 +48,9 @@ if TYPE_CHECKING:
 
 # fp32 logits through XNNPACK differ from PyTorch's by float rounding only (~1e-6 on a MobileNetV2
 # at 224); 1e-3 leaves room for larger logits and other CPUs while still catching a wrong layout.
-TOLERANCE = 1e-3
+# fp16 weights (computed in f32) move the quickstart models' logits by up to ~1e-2; 5e-2 still catches a
+# broken graph, which moves them by whole units.
+TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 
 _METADATA_NAME = "edgecomp"  # one flatbuffer metadata entry holding the metadata dict as JSON
 _TFLITE_FILE_IDENTIFIER = b"TFL3"
@@ -49,14 +64,24 @@ def export(
     out: Path,
     calibration: np.ndarray | None,
     metadata: dict[str, str],
+    io: str = "float",
 ) -> Path:
-    """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically."""
-    check_export_args("tflite", precision, TARGETS["tflite"].precisions, calibration)
+    """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically.
+
+    `io="int8"` keeps a full-int8 file's int8 input and output tensors (see the module doc).
+    """
+    spec = TARGETS["tflite"]
+    check_export_args("tflite", precision, spec.precisions, calibration, io, spec.io)
     model.eval()  # before export: a graph from torch.export refuses .eval()
     try:
         with _quiet_progress():
-            edge_model = _convert_int8(model, example, calibration) if precision == "int8" else _convert(model, example)
-        content = edge_model.model_content()
+            if precision == "int8":
+                edge_model = _convert_int8(model, example, calibration)
+            else:
+                edge_model = _convert(model, example, **_recipe_config(precision))
+        content = bytes(edge_model.model_content())
+        if io == "float":
+            content = _float_io(content)
     except Exception as e:
         raise export_failed("tflite", precision, e) from e
     with atomic_path(out) as tmp:
@@ -68,6 +93,14 @@ def _convert(model: torch.nn.Module, example: torch.Tensor, **kwargs: Any) -> An
     import litert_torch
 
     return litert_torch.convert(model, (example,), **kwargs)
+
+
+def _recipe_config(precision: str) -> dict[str, Any]:
+    """litert-torch's post-conversion recipe for `precision` (none for fp32)."""
+    from litert_torch.generative.quantize import quant_recipes
+
+    recipes = {"fp16": quant_recipes.full_fp16_recipe, "int8_dynamic": quant_recipes.full_dynamic_recipe}
+    return {"quant_config": recipes[precision]()} if precision in recipes else {}
 
 
 def _convert_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> Any:
@@ -108,21 +141,22 @@ def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[A
 
 @contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Silence litert-torch's own progress lines (edgecomp shows progress), unless the user set them."""
+    """Silence litert-torch's progress lines and ai-edge-quantizer's size summary on stdout (edgecomp shows
+    progress, and `--json` output must stay parseable), unless the user asked for litert-torch's."""
     key = "LITERT_TORCH_SHOW_PROGRESS"
     if key in os.environ:
         yield
         return
     os.environ[key] = "n"
     try:
-        yield
+        with redirect_stdout(io.StringIO()):
+            yield
     finally:
         os.environ.pop(key, None)
 
 
 def _with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
     """Add `metadata` as one JSON flatbuffer metadata entry (runtimes ignore entries they don't know)."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content))
@@ -135,7 +169,70 @@ def _with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
     entry.name = _METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
-    builder = flatbuffers.Builder(len(content) + 1024)
+    return _pack(model)
+
+
+def _float_io(content: bytes) -> bytes:
+    """Give every int8 input a float32 tensor and a QUANTIZE op in front, and every int8 output a DEQUANTIZE
+    op behind, so callers feed and read float32; files without int8 I/O come back unchanged."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content))
+    graph = model.subgraphs[0]
+    quantized = [i for i in [*graph.inputs, *graph.outputs] if graph.tensors[i].type == schema.TensorType.INT8]
+    if not quantized or any(buffer.offset for buffer in model.buffers or []):
+        return content
+    graph.inputs, graph.outputs, graph.operators = list(graph.inputs), list(graph.outputs), list(graph.operators)
+    renamed: dict[int, int] = {}
+    for position, index in enumerate(graph.inputs):
+        if graph.tensors[index].type == schema.TensorType.INT8:
+            graph.inputs[position] = renamed[index] = _float_twin(model, graph, index)
+            graph.operators.insert(0, _operator(model, schema.BuiltinOperator.QUANTIZE, renamed[index], index))
+    for position, index in enumerate(graph.outputs):
+        if graph.tensors[index].type == schema.TensorType.INT8:
+            graph.outputs[position] = renamed[index] = _float_twin(model, graph, index)
+            graph.operators.append(_operator(model, schema.BuiltinOperator.DEQUANTIZE, index, renamed[index]))
+    for signature in model.signatureDefs or []:
+        for entry in [*(signature.inputs or []), *(signature.outputs or [])]:
+            entry.tensorIndex = renamed.get(int(entry.tensorIndex), entry.tensorIndex)
+    return _pack(model)
+
+
+def _float_twin(model: Any, graph: Any, index: int) -> int:
+    """A float32 tensor shaped like tensor `index`, taking over its name; returns the new tensor's index."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    quantized = graph.tensors[index]
+    twin = schema.TensorT()
+    twin.shape, twin.shapeSignature, twin.name = quantized.shape, quantized.shapeSignature, quantized.name
+    twin.type = schema.TensorType.FLOAT32
+    model.buffers.append(schema.BufferT())
+    twin.buffer = len(model.buffers) - 1
+    quantized.name = (quantized.name or b"") + b"_int8"
+    graph.tensors.append(twin)
+    return len(graph.tensors) - 1
+
+
+def _operator(model: Any, code: int, source: int, destination: int) -> Any:
+    """A one-input, one-output builtin operator, its opcode added to the model if new."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    codes = model.operatorCodes
+    found = [i for i, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) == code]
+    if not found:
+        entry = schema.OperatorCodeT()
+        entry.builtinCode, entry.deprecatedBuiltinCode, entry.version = code, min(code, 127), 2  # v2: int8
+        codes.append(entry)
+        found = [len(codes) - 1]
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = found[0], [source], [destination]
+    return op
+
+
+def _pack(model: Any) -> bytes:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=_TFLITE_FILE_IDENTIFIER)
     return bytes(builder.Output())
 
@@ -157,9 +254,9 @@ def size_bytes(path: Path) -> int:
     return Path(path).stat().st_size
 
 
-def load(path: Path, threads: int | None = None) -> TFLiteRunner:
-    """Open a .tflite file in the installed TFLite runtime (XNNPACK on CPU)."""
-    return TFLiteRunner(Path(path), threads or os.cpu_count() or 1)
+def load(path: Path, threads: int | None = None, shape: tuple[int, ...] | None = None) -> TFLiteRunner:
+    """Open a .tflite file in the installed TFLite runtime (XNNPACK on CPU); `shape`: see `targets.load_runner`."""
+    return TFLiteRunner(Path(path), threads or os.cpu_count() or 1, shape)
 
 
 def _interpreter_class() -> tuple[type, str]:
@@ -186,21 +283,26 @@ def _natural_key(name: str) -> list[Any]:
 class TFLiteRunner:
     """One interpreter, reused for every inference; see `targets.base.Runner`."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, shape: tuple[int, ...] | None = None) -> None:
         interpreter_class, self.runtime = _interpreter_class()
         self.path = path
         self.threads = threads
         try:
             self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            inputs = self._interpreter.get_input_details()
+            if len(inputs) != 1:
+                raise EdgecompError(f"{path}: has {len(inputs)} inputs; edgecomp runs single-input models")
+            dims = [None if d < 0 else int(d) for d in inputs[0].get("shape_signature", inputs[0]["shape"])]
+            self.input_shape = static_input_shape(path, dims, shape)
+            if tuple(int(d) for d in inputs[0]["shape"]) != self.input_shape:
+                self._interpreter.resize_tensor_input(inputs[0]["index"], list(self.input_shape))
             self._interpreter.allocate_tensors()
+        except EdgecompError:
+            raise
         except Exception as e:  # the runtime raises ValueError/RuntimeError with multi-line messages
             raise EdgecompError(f"{path}: not a TFLite model this runtime can open ({key_error_line(e)})") from e
-        inputs = self._interpreter.get_input_details()
-        if len(inputs) != 1:
-            raise EdgecompError(f"{path}: has {len(inputs)} inputs; edgecomp runs single-input models")
-        self._input = inputs[0]
+        self._input = self._interpreter.get_input_details()[0]
         self._outputs = self._output_details()
-        self.input_shape = tuple(int(d) for d in self._input["shape"])
 
     def _output_details(self) -> list[dict[str, Any]]:
         """Outputs in the model's order: by signature name (output_0, output_1, ...) when there is one,

@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import targets
-from targets.bench import BenchResult, benchmark, main
+from targets.bench import BenchResult, benchmark, main, open_for_bench, parse_shape
 from targets.device import device_info, runtime_versions
 
 JSON_KEYS = {
@@ -20,10 +21,13 @@ JSON_KEYS = {
     "latency_ms_p90",
     "latency_ms_mean",
     "latency_ms_std",
+    "throughput_per_s",
     "runs",
     "warmup",
     "threads",
+    "batch",
     "input_shape",
+    "peak_rss_mb",
     "runtime",
     "device",
 }
@@ -36,8 +40,10 @@ def test_benchmark_fills_every_field(target: str, exported: Callable[[str, str],
     assert isinstance(result, BenchResult)
     assert 0 < result.latency_ms_p50 <= result.latency_ms_p90
     assert result.latency_ms_mean > 0 and result.latency_ms_std >= 0
-    assert (result.runs, result.warmup, result.threads) == (7, 2, 1)
+    assert (result.runs, result.warmup, result.threads, result.batch) == (7, 2, 1, 1)
     assert result.input_shape == list(runner.input_shape)
+    assert result.throughput_per_s == pytest.approx(1000.0 / result.latency_ms_mean)
+    assert result.peak_rss_mb > 10  # a runtime and a model are loaded: at least tens of MiB
     assert result.runtime == runner.runtime
     assert str(device_info()["cores"]) in result.device
     decoded = json.loads(result.to_json())
@@ -117,3 +123,80 @@ def test_device_info_and_runtime_versions_import_no_runtime() -> None:
     assert decoded["device"]["cpu"] and decoded["device"]["machine"]
     assert decoded["runtimes"] == runtime_versions()
     assert {"ai_edge_litert", "openvino"} <= set(runtime_versions())  # both are dependencies of edgecomp
+
+
+def test_time_budget_runs_as_many_as_fit(exported: Callable[[str, str], Path]) -> None:
+    runner = targets.load_runner(exported("openvino", "fp32"), threads=1)
+    result = benchmark(runner, warmup=1, runs=1, time_budget_s=0.2)
+    assert result.runs > 1
+    assert result.runs * result.latency_ms_mean <= 0.2 * 1000 + result.latency_ms_p90 * 2 + 50
+    with pytest.raises(targets.EdgecompError, match="positive time budget"):
+        benchmark(runner, time_budget_s=0)
+
+
+@pytest.mark.parametrize("target", ["tflite", "openvino"])
+def test_batch_changes_the_first_dimension_and_the_throughput(
+    target: str, exported: Callable[[str, str], Path]
+) -> None:
+    runner = open_for_bench(exported(target, "fp32"), threads=1, batch=4)
+    assert runner.input_shape == (4, 3, 32, 32)
+    result = benchmark(runner, warmup=1, runs=5)
+    assert (result.batch, result.input_shape) == (4, [4, 3, 32, 32])
+    assert result.throughput_per_s == pytest.approx(4 * 1000.0 / result.latency_ms_mean)
+    assert runner.predict(np.zeros((6, 3, 32, 32), np.float32))[0].shape == (6, 10)
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(exported: Callable[[str, str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny net's ONNX file with a symbolic batch and image size, as many files made elsewhere have."""
+    import onnx
+
+    model = onnx.load(str(exported("onnx", "fp32")))
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        dims[0].dim_param = "batch"
+        if len(dims) == 4:
+            dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del model.graph.value_info[:]
+    path = tmp_path_factory.mktemp("dynamic") / "dynamic.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_dynamic_input_needs_a_shape(dynamic_onnx: Path) -> None:
+    with pytest.raises(targets.EdgecompError, match=r"dynamic; give one to run \(--shape"):
+        targets.load_runner(dynamic_onnx)
+    runner = targets.load_runner(dynamic_onnx, shape=(2, 3, 32, 32))
+    assert runner.input_shape == (2, 3, 32, 32)
+    assert runner.predict(np.zeros((3, 3, 32, 32), np.float32))[0].shape == (3, 10)
+    with pytest.raises(targets.EdgecompError, match="does not fit"):
+        targets.load_runner(dynamic_onnx, shape=(1, 4, 32, 32))
+
+
+def test_parse_shape() -> None:
+    assert parse_shape("1x3x224x224") == (1, 3, 224, 224)
+    for bad in ("", "1x0x3", "ax3", "1,3"):
+        with pytest.raises(targets.EdgecompError, match="1x3x224x224"):
+            parse_shape(bad)
+
+
+def test_bench_cli_shape_batch_and_time_budget_without_torch(dynamic_onnx: Path, no_torch_path: str) -> None:
+    args = [
+        str(dynamic_onnx),
+        "--json",
+        "--shape",
+        "1x3x32x32",
+        "--batch",
+        "2",
+        "--time-budget",
+        "0.2",
+        "--warmup",
+        "1",
+    ]
+    result = _run_bench(args, no_torch_path)
+    assert result.returncode == 0, result.stderr
+    decoded = json.loads(result.stdout)
+    assert set(decoded) == JSON_KEYS
+    assert decoded["input_shape"] == [2, 3, 32, 32] and decoded["batch"] == 2
+    assert decoded["runs"] > 1 and decoded["throughput_per_s"] > 0 and decoded["peak_rss_mb"] > 0
+    assert decoded["runtime"].startswith("onnxruntime ")

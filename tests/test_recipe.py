@@ -38,7 +38,10 @@ def test_shipped_recipes_validate(recipe: Path) -> None:
         (lambda r: r.update(stages=[{"prune": {"ratio": 1.5}}]), "stages.0.prune.ratio"),
         (lambda r: r.update(stages=[{"prune": {}, "finetune": {}}]), "exactly one of"),
         (lambda r: r.update(stages=[{"prune": {"importance": "l3"}}]), "stages.0.prune.importance"),
-        (lambda r: r.update(exports=[{"target": "tflite", "precision": ["int4"]}]), "does not support precision 'int4'"),
+        (
+            lambda r: r.update(exports=[{"target": "tflite", "precision": ["int4"]}]),
+            "does not support precision 'int4'",
+        ),
         (lambda r: r.update(exports=[{"target": "tflitee"}]), "did you mean 'tflite'"),
         (lambda r: r.update(stages=[{"finetune": {}}, {"prune": {}}]), "finetune must come after prune"),
         (lambda r: r["model"].update(weights="/no/such/file.pt"), "model.weights: no such file"),

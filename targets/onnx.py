@@ -1,0 +1,210 @@
+"""ONNX: ``torch.onnx.export`` (opset pinned, static shape), onnxruntime runs it, int8 through its static quantizer.
+
+For users whose runtime is neither TFLite nor OpenVINO: any ONNX consumer can take the file, and edgecomp
+measures it in onnxruntime's CPU execution provider. int8 is ``onnxruntime.quantization.quantize_static``
+in QDQ format (per-channel int8 weights, uint8 activations calibrated on the samples), which the CPU provider
+fuses into integer kernels. Weights use 7 bits (``reduce_range``) for the reason the OpenVINO target uses
+NNCF's overflow fix: on CPUs without VNNI the u8 x s8 pair sums saturate int16, and a file must not lose
+accuracy on the machine it is deployed to.
+
+The metadata dict lives in the model's ``metadata_props``; ``read_metadata`` reads it through onnxruntime,
+so a device needs only numpy and onnxruntime. torch and onnx are imported only inside ``export``.
+
+>>> path = export(model, torch.randn(1, 3, 32, 32), "int8", Path("m.onnx"), calibration, {"recipe": "q"})
+>>> load(path, threads=2).predict(images)[0].shape
+(len(images), num_classes)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from functools import partial
+from importlib import metadata as dist_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from targets import TARGETS
+from targets.base import (
+    EdgecompError,
+    check_export_args,
+    export_failed,
+    key_error_line,
+    predict_in_batches,
+    static_input_shape,
+)
+from targets.fileio import atomic_path, temp_sibling
+
+if TYPE_CHECKING:
+    import torch
+
+# fp32 through onnxruntime's CPU kernels matches PyTorch to float rounding (~1e-6); as for the others.
+TOLERANCE = {"fp32": 1e-3}
+
+OPSET = 18  # pinned: the exported graph must not change with the installed torch's default
+_INPUT_NAME = "input"
+
+
+def export(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    precision: str,
+    out: Path,
+    calibration: np.ndarray | None,
+    metadata: dict[str, str],
+    io: str = "float",
+) -> Path:
+    """Export `model` (static input shape of `example`) to an .onnx file at `out`, written atomically."""
+    spec = TARGETS["onnx"]
+    check_export_args("onnx", precision, spec.precisions, calibration, io, spec.io)
+    out = Path(out)
+    fp32 = temp_sibling(out.with_name(f"fp32-{out.name}"))
+    try:
+        try:
+            _export_fp32(model.eval(), example, fp32)
+            if precision == "int8":
+                _quantize_int8(fp32, calibration)
+        except Exception as e:
+            raise export_failed("onnx", precision, e) from e
+        _save_with_metadata(fp32, out, metadata)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return out
+
+
+def _export_fp32(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
+    outputs = model(example)
+    count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        opset_version=OPSET,
+        input_names=[_INPUT_NAME],
+        output_names=[f"output_{i}" for i in range(count)],
+        external_data=False,
+        verbose=False,
+    )
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over the calibration samples, one at a time."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self._samples = np.ascontiguousarray(samples, dtype=np.float32)
+        self._next: Iterator[dict[str, np.ndarray]] = iter(())
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._next, None)
+
+    def rewind(self) -> None:
+        self._next = ({_INPUT_NAME: sample[None]} for sample in self._samples)
+
+
+def _quantize_int8(path: Path, calibration: np.ndarray) -> None:
+    """Quantise the fp32 file at `path` in place (QDQ, per-channel 7-bit weights, uint8 activations)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantized = path.with_name(f"int8-{path.name}")
+    try:
+        quantize_static(
+            str(path),
+            str(quantized),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        os.replace(quantized, path)
+    finally:
+        quantized.unlink(missing_ok=True)
+
+
+def _save_with_metadata(source: Path, out: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(source))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=str(key), value=str(value))
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata dict `export` put into the model's metadata_props ({} for files made elsewhere)."""
+    return dict(_session(Path(path), 1).get_modelmeta().custom_metadata_map)
+
+
+def size_bytes(path: Path) -> int:
+    """What the deployment ships, in bytes: the one .onnx file (edgecomp writes no external data)."""
+    return Path(path).stat().st_size
+
+
+def load(path: Path, threads: int | None = None, shape: tuple[int, ...] | None = None) -> ONNXRunner:
+    """Open an .onnx file in onnxruntime's CPU provider; `shape`: see `targets.load_runner`."""
+    return ONNXRunner(Path(path), threads or os.cpu_count() or 1, shape)
+
+
+def _session(path: Path, threads: int) -> Any:
+    """An onnxruntime session on the CPU: `threads` for each op, one op at a time."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EdgecompError("onnxruntime is not installed: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its warnings are about the graph, not the user's mistake
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types with multi-line messages
+        raise EdgecompError(f"{path}: onnxruntime cannot open it ({key_error_line(e)})") from e
+
+
+class ONNXRunner:
+    """One onnxruntime session and one IO binding, reused; see `targets.base.Runner`."""
+
+    def __init__(self, path: Path, threads: int, shape: tuple[int, ...] | None = None) -> None:
+        self.path = path
+        self.threads = threads
+        self.runtime = f"onnxruntime {dist_metadata.version('onnxruntime')}"
+        self._session = _session(path, threads)
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise EdgecompError(f"{path}: has {len(inputs)} inputs; edgecomp runs single-input models")
+        if inputs[0].type != "tensor(float)":
+            raise EdgecompError(f"{path}: input is {inputs[0].type}; edgecomp feeds float32 (tensor(float))")
+        self._input_name = inputs[0].name
+        dims = [d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape]
+        self.input_shape = static_input_shape(path, dims, shape)
+        if dims[0] is not None and dims[0] != self.input_shape[0]:
+            raise EdgecompError(
+                f"{path}: its batch size is fixed at {dims[0]}; export it with batch {self.input_shape[0]}"
+            )
+        self._binding = self._session.io_binding()
+        self._x = np.zeros(self.input_shape, np.float32)
+
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        return predict_in_batches(self, x)
+
+    def bind(self, x: np.ndarray) -> Callable[[], None]:
+        self._x = np.ascontiguousarray(x, dtype=np.float32)  # the binding reads this memory: keep it alive
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+        self._binding.bind_cpu_input(self._input_name, self._x)
+        for output in self._session.get_outputs():
+            self._binding.bind_output(output.name, "cpu")
+        return partial(self._session.run_with_iobinding, self._binding)
+
+    def outputs(self) -> list[np.ndarray]:
+        return [np.array(out, dtype=np.float32) for out in self._binding.copy_outputs_to_cpu()]
