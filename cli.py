@@ -20,14 +20,6 @@ from rich.table import Table
 from targets.base import EdgecompError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-KIND_LABELS = {
-    "dense": "dense",
-    "finetune": "pruned+ft",
-    "kd": "pruned+KD",
-    "scratch_e": "Scratch-E",
-    "scratch_b": "Scratch-B",
-    "qat": "QAT",
-}
 
 app = typer.Typer(
     add_completion=False,
@@ -82,6 +74,8 @@ def run(
 
 
 def results_table(results: dict) -> Table:
+    from compress.report import KIND_LABELS
+
     table = Table(title=f"{results['recipe']}: {results['metric']} on the test split, measured in each runtime")
     for column in (
         "candidate",
