@@ -173,7 +173,7 @@ def load_checkpoint(path: Path, spec: ModelSpec | None = None) -> nn.Module:
     except EdgecompError as error:
         raise EdgecompError(f"{path}: a {saved} checkpoint, not {spec.arch}: {error}") from None
     load_weights(model, payload["state_dict"], str(path))
-    return model
+    return model.eval()  # ready to predict; training loops switch to train mode themselves
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -203,25 +203,36 @@ def trusted_pickles(trust: bool) -> Iterator[None]:
 TORCHVISION_WEIGHTS = "torchvision"
 
 
-def load_pretrained(model: nn.Module, arch: str, source: str) -> None:
-    """Load `source` into `model`, safely: a state dict or edgecomp checkpoint path, or ``torchvision``
-    for torchvision's ImageNet weights of `arch` (downloaded, so online only). With another class count
-    than the weights', the classifier keeps its fresh init and everything else loads."""
-    if source == TORCHVISION_WEIGHTS:
-        state = _torchvision_state(arch)
-    else:
-        try:
-            payload = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
-        state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-        if not isinstance(state, dict):
-            raise EdgecompError(f"{source}: expected a state dict")
+def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> None:
+    """Load `source` into `model`: a state dict or edgecomp checkpoint path, or ``torchvision`` for
+    torchvision's ImageNet weights of `arch` (downloaded, so online only). With another class count than
+    the weights', the classifier keeps its fresh init and everything else loads. Pickled Python objects
+    (a whole saved module) load only inside ``trusted_pickles(True)`` (``edgecomp run --trust``)."""
+    state = _torchvision_state(arch or "") if source == TORCHVISION_WEIGHTS else _read_weights(source)
     own = model.state_dict()
     classifier = output_layer(model)
     head = [f"{name}.{p}" for name, m in model.named_modules() if m is classifier for p in ("weight", "bias")]
     state = {k: v for k, v in state.items() if not (k in head and k in own and v.shape != own[k].shape)}
     load_weights(model, {**{k: own[k] for k in head if k in own}, **state}, source)
+
+
+def _read_weights(source: str) -> dict[str, torch.Tensor]:
+    trust = TRUST_PICKLES.get()
+    try:
+        payload = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=not trust)
+    except Exception as error:
+        if _unsafe_pickle(error):
+            raise EdgecompError(
+                f"{source}: refused: it holds pickled Python objects, which could run code when loaded; "
+                "if you made the file yourself and trust it, pass --trust"
+            ) from None
+        raise EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
+    if isinstance(payload, nn.Module):  # only reachable when trusted
+        return payload.state_dict()
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise EdgecompError(f"{source}: expected a state dict")
+    return state
 
 
 def _torchvision_state(arch: str) -> dict[str, torch.Tensor]:

@@ -144,7 +144,7 @@ class Pipeline:
             seed_everything(recipe.train.seed)
             model = build_model(recipe.model, self.num_classes)
             if recipe.model.weights:
-                load_pretrained(model, recipe.model.arch, recipe.model.weights)
+                load_pretrained(model, recipe.model.weights, recipe.model.arch)
             return model, self._train(model, recipe.train.epochs, recipe.train.lr, self._label_criterion(), "dense")
 
         model, _, key = self._stage("dense", inputs, build)
