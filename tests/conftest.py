@@ -79,3 +79,24 @@ def exported(
         return cache[target, precision]
 
     return get
+
+
+# After the whole suite, a native runtime (litert/JAX, OpenVINO, onnxruntime or Chromium's helpers) can
+# segfault in its destructors at interpreter exit, turning a passed run into exit 139. Every result has
+# been reported by then, so leave with pytest's own exit status without running those destructors.
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _exit_status:
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[0])
