@@ -22,8 +22,11 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# test_robustness runs in its own process: after the rest of the suite in one process, a native runtime
+# segfaults in the teardown that follows its last test (every test passes; cause not yet found).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/test_robustness.py
+	$(BIN)/pytest tests/test_robustness.py
 
 # The committed reports of the shipped CPU recipes, regenerated from scratch.
 reports: $(INSTALLED)
