@@ -37,6 +37,9 @@ class ModelSpec(Spec):
     num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
     width_mult: float = Field(1.0, gt=0.0, le=4.0)
     small_input: bool = Field(False, description="stride-1 stem, for 32x32-class inputs")
+    image_size: PositiveInt | None = Field(
+        None, description="the square input size the model is built for (a detector's anchors); default data.image_size"
+    )
     weights: str | None = Field(
         None, description="a checkpoint (state dict) to start the dense model from, or 'torchvision' (online)"
     )
@@ -222,6 +225,16 @@ class Recipe(Spec):
     exports: list[ExportSpec] = Field(default_factory=list)
     bench: BenchSpec = BenchSpec()
     report: ReportSpec = ReportSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_input_size(cls, data: Any) -> Any:
+        """The model is built for the data's image size unless the recipe says otherwise."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("data"), dict):
+            size = data["data"].get("image_size", DataSpec.model_fields["image_size"].default)
+            if data["model"].get("image_size") is None and isinstance(size, int):
+                data = {**data, "model": {**data["model"], "image_size": size}}
+        return data
 
     @model_validator(mode="after")
     def _stage_order(self) -> Recipe:
