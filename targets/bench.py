@@ -5,7 +5,10 @@ Imports no torch (only numpy and the runtime that opens the file), so it runs on
     python -m targets.bench model.tflite --threads 4 --runs 200 --json
     python -m targets.bench model.onnx --time-budget 10 --shape 1x3x224x224   # a dynamic-shape file
 
-Only the runtime's inference call is timed: the input is copied in once by ``Runner.bind``.
+Only the runtime's inference call is timed: the input is copied in once by ``Runner.bind``. A detector's
+file (outputs ``[N, A, C+1]`` logits and ``[N, A, 4]`` boxes) is recognised by its output shapes, and the
+numpy post-processing its results need (``targets.detect.postprocess``: threshold, top-k, NMS) is timed
+separately on the model's own outputs, since a device pays for both.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from targets import load_runner
+from targets import detect, load_runner
 from targets.base import EdgecompError, Runner
 from targets.device import device_string
+
+POSTPROCESS_CHOICES = ("auto", "detection", "none")  # auto: detection when the output shapes are a detector's
 
 
 @dataclass(frozen=True)
@@ -44,32 +50,45 @@ class BenchResult:
     peak_rss_mb: float  # the process's peak resident memory so far: runtime, model and arena included
     runtime: str
     device: str
+    postprocess_ms_p50: float | None = None  # detection post-processing of one inference's outputs
+    postprocess_ms_p90: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The public JSON fields; the post-processing ones only where there was any, so that a
+        classifier's object is the same as before detectors were supported."""
+        fields = asdict(self)
+        if self.postprocess_ms_p50 is None:
+            del fields["postprocess_ms_p50"], fields["postprocess_ms_p90"]
+        return fields
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict())
 
 
-def benchmark(runner: Runner, warmup: int = 10, runs: int = 100, time_budget_s: float | None = None) -> BenchResult:
+def benchmark(
+    runner: Runner,
+    warmup: int = 10,
+    runs: int = 100,
+    time_budget_s: float | None = None,
+    postprocess: str = "auto",
+) -> BenchResult:
     """Time `runs` inferences of one random input after `warmup` untimed ones; with `time_budget_s`, time
     as many as fit in that many seconds instead (at least one).
 
     The thread count and the input shape are the runner's: both are fixed when a runtime opens a file
-    (``targets.load_runner(path, threads=n, shape=...)``).
+    (``targets.load_runner(path, threads=n, shape=...)``). `postprocess` (see `POSTPROCESS_CHOICES`) adds
+    the detection post-processing's latency on the last inference's outputs, timed the same way.
     """
     if runs < 1 or warmup < 0 or (time_budget_s is not None and time_budget_s <= 0):
         raise EdgecompError(
             f"benchmark needs runs >= 1, warmup >= 0 and a positive time budget, "
             f"got runs={runs}, warmup={warmup}, time_budget_s={time_budget_s}"
         )
+    if postprocess not in POSTPROCESS_CHOICES:
+        raise EdgecompError(f"postprocess {postprocess!r}: expected one of {', '.join(POSTPROCESS_CHOICES)}")
     x = np.random.default_rng(0).standard_normal(runner.input_shape).astype(np.float32)
-    infer = runner.bind(x)
-    for _ in range(warmup):
-        infer()
-    times_ns = _timed_runs(infer, runs) if time_budget_s is None else _timed_for(infer, time_budget_s)
-    ms = times_ns / 1e6
+    ms = _latencies_ms(runner.bind(x), warmup, runs, time_budget_s)
+    post_ms = _postprocess_latencies_ms(runner, postprocess, warmup, runs, time_budget_s)
     batch = int(runner.input_shape[0]) if runner.input_shape else 1
     return BenchResult(
         latency_ms_p50=float(np.percentile(ms, 50)),
@@ -85,10 +104,39 @@ def benchmark(runner: Runner, warmup: int = 10, runs: int = 100, time_budget_s: 
         peak_rss_mb=peak_rss_mb(),
         runtime=runner.runtime,
         device=device_string(),
+        postprocess_ms_p50=None if post_ms is None else float(np.percentile(post_ms, 50)),
+        postprocess_ms_p90=None if post_ms is None else float(np.percentile(post_ms, 90)),
     )
 
 
-def _timed_runs(infer: Callable[[], None], runs: int) -> np.ndarray:
+def _latencies_ms(call: Callable[[], object], warmup: int, runs: int, time_budget_s: float | None) -> np.ndarray:
+    """Milliseconds of each timed call, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times_ns = _timed_runs(call, runs) if time_budget_s is None else _timed_for(call, time_budget_s)
+    return times_ns / 1e6
+
+
+def _postprocess_latencies_ms(
+    runner: Runner, mode: str, warmup: int, runs: int, time_budget_s: float | None
+) -> np.ndarray | None:
+    """Latencies of the detection post-processing of the runner's last outputs (as many runs, or as long a
+    time budget, as the model had), or None where there is none."""
+    if mode == "none":
+        return None
+    outputs = runner.outputs()
+    if not detect.is_detector_outputs([out.shape for out in outputs]):
+        if mode == "auto":
+            return None
+        shapes = ", ".join(str(tuple(out.shape)) for out in outputs)
+        raise EdgecompError(
+            f"{runner.path}: outputs {shapes} are not a detector's (logits [N, A, C+1] and boxes [N, A, 4]); "
+            "benchmark it with postprocess 'auto' or 'none'"
+        )
+    return _latencies_ms(partial(detect.postprocess, outputs), warmup, runs, time_budget_s)
+
+
+def _timed_runs(infer: Callable[[], object], runs: int) -> np.ndarray:
     times_ns = np.empty(runs, dtype=np.int64)
     for i in range(runs):
         start = time.perf_counter_ns()
@@ -97,7 +145,7 @@ def _timed_runs(infer: Callable[[], None], runs: int) -> np.ndarray:
     return times_ns
 
 
-def _timed_for(infer: Callable[[], None], seconds: float) -> np.ndarray:
+def _timed_for(infer: Callable[[], object], seconds: float) -> np.ndarray:
     times_ns: list[int] = []
     deadline = time.perf_counter_ns() + int(seconds * 1e9)
     while not times_ns or time.perf_counter_ns() < deadline:
@@ -146,6 +194,7 @@ def format_table(result: BenchResult) -> str:
         ("mean ± std", f"{result.latency_ms_mean:.3f} ± {result.latency_ms_std:.3f} ms"),
         ("throughput", f"{result.throughput_per_s:.1f} inferences/s"),
         ("runs / warm-up", f"{result.runs} / {result.warmup}"),
+        *_postprocess_rows(result),
         ("threads", str(result.threads)),
         ("input", "x".join(map(str, result.input_shape))),
         ("peak memory", f"{result.peak_rss_mb:.1f} MiB"),
@@ -154,6 +203,15 @@ def format_table(result: BenchResult) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _postprocess_rows(result: BenchResult) -> list[tuple[str, str]]:
+    if result.postprocess_ms_p50 is None or result.postprocess_ms_p90 is None:
+        return []
+    return [
+        ("post-process p50", f"{result.postprocess_ms_p50:.3f} ms"),
+        ("post-process p90", f"{result.postprocess_ms_p90:.3f} ms"),
+    ]
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -167,6 +225,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default: 10)")
     parser.add_argument("--batch", type=int, help="batch size (default: the file's)")
     parser.add_argument("--shape", help="input shape, e.g. 1x3x224x224 (needed when the file's input is dynamic)")
+    parser.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_CHOICES,
+        default="auto",
+        help="also time a detector's numpy post-processing (default auto: when the outputs are a detector's)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
@@ -176,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shape = parse_shape(args.shape) if args.shape else None
         runner = open_for_bench(args.model, threads=args.threads, shape=shape, batch=args.batch)
-        result = benchmark(runner, warmup=args.warmup, runs=args.runs, time_budget_s=args.time_budget)
+        result = benchmark(
+            runner, warmup=args.warmup, runs=args.runs, time_budget_s=args.time_budget, postprocess=args.postprocess
+        )
     except EdgecompError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
