@@ -5,7 +5,7 @@ scored on the same held-out images. Images are returned as float32 CHW tensors, 
 normalised exactly as the exported models expect them.
 """
 
-from compress.data import digits, folders, mnist_like  # noqa: F401  (registers the data sets)
+from compress.data import detection_files, digit_scenes, digits, folders, mnist_like  # noqa: F401  (registers the data sets)
 from compress.data._base import DATASETS, DataSplits, ImageArrayDataset, as_numpy, make_loader
 
 __all__ = ["DATASETS", "DataSplits", "ImageArrayDataset", "as_numpy", "make_loader"]
