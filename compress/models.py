@@ -23,6 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
+from compress.detectors import BUILDERS as DETECTORS
 from compress.recipe import ModelSpec
 from compress.registry import Registry
 from targets.base import EdgecompError
@@ -58,6 +59,8 @@ def _mobilenet_v3(factory: Callable[..., nn.Module]) -> Builder:
 
 MODELS.register("mobilenet_v3_small")(_mobilenet_v3(torchvision.models.mobilenet_v3_small))
 MODELS.register("mobilenet_v3_large")(_mobilenet_v3(torchvision.models.mobilenet_v3_large))
+for _name, _builder in DETECTORS.items():  # SSDLite cores, see compress/detectors.py
+    MODELS.register(_name)(_builder)
 
 
 def _import_builder(arch: str) -> Builder:
@@ -205,13 +208,15 @@ TORCHVISION_WEIGHTS = "torchvision"
 
 def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> None:
     """Load `source` into `model`: a state dict or edgecomp checkpoint path, or ``torchvision`` for
-    torchvision's ImageNet weights of `arch` (downloaded, so online only). With another class count than
-    the weights', the classifier keeps its fresh init and everything else loads. Pickled Python objects
-    (a whole saved module) load only inside ``trusted_pickles(True)`` (``edgecomp run --trust``)."""
+    torchvision's pretrained weights of `arch` (ImageNet for classifiers, COCO for
+    ssdlite320_mobilenet_v3_large; downloaded, so online only). With another class count than the
+    weights', the output layers (classifier, or a detector's class predictors) keep their fresh init and
+    everything else loads. Pickled Python objects (a whole saved module) load only inside
+    ``trusted_pickles(True)`` (``edgecomp run --trust``)."""
     state = _torchvision_state(arch or "") if source == TORCHVISION_WEIGHTS else _read_weights(source)
     own = model.state_dict()
-    classifier = output_layer(model)
-    head = [f"{name}.{p}" for name, m in model.named_modules() if m is classifier for p in ("weight", "bias")]
+    outputs = output_layers(model)
+    head = [f"{name}.{p}" for name, m in model.named_modules() if m in outputs for p in ("weight", "bias")]
     state = {k: v for k, v in state.items() if not (k in head and k in own and v.shape != own[k].shape)}
     load_weights(model, {**{k: own[k] for k in head if k in own}, **state}, source)
 
@@ -243,15 +248,19 @@ def _torchvision_state(arch: str) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=False)
     except Exception as error:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise EdgecompError(
             f"could not download torchvision's {weights} ({type(error).__name__}); offline, download "
-            f"{weights.url} elsewhere and set model.weights to the local .pth file"
+            f"{weights.url} elsewhere and put it at {cached}, or set model.weights to the local .pth file"
         ) from None
 
 
-def output_layer(model: nn.Module) -> nn.Module:
-    """The last Linear or Conv2d in module order: the classifier, whose outputs are the classes."""
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs are the task's outputs, never pruned: the model's own ``output_layers()``
+    (a detector's class and box predictors), else the last Linear or Conv2d in module order (the classifier)."""
+    if callable(getattr(model, "output_layers", None)):
+        return list(model.output_layers())
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if not layers:
         raise EdgecompError("the model has no Linear or Conv2d layer")
-    return layers[-1]
+    return [layers[-1]]

@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.measure import count
-from compress.models import output_layer
+from compress.models import output_layers
 from compress.recipe import PruneSpec
 from compress.registry import Registry
 from targets.base import EdgecompError
@@ -42,7 +42,7 @@ def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
     missing = [name for name in names if name not in modules]
     if missing:
         raise EdgecompError(f"prune.ignore: no module named {', '.join(map(repr, missing))} in the model")
-    return [output_layer(model)] + [modules[name] for name in names]
+    return output_layers(model) + [modules[name] for name in names]
 
 
 def _accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss) -> None:
