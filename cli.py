@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -57,18 +58,36 @@ def run(
     trust: Annotated[
         bool, typer.Option("--trust", help="Let model.weights be a pickled module (runs its code: trusted files only).")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Training workers on this machine, started through torchrun.")
+    ] = 1,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu or cuda: where training runs (overrides train.device).")
+    ] = None,
 ) -> None:
     """Run a recipe end to end; writes runs/<name>/ with results.json and the report."""
+    from compress import distributed
     from compress.models import trusted_pickles
     from compress.pipeline import Pipeline
     from compress.recipe import load_recipe
     from compress.runlock import run_lock
 
-    parsed = load_recipe(_recipe_path(recipe), overrides=set_ or [])
+    overrides = [*(set_ or []), *([f"train.device={device}"] if device else [])]
+    parsed = load_recipe(_recipe_path(recipe), overrides=overrides)  # a bad recipe fails here, once
     run_dir = runs_dir / parsed.name
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        argv = ["--debug"] * state["debug"] + ["run", recipe, "--runs-dir", str(runs_dir)]
+        argv += [arg for value in overrides for arg in ("--set", value)] + ["--force"] * force + ["--trust"] * trust
+        raise typer.Exit(distributed.launch(argv, nproc))
     command = shlex.join(["edgecomp", *sys.argv[1:]])
-    with run_lock(run_dir), trusted_pickles(trust):
+    with (
+        distributed.process_group(parsed.train.device),
+        trusted_pickles(trust),
+        run_lock(run_dir) if distributed.is_main() else nullcontext(),  # rank 0 writes; it holds the lock
+    ):
         results = Pipeline(parsed, run_dir, force=force, command=command, console=errors).run()
+    if results is None:  # a worker other than rank 0: it trained its share; rank 0 reports
+        return
     console.print(results_table(results))
     console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
 
@@ -120,13 +139,18 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 10,
     batch: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the file's).")] = None,
     shape: Annotated[str | None, typer.Option(help="Input shape such as 1x3x224x224, for dynamic inputs.")] = None,
+    postprocess: Annotated[
+        Literal["auto", "detection", "none"],
+        typer.Option(help="Also time a detector's numpy post-processing (auto: when the outputs are a detector's)."),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Latency of one model file in its runtime: p50 / p90 / mean over timed runs, throughput, peak memory."""
+    """Latency of one model file in its runtime: p50 / p90 / mean over timed runs, throughput, peak memory;
+    for a detector, the latency of its post-processing (threshold, top-k, NMS) as well."""
     from targets.bench import benchmark, open_for_bench, parse_shape
 
     runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
-    result = benchmark(runner, warmup=warmup, runs=runs, time_budget_s=time_budget)
+    result = benchmark(runner, warmup=warmup, runs=runs, time_budget_s=time_budget, postprocess=postprocess)
     if as_json:
         console.print_json(result.to_json())
         return

@@ -237,12 +237,12 @@ def check_run(run_dir: Path, runtimes: list[str], work: Path) -> dict[str, Any]:
         reference_outputs, x86_runtime = predict_file(model, x)
         reference = work / f"{name}.x86.npz"
         save_outputs(reference, reference_outputs)
-        metric_x86 = task.score(reference_outputs, labels)
+        metric_x86 = task.score(reference_outputs, labels)[task.metric]
         for runtime in (r for r in runtimes if RUNTIME_TARGET[r] == target):
             start = time.perf_counter()
             out = work / f"{name}.{runtime}.npz"
             summary = verify_file(model, runtime, inputs, reference, out, MIN_AGREEMENT[precision])
-            metric_arm = task.score(load_outputs(out), labels)
+            metric_arm = task.score(load_outputs(out), labels)[task.metric]
             row = {
                 "candidate": model.parent.name,
                 "file": str(model.relative_to(run_dir)),

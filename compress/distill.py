@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.distributed import unwrap
 from compress.recipe import FeatureKD
 from targets.base import EdgecompError
 
@@ -46,7 +47,11 @@ def capture(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tens
 
 
 class Distillation(nn.Module):
-    """alpha * KD(teacher logits) + (1 - alpha) * label loss + sum of weighted feature MSEs."""
+    """alpha * KD(teacher outputs) + (1 - alpha) * label loss + sum of weighted feature MSEs.
+
+    The output term is the task's (`Task.distill`): logits KD for a classifier, per-anchor class and box
+    KD for a detector; feature KD on named layers is the same for both.
+    """
 
     def __init__(
         self,
@@ -57,10 +62,12 @@ class Distillation(nn.Module):
         features: list[FeatureKD] | None = None,
         student: nn.Module | None = None,
         example: torch.Tensor | None = None,
+        output_kd: Callable[..., torch.Tensor] = kd_loss,
     ) -> None:
         super().__init__()
         self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, never trained or saved
         self.label_loss = label_loss
+        self.output_kd = output_kd
         self.alpha = alpha
         self.temperature = temperature
         self.features = features or []
@@ -69,6 +76,10 @@ class Distillation(nn.Module):
             if student is None or example is None:
                 raise ValueError("feature KD needs the student and an example input to size its adapters")
             self._build_adapters(student, example)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(device) moves the teacher with the adapters
+        self.teacher[0]._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def _pairs(self) -> tuple[list[str], list[str]]:
         return [f.student for f in self.features], [f.teacher or f.student for f in self.features]
@@ -88,11 +99,12 @@ class Distillation(nn.Module):
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         student_names, teacher_names = self._pairs()
-        with capture(model, student_names) as s_feats:
+        with capture(unwrap(model), student_names) as s_feats:  # hooks inside DDP's wrapper
             student = model(x)
         with torch.no_grad(), capture(self.teacher[0], teacher_names) as t_feats:
             teacher = self.teacher[0](x)
-        loss = self.alpha * kd_loss(student, teacher, self.temperature) + (1 - self.alpha) * self.label_loss(student, y)
+        loss = self.alpha * self.output_kd(student, teacher, self.temperature)
+        loss = loss + (1 - self.alpha) * self.label_loss(student, y)
         for spec, adapter, s_name, t_name in zip(
             self.features, self.adapters, student_names, teacher_names, strict=True
         ):

@@ -27,7 +27,7 @@ from rich.console import Console
 from torch import nn
 
 import targets
-from compress import report
+from compress import distributed, report
 from compress.data import DATASETS, DataSplits, as_numpy, make_loader
 from compress.distill import Distillation
 from compress.eager import TorchRunner
@@ -43,7 +43,7 @@ from compress.models import (
 from compress.prune import prune
 from compress.recipe import Branch, DistillSpec, PruneSpec, Recipe, Spec, dump_recipe
 from compress.tasks import TASKS
-from compress.train import Fit, fit, predict, seed_everything, supervised
+from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
 from targets.base import EdgecompError, Runner
 from targets.bench import benchmark
 from targets.device import device_info, runtime_versions
@@ -101,7 +101,9 @@ class Pipeline:
         self.run_dir = Path(run_dir)
         self.force = force
         self.command = command
-        self.console = console or Console(stderr=True)
+        # Only rank 0 speaks: N workers would print every line N times.
+        quiet = not distributed.is_main()
+        self.console = Console(stderr=True, quiet=True) if quiet else console or Console(stderr=True)
         self.task = TASKS.get(recipe.task)
         self.manifest: dict[str, dict] = {}
 
@@ -113,39 +115,61 @@ class Pipeline:
         """Load stage `name` if it ran with these inputs before, else build it and save it."""
         key = _key(inputs)
         folder = self.run_dir / name
-        record = folder / "stage.json"
-        if not self.force and record.is_file():
-            saved = json.loads(record.read_text())
-            if saved.get("key") == key and (folder / "model.pt").is_file():
-                self.console.log(f"[dim]{name}: unchanged, loaded from {folder}[/dim]")
-                self.manifest[name] = {"key": key, "cached": True, **saved["metrics"]}
-                return load_checkpoint(folder / "model.pt", self.recipe.model), saved["metrics"], key
+        saved = distributed.broadcast(self._saved_metrics(folder, key))  # rank 0 decides for all workers
+        if saved is not None:
+            self.console.log(f"[dim]{name}: unchanged, loaded from {folder}[/dim]")
+            self.manifest[name] = {"key": key, "cached": True, **saved}
+            return load_checkpoint(folder / "model.pt", self.recipe.model), saved, key
         started = time.perf_counter()
-        model, metrics = build()
+        model, metrics = build()  # every worker builds: training is collective, pruning deterministic
         metrics = {**metrics, "seconds": round(time.perf_counter() - started, 1)}
-        save_checkpoint(model, folder / "model.pt", self.recipe.model, self.num_classes)
-        write_json(record, {"key": key, "inputs": inputs, "metrics": metrics})
+        if distributed.is_main():
+            save_checkpoint(model, folder / "model.pt", self.recipe.model, self.num_classes)
+            write_json(folder / "stage.json", {"key": key, "inputs": inputs, "metrics": metrics})
+        distributed.barrier()
+        if distributed.world_size() > 1:  # one writer: every worker goes on from the file rank 0 wrote
+            model = load_checkpoint(folder / "model.pt", self.recipe.model)
         self.console.log(f"{name}: done in {metrics['seconds']} s")
         self.manifest[name] = {"key": key, "cached": False, **metrics}
         return model, metrics, key
 
+    def _saved_metrics(self, folder: Path, key: str) -> dict | None:
+        """The metrics of a finished stage with this key, or None when it must run."""
+        record = folder / "stage.json"
+        if self.force or not record.is_file() or not (folder / "model.pt").is_file():
+            return None
+        saved = json.loads(record.read_text())
+        return saved["metrics"] if saved.get("key") == key else None
+
     def _train(self, model: nn.Module, epochs: int, lr: float, criterion, label: str) -> dict:
         job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label)
-        return fit(model, self.splits.train, self.recipe.data.batch_size, self.recipe.train, job)
+        metrics = fit(model, self.splits.train, self.recipe.data.batch_size, self.recipe.train, job)
+        # Sharded over the workers and gathered: the same number a single process computes on these weights.
+        scores = self.task.score(*predict_sharded(model, self.splits.val))
+        metrics[f"val_{self.task.metric}"] = round(scores[self.task.metric], 6)
+        return metrics
 
-    def _label_criterion(self):
-        return supervised(self.task.loss(self.recipe.train.label_smoothing))
+    def _train_inputs(self) -> dict:
+        """What of the training setup changes a trained stage: not the device (a run resumes on another one),
+        but the worker count (it changes the data order and the batch statistics)."""
+        inputs = {k: v for k, v in _dump(self.recipe.train).items() if k != "device"}
+        return {**inputs, "workers": distributed.world_size()} if distributed.world_size() > 1 else inputs
+
+    def _label_criterion(self, model: nn.Module):
+        return supervised(self.task.loss(model, self.recipe.train.label_smoothing))
 
     def dense(self) -> Candidate:
         recipe = self.recipe
-        inputs = {"model": _dump(recipe.model), "data": _dump(recipe.data), "train": _dump(recipe.train)}
+        inputs = {"model": _dump(recipe.model), "data": _dump(recipe.data), "train": self._train_inputs()}
 
         def build() -> tuple[nn.Module, dict]:
             seed_everything(recipe.train.seed)
             model = build_model(recipe.model, self.num_classes)
             if recipe.model.weights:
                 load_pretrained(model, recipe.model.weights, recipe.model.arch)
-            return model, self._train(model, recipe.train.epochs, recipe.train.lr, self._label_criterion(), "dense")
+            return model, self._train(
+                model, recipe.train.epochs, recipe.train.lr, self._label_criterion(model), "dense"
+            )
 
         model, _, key = self._stage("dense", inputs, build)
         lineage = [f"dense({recipe.model.arch} x{recipe.model.width_mult:g}, {recipe.train.epochs} ep)"]
@@ -158,7 +182,9 @@ class Pipeline:
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(self.run_dir / "dense" / "model.pt", self.recipe.model)
             seed_everything(self.recipe.train.seed)
-            prune(model, self.example, spec, self._gradient_batches, self.task.loss(0.0), self._between_steps(spec))
+            prune(
+                model, self.example, spec, self._gradient_batches, self.task.loss(model, 0.0), self._between_steps(spec)
+            )
             macs, params = count(model, self.example)
             arch = architecture_id(model)
             return model, {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
@@ -176,7 +202,9 @@ class Pipeline:
         if not spec.finetune_epochs_per_step:
             return None
         epochs = spec.finetune_epochs_per_step
-        return lambda model: self._train(model, epochs, self.recipe.train.lr, self._label_criterion(), "prune step")
+        return lambda model: self._train(
+            model, epochs, self.recipe.train.lr, self._label_criterion(model), "prune step"
+        )
 
     def _gradient_batches(self):
         loader = make_loader(self.splits.train, self.recipe.data.batch_size, shuffle=True, seed=self.recipe.train.seed)
@@ -202,16 +230,23 @@ class Pipeline:
             "parent": pruned.key,
             "teacher": teacher_key,
             "finetune": _dump(spec),
-            "train": _dump(self.recipe.train),
+            "train": self._train_inputs(),
         }
 
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(pruned.checkpoint, self.recipe.model)
-            label_loss = self.task.loss(self.recipe.train.label_smoothing)
+            label_loss = self.task.loss(model, self.recipe.train.label_smoothing)
             criterion = supervised(label_loss)
             if distill is not None:
                 criterion = Distillation(
-                    teacher, label_loss, distill.alpha, distill.temperature, distill.features, model, self.example
+                    teacher,
+                    label_loss,
+                    distill.alpha,
+                    distill.temperature,
+                    distill.features,
+                    model,
+                    self.example,
+                    output_kd=self.task.distill,
                 )
             return model, self._train(model, spec.epochs, lr, criterion, "finetune" + (" (KD)" if distill else ""))
 
@@ -239,14 +274,14 @@ class Pipeline:
                 "arch": pruned.arch,
                 "model": _dump(self.recipe.model),
                 "epochs": epochs[variant],
-                "train": _dump(self.recipe.train),
+                "train": self._train_inputs(),
                 "data": _dump(self.recipe.data),
             }
 
             def build(n=epochs[variant], label=kind) -> tuple[nn.Module, dict]:
                 seed_everything(self.recipe.train.seed)
                 model = reinitialize(load_checkpoint(pruned.checkpoint, self.recipe.model))
-                return model, self._train(model, n, self.recipe.train.lr, self._label_criterion(), label)
+                return model, self._train(model, n, self.recipe.train.lr, self._label_criterion(model), label)
 
             model, _, key = self._stage(_tagged(kind, branch.prune_tag), inputs, build)
             lineage = [*dense.lineage, pruned.step, f"scratch-{variant}({epochs[variant]} ep, random init)"]
@@ -272,7 +307,7 @@ class Pipeline:
         self, candidate: Candidate, target: str, precision: str, runner: Runner, size: int | None, parity
     ) -> list[dict]:
         test_outputs = collect(runner, self.splits.test)
-        accuracy = self.task.score(test_outputs, self.labels["test"])
+        scores = self.task.score(test_outputs, self.labels["test"])
         rows = []
         bench = self.recipe.bench
         for threads in bench.threads:
@@ -284,7 +319,8 @@ class Pipeline:
                     "lineage": candidate.lineage,
                     "target": target,
                     "precision": precision,
-                    "accuracy": round(accuracy, 6),
+                    "accuracy": round(scores[self.task.metric], 6),
+                    "scores": {name: round(value, 6) for name, value in scores.items()},
                     "latency_ms_p50": round(timing.latency_ms_p50, 4),
                     "latency_ms_p90": round(timing.latency_ms_p90, 4),
                     "threads": threads,
@@ -295,6 +331,7 @@ class Pipeline:
                     "epochs": candidate.epochs,
                     "parity": parity,
                     "runtime": runner.runtime,
+                    **_postprocess_timing(timing),
                 }
             )
         return rows
@@ -386,14 +423,20 @@ class Pipeline:
 
     def _prepare(self) -> None:
         self.splits: DataSplits = DATASETS.get(self.recipe.data.dataset)(self.recipe.data)
+        if self.splits.task != self.task.name:
+            raise EdgecompError(
+                f"data set {self.recipe.data.dataset!r} is labelled for {self.splits.task}, but the recipe's task "
+                f"is {self.task.name}: set task: {self.splits.task}, or pick a {self.task.name} data set"
+            )
         self.num_classes = self.recipe.model.num_classes or self.splits.num_classes
         self.example = torch.zeros(self.splits.input_shape)
         self.labels = {
             split: np.concatenate([y for _, y in as_numpy(getattr(self.splits, split))]) for split in ("val", "test")
         }
         self.calibration = calibration_samples(self.splits, CALIBRATION_SAMPLES, self.recipe.train.seed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
+        if distributed.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
 
     def candidates(self) -> list[Candidate]:
         """Dense, then per branch (one without a sweep) the pruned candidate and, once per distinct pruned
@@ -409,10 +452,15 @@ class Pipeline:
                 candidates += self.scratch(pruned, dense, branch)
         return candidates
 
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Train every candidate (on every worker), then on rank 0 alone export, measure and report; the
+        results, or None on the other workers, which are done once the training is."""
         self._prepare()
         started = time.perf_counter()
-        rows = [row for candidate in self.candidates() for row in self.deploy(candidate)]
+        candidates = self.candidates()
+        if not distributed.is_main():
+            return None
+        rows = [row for candidate in candidates for row in self.deploy(candidate)]
         results = {
             "schema": RESULTS_SCHEMA,
             "recipe": self.recipe.name,
@@ -439,6 +487,16 @@ def scratch_b_epochs(dense_epochs: int, dense_macs: int, pruned_macs: int, max_e
     """Epochs that give the pruned model the dense model's training compute (Liu et al.'s Scratch-B)."""
     epochs = round(dense_epochs * dense_macs / max(pruned_macs, 1))
     return min(epochs, max_epochs) if max_epochs else epochs
+
+
+def _postprocess_timing(timing) -> dict[str, float]:
+    """A detector's numpy post-processing latency (threshold, top-k, NMS), apart from the model's."""
+    if timing.postprocess_ms_p50 is None:
+        return {}
+    return {
+        "postprocess_ms_p50": round(timing.postprocess_ms_p50, 4),
+        "postprocess_ms_p90": round(timing.postprocess_ms_p90, 4),
+    }
 
 
 def calibration_samples(splits: DataSplits, n: int, seed: int) -> np.ndarray:

@@ -48,7 +48,9 @@ class ModelSpec(Spec):
 class DataSpec(Spec):
     dataset: str = Field(description="a name in `edgecomp datasets`")
     image_size: Annotated[int, Field(gt=0, le=4096)] = 32
-    batch_size: Annotated[int, Field(gt=0, le=65_536)] = 64
+    batch_size: Annotated[int, Field(gt=0, le=65_536)] = Field(
+        64, description="the global batch: with N workers each trains on batch_size / N samples per step"
+    )
     root: str | None = Field(None, description="where the data set's files are (data sets that need files)")
     train_subset: Annotated[int, Field(gt=0)] | None = Field(
         None, description="use a stratified subset of the training split"
@@ -64,6 +66,9 @@ class TrainSpec(Spec):
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs: auto = CUDA if present")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = Field(False, description="NHWC activations in training (faster convs on recent GPUs)")
 
 
 class PruneSpec(Spec):
@@ -81,7 +86,9 @@ class PruneSpec(Spec):
     finetune_epochs_per_step: Epochs = 0
     global_pruning: bool = False
     round_to: PositiveInt | None = Field(None, description="keep channel counts a multiple of this (runtimes like 8)")
-    ignore: list[str] = Field(default_factory=list, description="module names kept whole (the classifier always is)")
+    ignore: list[str] = Field(
+        default_factory=list, description="module names kept whole (output layers always are: classifier, predictors)"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneSpec:

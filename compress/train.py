@@ -12,17 +12,32 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from compress.data import make_loader
+from compress.distributed import (
+    all_gather,
+    cpu_share,
+    is_main,
+    mean,
+    rank,
+    resolve_device,
+    shard,
+    shards_are_disjoint,
+    world_size,
+)
 from compress.recipe import TrainSpec
+from targets.base import EdgecompError
 
 Criterion = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -95,16 +110,66 @@ def stop_between_batches() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, job: Fit) -> dict[str, float]:
-    """Train `model` in place; returns the last epoch's mean loss and the epochs run."""
+def _epoch_batches(train_set: Dataset, batch_size: int, seed: int, epoch: int) -> tuple[DataLoader, list[int] | None]:
+    """One epoch's shuffled batches for this worker and, with several workers, the sample indices it draws.
+
+    Alone, the order is the seeded shuffle of the whole set. With N workers, DistributedSampler reshuffles per
+    epoch (same seed on every rank) and deals each rank a disjoint 1/N of it; drop_last trims the remainder so
+    that every rank takes the same number of steps (DDP's all-reduces pair up step by step).
+    """
+    workers = world_size()
+    if workers == 1:
+        return make_loader(train_set, batch_size, shuffle=True, seed=seed + epoch), None
+    sampler = DistributedSampler(train_set, num_replicas=workers, rank=rank(), shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    index = list(sampler)
+    return make_loader(train_set, batch_size // workers, sampler=index), index
+
+
+def _autocast(device: torch.device, amp: str):
+    """Mixed precision where it pays: CUDA only (on CPUs without AMX, bf16 is slower than fp32)."""
+    if amp == "none" or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _average_gradients(parameters: list[nn.Parameter]) -> None:
+    """All-reduce the gradients of trained parameters outside the DDP-wrapped model (distillation adapters)."""
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size())
+
+
+def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, job: Fit) -> dict[str, Any]:
+    """Train `model` in place, on this process's device and data shard; returns the last epoch's mean loss,
+    the epochs run and, with several workers, the audit of their data shards. The model comes back on the CPU.
+
+    `batch_size` is global: each of N workers steps on batch_size / N samples, so the optimizer sees the same
+    batch and the recipe's learning rate holds for any N (scale lr linearly with batch_size, Goyal et al.).
+    """
+    workers = world_size()
+    if batch_size % workers:
+        raise EdgecompError(
+            f"data.batch_size {batch_size} is the global batch and must divide evenly over {workers} workers"
+        )
     seed_everything(spec.seed)
-    torch.set_num_threads(cpu_threads())
-    # A criterion that is a module (distillation adapters) trains with the model.
-    trained = [model] + ([job.criterion] if isinstance(job.criterion, nn.Module) else [])
-    optimizer = _optimizer(trained, spec, job.lr)
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    torch.set_num_threads(cpu_share(cpu_threads()))
+    device = resolve_device(spec.device)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    criterion_module = job.criterion if isinstance(job.criterion, nn.Module) else None
+    model.to(device, memory_format=memory_format)
+    if criterion_module is not None:  # distillation: its adapters train with the model, its teacher moves along
+        criterion_module.to(device)
+    optimizer = _optimizer([model] + ([criterion_module] if criterion_module else []), spec, job.lr)
+    outside_ddp = [p for p in criterion_module.parameters() if p.requires_grad] if criterion_module else []
+    net = model
+    if workers > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda", enabled=spec.amp == "fp16" and device.type == "cuda")
+    steps_per_epoch = len(train_set) // batch_size if workers > 1 else math.ceil(len(train_set) / batch_size)
     total = job.epochs * steps_per_epoch
-    step, epoch_loss = 0, float("nan")
+    step, epoch_loss, disjoint = 0, float("nan"), []
     model.train()
     with (
         Progress(
@@ -114,26 +179,45 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
             TextColumn("loss {task.fields[loss]:.3f}"),
             TimeRemainingColumn(),
             transient=True,
+            disable=not is_main(),
         ) as progress,
         stop_between_batches() as stop_if_interrupted,
     ):
         bar = progress.add_task(job.label, total=total, loss=float("nan"))
         for epoch in range(job.epochs):
             losses = []
-            for x, y in make_loader(train_set, batch_size, shuffle=True, seed=spec.seed + epoch):
+            batches, drawn = _epoch_batches(train_set, batch_size, spec.seed, epoch)
+            for x, y in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total, job.lr, spec.schedule)
-                loss = job.criterion(model, x, y)
+                x = x.to(device, non_blocking=True, memory_format=memory_format)
+                with _autocast(device, spec.amp):
+                    loss = job.criterion(net, x, y.to(device, non_blocking=True))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                if workers > 1:
+                    _average_gradients(outside_ddp)
+                scaler.step(optimizer)
+                scaler.update()
                 losses.append(loss.item())
                 step += 1
                 progress.update(bar, advance=1, loss=losses[-1])
                 stop_if_interrupted()
-            epoch_loss = float(np.mean(losses))
-    model.eval()
-    return {"epochs": job.epochs, "final_loss": epoch_loss}
+            epoch_loss = mean(float(np.mean(losses)))
+            if drawn is not None:
+                disjoint.append(shards_are_disjoint(drawn, len(train_set)))
+    model.eval().to("cpu", memory_format=torch.contiguous_format)
+    if criterion_module is not None:
+        criterion_module.to("cpu")
+    metrics: dict[str, Any] = {"epochs": job.epochs, "final_loss": epoch_loss}
+    if workers > 1:
+        metrics["workers"] = {  # the audit of the data shards: disjoint, and all but the remainder seen
+            "count": workers,
+            "shards_disjoint": all(audit["disjoint"] for audit in disjoint),
+            "samples_seen_per_epoch": min((audit["covered"] for audit in disjoint), default=0),
+            "train_samples": len(train_set),
+        }
+    return metrics
 
 
 @torch.no_grad()
@@ -146,3 +230,12 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[
         outputs.append([o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])])
         labels.append(y.numpy())
     return [np.concatenate(parts) for parts in zip(*outputs, strict=True)], np.concatenate(labels)
+
+
+def predict_sharded(model: nn.Module, dataset: Dataset) -> tuple[list[np.ndarray], np.ndarray]:
+    """`predict` with the split divided among the workers and the outputs gathered back in order: every rank
+    gets exactly what one process would have computed, in a 1/N of the time."""
+    index = list(shard(len(dataset)))
+    parts = [part for part in all_gather(predict(model, Subset(dataset, index)) if index else None) if part]
+    outputs = [np.concatenate(chunks) for chunks in zip(*(part[0] for part in parts), strict=True)]
+    return outputs, np.concatenate([part[1] for part in parts])

@@ -26,6 +26,7 @@ class DataSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
+    task: str = "classification"  # what its labels are for: a recipe's task must match
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -118,9 +119,12 @@ def with_validation(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test
     return build_splits(spec, mean, std, (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, sampler: list[int] | None = None
+) -> DataLoader:
+    """Batches in order, in a seeded shuffle, or in the order of `sampler` (a worker's shard of an epoch)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, sampler=sampler)
 
 
 def as_numpy(dataset: Dataset, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:

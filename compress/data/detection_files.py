@@ -85,6 +85,7 @@ def detection_splits(
         mean=mean,
         std=std,
         image_size=spec.image_size,
+        task="detection",
     )
 
 

@@ -1,28 +1,37 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from compress.registry import Registry
+
+Outputs = torch.Tensor | Sequence[torch.Tensor]  # what a model returns: one tensor, or a tuple of them
+Loss = Callable[[Outputs, torch.Tensor], torch.Tensor]
 
 
 class Task(Protocol):
     name: str
-    metric: str  # the name of the score in results.json, e.g. "top1"
+    metric: str  # the headline score in results.json ("top1", "map50"): the rows' `accuracy`
 
-    def loss(self, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The training loss of model outputs against labels."""
+    def loss(self, model: nn.Module, label_smoothing: float) -> Loss:
+        """The training loss of `model`'s outputs against labels (a detector's loss needs its anchors)."""
         ...
 
-    def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> float:
-        """The task metric in [0, 1] of a whole split's outputs."""
+    def distill(self, student: Outputs, teacher: Outputs, temperature: float) -> torch.Tensor:
+        """The output-level distillation term: logits KD for a classifier, per-anchor KD for a detector."""
+        ...
+
+    def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+        """The metrics in [0, 1] of a whole split's outputs (any runtime's), the headline under `metric`."""
         ...
 
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
-        """How far a runtime's outputs are from PyTorch's on the same inputs."""
+        """How far a runtime's outputs are from PyTorch's on the same inputs: max_abs_diff (checked against
+        the target's tolerance), mean_abs_diff, top1_agreement."""
         ...
 
 

@@ -5,20 +5,26 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
+import torch
 import torch.nn.functional as F
+from torch import nn
 
-from compress.tasks._base import TASKS
+from compress.distill import kd_loss
+from compress.tasks._base import TASKS, Loss
 
 
 class Classification:
     name = "classification"
     metric = "top1"
 
-    def loss(self, label_smoothing: float):
+    def loss(self, model: nn.Module, label_smoothing: float) -> Loss:
         return partial(F.cross_entropy, label_smoothing=label_smoothing)
 
-    def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> float:
-        return float(np.mean(outputs[0].argmax(axis=1) == labels))
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        return kd_loss(student, teacher, temperature)
+
+    def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+        return {"top1": float(np.mean(outputs[0].argmax(axis=1) == labels))}
 
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         diff = np.abs(reference[0].astype(np.float64) - outputs[0])
