@@ -551,6 +551,8 @@ def _computed(row: dict[str, Any], dense_accuracy: float | None, dense_p50: floa
         "size_kb": _scaled(row.get("size_bytes"), 1e-3),
         "parity_max_abs_diff": parity.get("max_abs_diff"),
         "parity_top1_pct": _scaled(parity.get("top1_agreement"), 100),
+        "map_pct": _scaled((row.get("scores") or {}).get("map"), 100),  # a detector's mAP@[.5:.95]
+        "postprocess_ms": row.get("postprocess_ms_p50"),  # a detector's numpy NMS step, apart from the model
         "front": False,
     }
 
@@ -630,7 +632,12 @@ class Column:
         return self.fmt(value) if self.fmt else str(value)
 
 
-def _columns(metric: str, several_runs: bool) -> list[Column]:
+def _columns(metric: str, several_runs: bool, table: list[dict[str, Any]]) -> list[Column]:
+    """The table's columns; a detector's extra ones (mAP@[.5:.95], post-processing time) when some row has them."""
+
+    def present(*columns: Column) -> list[Column]:
+        return [column for column in columns if any(row.get(column.key) is not None for row in table)]
+
     return ([Column("run", "run")] if several_runs else []) + [
         Column("candidate", "candidate"),
         Column("lineage", "label"),
@@ -639,8 +646,10 @@ def _columns(metric: str, several_runs: bool) -> list[Column]:
         Column("threads", "threads", _fmt("g")),
         Column(f"{metric} %", "accuracy_pct", _fmt(".1f")),
         Column("Δ pts", "delta_pts", _signed),
+        *present(Column(f"{METRIC_LABELS['map']} %", "map_pct", _fmt(".1f"))),
         Column("p50 ms", "p50_ms", _ms),
         Column("p90 ms", "p90_ms", _ms),
+        *present(Column("post-process p50 ms", "postprocess_ms", _ms)),
         Column("speedup", "speedup", lambda v: f"{v:.2f}×"),
         Column("MACs (M)", "macs_m", _fmt(".2f")),
         Column("params", "params", _count),
@@ -750,7 +759,7 @@ def _fence(text: str) -> str:
 
 
 def _markdown(results: dict[str, Any], table: list[dict[str, Any]], findings: Findings) -> str:
-    columns = _columns(_metric(results), _several(results))
+    columns = _columns(_metric(results), _several(results), table)
     lines = [f"# {_md(_title(results))}", ""]
     lines += (
         [f"- {_md(line)}" for line in _meta_lines(results)] if _several(results) else [_md(_meta_lines(results)[0])]
@@ -876,7 +885,7 @@ def _html(results: dict[str, Any], table: list[dict[str, Any]], findings: Findin
             "<h2>Scratch baselines</h2>",
             _html_list(findings.verdicts) if findings.verdicts else f"<p>{NO_VERDICT}</p>",
             "<h2>Results</h2>",
-            _html_table(table, _columns(_metric(results), _several(results)), picked),
+            _html_table(table, _columns(_metric(results), _several(results), table), picked),
             f'<p class="note">{html.escape(TABLE_NOTE)} Highlighted: recommended.</p>',
             "<h2>Candidates</h2>",
             _html_list(_candidates(table)),
