@@ -84,7 +84,11 @@ def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
 
 
 def reinitialize(model: nn.Module) -> nn.Module:
-    """Fresh weights with torchvision's MobileNet initialisation (for the scratch baselines)."""
+    """Fresh weights for the scratch baselines: the model's own `reinitialize()` when it has one (a detector
+    initialises as torchvision's SSDLite does), else torchvision's MobileNet initialisation."""
+    if callable(getattr(model, "reinitialize", None)):
+        model.reinitialize()
+        return model
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")

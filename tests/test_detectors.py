@@ -28,7 +28,7 @@ from compress.detectors import (
     ssd_loss,
 )
 from compress.measure import count
-from compress.models import MODELS, build_model, load_checkpoint, load_pretrained, save_checkpoint
+from compress.models import MODELS, build_model, load_checkpoint, load_pretrained, reinitialize, save_checkpoint
 from compress.prune import prune
 from compress.recipe import ModelSpec, PruneSpec
 from targets.base import EdgecompError
@@ -174,6 +174,16 @@ def test_detection_kd_is_zero_for_the_teacher_itself_and_boxes_count_where_it_se
     loss = detection_kd_loss((student, boxes), (logits, boxes), 4.0)
     loss.backward()
     assert loss > 0.01 and student.grad.abs().sum() > 0
+
+
+def test_scratch_reinitialisation_is_torchvisions_ssdlite_init_not_mobilenets() -> None:
+    """The scratch baselines start where a freshly built SSDLite starts: N(0, 0.03) convs, boxes of image scale."""
+    model = reinitialize(tiny("ssdlite_mobilenet_v2", seed=1))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.weight.numel() > 500:
+            assert 0.025 < float(module.weight.std()) < 0.035
+    _, boxes = model.eval()(images(2))
+    assert float((boxes[..., 2:] - boxes[..., :2]).max()) < 3  # Kaiming init here gave boxes ~20x the image
 
 
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
