@@ -239,7 +239,8 @@ class Recipe(Spec):
         """The model is built for the data's image size unless the recipe says otherwise."""
         if isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("data"), dict):
             size = data["data"].get("image_size", DataSpec.model_fields["image_size"].default)
-            if data["model"].get("image_size") is None and isinstance(size, int):
+            valid = isinstance(size, int) and not isinstance(size, bool) and size > 0  # else data's error alone
+            if data["model"].get("image_size") is None and valid:
                 data = {**data, "model": {**data["model"], "image_size": size}}
         return data
 

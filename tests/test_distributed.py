@@ -46,9 +46,15 @@ def _split() -> TensorDataset:
 
 
 def _model() -> torch.nn.Module:
-    from tests.conftest import make_tiny_net
-
-    return make_tiny_net()
+    """Made from the seed in every process (spawned workers cannot import conftest)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 10),
+    ).eval()
 
 
 def _sharded_eval() -> tuple[list[np.ndarray], np.ndarray]:
@@ -132,3 +138,7 @@ def test_quickstart_on_two_workers_matches_one(tmp_path: Path) -> None:
 
     assert dense_accuracy(one) > 0.5  # trained, not chance: the comparison below means something
     assert abs(dense_accuracy(two) - dense_accuracy(one)) <= 0.02
+
+    _run(tmp_path, 2)  # resume: every stage of the 2-worker run is found and loaded, none retrained
+    stages = json.loads((two / "manifest.json").read_text())["stages"]
+    assert stages and all(stage["cached"] for stage in stages.values())
