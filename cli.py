@@ -76,6 +76,7 @@ def run(
     parsed = load_recipe(_recipe_path(recipe), overrides=overrides)  # a bad recipe fails here, once
     run_dir = runs_dir / parsed.name
     if nproc > 1 and not distributed.launched_by_torchrun():
+        distributed.check_global_batch(parsed.data.batch_size, nproc)  # once here, not once per worker
         argv = ["--debug"] * state["debug"] + ["run", recipe, "--runs-dir", str(runs_dir)]
         argv += [arg for value in overrides for arg in ("--set", value)] + ["--force"] * force + ["--trust"] * trust
         raise typer.Exit(distributed.launch(argv, nproc))

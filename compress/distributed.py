@@ -81,6 +81,14 @@ def cpu_share(threads: int) -> int:
     return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def check_global_batch(batch_size: int, workers: int) -> None:
+    """`data.batch_size` is the global batch: every worker must get the same share of it."""
+    if batch_size % workers:
+        raise EdgecompError(
+            f"data.batch_size {batch_size} is the global batch and must divide evenly over {workers} workers"
+        )
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel wrapper (module names and attributes are the inner ones)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

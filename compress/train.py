@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from compress.data import make_loader
 from compress.distributed import (
     all_gather,
+    check_global_batch,
     cpu_share,
     is_main,
     mean,
@@ -37,7 +38,6 @@ from compress.distributed import (
     world_size,
 )
 from compress.recipe import TrainSpec
-from targets.base import EdgecompError
 
 Criterion = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -149,10 +149,7 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
     batch and the recipe's learning rate holds for any N (scale lr linearly with batch_size, Goyal et al.).
     """
     workers = world_size()
-    if batch_size % workers:
-        raise EdgecompError(
-            f"data.batch_size {batch_size} is the global batch and must divide evenly over {workers} workers"
-        )
+    check_global_batch(batch_size, workers)
     seed_everything(spec.seed)
     torch.set_num_threads(cpu_share(cpu_threads()))
     device = resolve_device(spec.device)

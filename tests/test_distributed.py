@@ -142,3 +142,20 @@ def test_quickstart_on_two_workers_matches_one(tmp_path: Path) -> None:
     _run(tmp_path, 2)  # resume: every stage of the 2-worker run is found and loaded, none retrained
     stages = json.loads((two / "manifest.json").read_text())["stages"]
     assert stages and all(stage["cached"] for stage in stages.values())
+
+
+def test_a_global_batch_that_does_not_divide_is_refused_once_before_any_worker_starts(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "quickstart", "--runs-dir", str(runs), "--nproc", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: data.batch_size 64 is the global batch and must divide evenly over 3 workers"
+    ]
+    assert not runs.exists()
