@@ -277,6 +277,22 @@ def _coco_classes(train: dict, test: dict, paths: tuple[Path, Path]) -> dict[int
     return {category: index for index, category in enumerate(ids[0])}
 
 
+def _with_validation(
+    spec: DataSpec, train: AnnotatedImages, test: AnnotatedImages, num_classes: int, source: str
+) -> DataSplits:
+    """Splits of a file set with labelled train and test splits: validation is carved out of the training images."""
+    rest, val = carve_validation(len(train.files), source)
+    return detection_splits(
+        spec,
+        train.dataset(spec.image_size, rest),
+        train.dataset(spec.image_size, val),
+        test.dataset(spec.image_size),
+        num_classes,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
+
+
 @DATASETS.register("coco")
 def coco(spec: DataSpec) -> DataSplits:
     """COCO-format detection: train2017 (less a fixed validation part) to train, val2017 to test.
@@ -288,16 +304,7 @@ def coco(spec: DataSpec) -> DataSplits:
     train_json, test_json = (_read_json(path) for path in paths)
     classes = _coco_classes(train_json, test_json, paths)
     train, test = (_coco_split(root, p, data, classes) for p, data in zip(paths, (train_json, test_json), strict=True))
-    rest, val = carve_validation(len(train.files), paths[0].name)
-    return detection_splits(
-        spec,
-        train.dataset(spec.image_size, rest),
-        train.dataset(spec.image_size, val),
-        test.dataset(spec.image_size),
-        len(classes),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-    )
+    return _with_validation(spec, train, test, len(classes), paths[0].name)
 
 
 # ---- Pascal VOC ---------------------------------------------------------------------------------------------
@@ -383,13 +390,4 @@ def voc(spec: DataSpec) -> DataSplits:
     if missing:
         raise EdgecompError(f"{main}: no {' or '.join(missing)}; VOC lists each split's image ids there")
     train, test = (_voc_split(root, name) for name in names)
-    rest, val = carve_validation(len(train.files), f"{root.name} {names[0]}")
-    return detection_splits(
-        spec,
-        train.dataset(spec.image_size, rest),
-        train.dataset(spec.image_size, val),
-        test.dataset(spec.image_size),
-        len(VOC_CLASSES),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-    )
+    return _with_validation(spec, train, test, len(VOC_CLASSES), f"{root.name} {names[0]}")
