@@ -130,13 +130,62 @@ def key_error_line(error: BaseException, max_chars: int = 300) -> str:
     return line if len(line) <= max_chars else line[: max_chars - 3] + "..."
 
 
-def export_failed(target: str, precision: str, error: BaseException) -> EdgecompError:
-    """The error to raise (``from error``) when a converter rejects a model."""
+def export_failed(
+    target: str, precision: str, error: BaseException, model: object = None, example: object = None
+) -> EdgecompError:
+    """The error to raise (``from error``) when a converter rejects a model.
+
+    Given the model and its example input, the message also names the modules that call the op the
+    converter named (``in head.1 (SVDHead)``): an op name alone rarely says which layer to replace.
+    """
+    where = ", ".join(modules_calling(model, example, ops_named_in(str(error)))) if model is not None else ""
     return EdgecompError(
-        f"{target} {precision} export failed: {key_error_line(error)} "
-        "(an op this converter cannot handle? replace it, or drop this target from the recipe; "
+        f"{target} {precision} export failed: {key_error_line(error)}"
+        + (f", in {where}" if where else "")
+        + " (an op this converter cannot handle? replace it, or drop this target from the recipe; "
         "--debug shows the converter's full message)"
     )
+
+
+# How converters name an op: "aten._linalg_svd.default" (torch.export, litert-torch, torch.onnx),
+# "aten::linalg_svdvals" (TorchScript, OpenVINO's PyTorch frontend).
+_OP_NAME = re.compile(r"aten(?:\.|::)(\w+)")
+
+
+def ops_named_in(message: str) -> set[str]:
+    """The ATen op names a converter's message mentions, without overload or leading underscore."""
+    return {name.lstrip("_") for name in _OP_NAME.findall(message)}
+
+
+def modules_calling(model: object, example: object, ops: set[str], limit: int = 3) -> list[str]:
+    """'path (Class)' of the innermost modules whose forward calls one of `ops`, found in the graph that
+    ``torch.export`` traces (the root is named by its class alone); [] when nothing can be located.
+
+    An op matches when either name starts with the other: a converter may report ``linalg_svdvals``
+    where the traced graph holds ``linalg_svd``.
+    """
+    if not ops:
+        return []
+    try:
+        import torch
+
+        graph = torch.export.export(model, (example,)).graph
+    except Exception:  # the converter's own message still stands
+        return []
+    found: list[str] = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(getattr(node.target, "__name__", node.target)).split(".")[0].lstrip("_")
+        if not any(name.startswith(op) or op.startswith(name) for op in ops):
+            continue
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        path, kind = stack[-1] if stack else ("", type(model).__name__)
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+        label = f"{path} ({kind.rsplit('.', 1)[-1]})" if path else kind.rsplit(".", 1)[-1]
+        if label not in found:
+            found.append(label)
+    return found[:limit]
 
 
 def predict_in_batches(runner: Runner, x: np.ndarray) -> list[np.ndarray]:

@@ -67,7 +67,7 @@ def export(
             if precision == "int8":
                 _quantize_int8(fp32, calibration)
         except Exception as e:
-            raise export_failed("onnx", precision, e) from e
+            raise export_failed("onnx", precision, e, model, example) from e
         _save_with_metadata(fp32, out, metadata)
     finally:
         fp32.unlink(missing_ok=True)

@@ -71,7 +71,7 @@ def export(
         if precision == "int8":
             ov_model = _quantize_int8(ov_model, calibration)
     except Exception as e:
-        raise export_failed("openvino", precision, e) from e
+        raise export_failed("openvino", precision, e, model, example) from e
     for key, value in metadata.items():
         ov_model.set_rt_info(str(value), [_METADATA_KEY, key])
     _save_pair(ov_model, Path(out), compress_to_fp16=precision == "fp16")

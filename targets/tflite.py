@@ -83,7 +83,7 @@ def export(
         if io == "float":
             content = _float_io(content)
     except Exception as e:
-        raise export_failed("tflite", precision, e) from e
+        raise export_failed("tflite", precision, e, model, example) from e
     with atomic_path(out) as tmp:
         tmp.write_bytes(_with_metadata(content, metadata))
     return Path(out)

@@ -14,7 +14,7 @@ from conftest import INPUT_SHAPE
 from torch import nn
 
 import targets
-from targets.base import EdgecompError, key_error_line, predict_in_batches
+from targets.base import EdgecompError, key_error_line, ops_named_in, predict_in_batches
 
 PAIRS = [(name, precision) for name, spec in targets.TARGETS.items() for precision in spec.precisions]
 NUM_CLASSES = 10
@@ -108,11 +108,23 @@ def test_outputs_keep_pytorch_order(
         assert np.abs(g - e).max() <= module.TOLERANCE["fp32"]
 
 
-class Unconvertible(nn.Module):
-    """Singular values: neither litert-torch nor OpenVINO's PyTorch frontend has a conversion rule."""
+class _Singular(nn.Module):
+    """Singular values: no converter here has a conversion rule for them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.linalg.svdvals(x[0, 0])
+
+
+class Unconvertible(nn.Module):
+    """A convertible layer, then the unconvertible op inside a named submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.spectrum = _Singular()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spectrum(self.stem(x))
 
 
 @pytest.mark.parametrize(("target", "precision"), PAIRS)
@@ -125,6 +137,7 @@ def test_unsupported_op_fails_cleanly_and_writes_nothing(
     message = str(error.value)
     assert message.startswith(f"{target} {precision} export failed:")
     assert "svd" in message
+    assert "in spectrum (_Singular)" in message  # the module to replace, not only the op
     assert "\n" not in message and len(message) < 600
     assert error.value.__cause__ is not None
     assert list(tmp_path.iterdir()) == []
@@ -226,6 +239,15 @@ class FakeRunner:
 
     def outputs(self) -> list[np.ndarray]:
         return [self._x.sum(1), self._x[:, :1]]
+
+
+def test_op_names_are_read_from_each_converters_wording() -> None:
+    assert ops_named_in("Lowering not found: aten._linalg_svd.default") == {"linalg_svd"}
+    assert ops_named_in("No conversion rule found for operations: aten::linalg_svdvals") == {"linalg_svdvals"}
+    assert ops_named_in("No ONNX function found for <OpOverload(op='aten._linalg_svd', overload='default')>") == {
+        "linalg_svd"
+    }
+    assert ops_named_in("out of memory") == set()
 
 
 def test_predict_in_batches_pads_the_last_batch_and_trims_it() -> None:
