@@ -140,8 +140,9 @@ def fidelity(xml: Path, threads: int, rounds: int = 2) -> None:
 
     The runs alternate `rounds` times and the best of each is compared: other work on the machine only ever
     slows a run down, and alternating keeps a burst of it from landing on one side only. benchmark_app runs
-    twice per round: with `-api sync` (the issue's command) and `-api async -nireq 1`, which is what the
-    edgecomp runner does (one request, `start_async` + `wait`): OpenVINO's sync call is itself slower here.
+    twice per round: with `-api sync` (the issue's command, and what the edgecomp runner calls: one request,
+    `infer()`) and `-api async -nireq 1`, for reference: the same request started asynchronously and waited
+    for, which OpenVINO's stream threads run faster than a synchronous call on a busy machine.
     """
     medians: dict[str, list[float]] = {"edgecomp": [], "sync": [], "async": []}
     loads = [os.getloadavg()[0]]
