@@ -68,7 +68,9 @@ class TrainSpec(Spec):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs: auto = CUDA if present")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA (ignored on CPU)")
-    channels_last: bool = Field(False, description="NHWC activations in training (faster convs on recent GPUs)")
+    channels_last: bool = Field(
+        False, description="NHWC activations in training (faster convs on recent GPUs, and depthwise convs on CPU)"
+    )
 
 
 class PruneSpec(Spec):
