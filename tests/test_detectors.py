@@ -31,6 +31,7 @@ from compress.measure import count
 from compress.models import MODELS, build_model, load_checkpoint, load_pretrained, reinitialize, save_checkpoint
 from compress.prune import prune
 from compress.recipe import ModelSpec, PruneSpec
+from compress.tasks import TASKS
 from targets.base import EdgecompError
 
 SIZE = 96
@@ -254,3 +255,17 @@ def test_int8_openvino_detector_keeps_classes_and_boxes(tmp_path: Path) -> None:
     got_logits, got_boxes = targets.load_runner(path, threads=2).predict(x.numpy())
     assert np.mean(got_logits.argmax(-1) == logits.argmax(-1)) >= 0.95
     assert 1e-5 < np.abs(got_boxes - boxes).max() < 0.02  # quantised (not a float file), within 2 px
+
+
+def test_the_detection_loss_uses_the_anchors_of_the_model_where_it_now_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss is made before training moves the model to its device; moving replaces the anchors buffer, and
+    the loss must use the moved one (else a CPU copy crosses to the GPU at every step)."""
+    import compress.tasks.detection as detection
+
+    model = tiny("ssdlite_mobilenet_v2")
+    loss = TASKS.get("detection").loss(model, 0.0)
+    model.to(torch.float64)  # stands for .to("cuda"): a new anchors tensor, as a move to another device makes
+    used = []
+    monkeypatch.setattr(detection, "ssd_loss", lambda outputs, labels, anchors: used.append(anchors))
+    loss(model(images(1).double()), targets_of([[1, *BOXES[0]]]).double())
+    assert used[0] is model.anchors
