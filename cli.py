@@ -77,6 +77,7 @@ def run(
     run_dir = runs_dir / parsed.name
     if nproc > 1 and not distributed.launched_by_torchrun():
         distributed.check_global_batch(parsed.data.batch_size, nproc)  # once here, not once per worker
+        distributed.check_launch(parsed.train.device, nproc)
         argv = ["--debug"] * state["debug"] + ["run", recipe, "--runs-dir", str(runs_dir)]
         argv += [arg for value in overrides for arg in ("--set", value)] + ["--force"] * force + ["--trust"] * trust
         raise typer.Exit(distributed.launch(argv, nproc))

@@ -183,20 +183,27 @@ def model_anchors(model: nn.Module) -> Tensor:
 
 
 def _match(targets: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
-    """Per anchor, the class index (0 background, object class + 1) and the matched ground-truth box,
-    by torchvision's SSDMatcher (IoU >= 0.5, plus each ground truth's best anchor)."""
-    labels, boxes = [], []
-    for rows in targets:
-        rows = rows[rows[:, 0] >= 0]
-        if not len(rows):  # torchvision's Matcher refuses an image without objects: all background
-            labels.append(torch.zeros(len(anchors), dtype=torch.long, device=anchors.device))
-            boxes.append(anchors)  # never read: no anchor is positive
-            continue
-        matched = MATCHER(box_iou(rows[:, 1:], anchors))
-        found = matched.clamp(min=0)
-        labels.append(torch.where(matched >= 0, rows[found, 0].long() + 1, 0))
-        boxes.append(rows[found, 1:])
-    return torch.stack(labels), torch.stack(boxes)
+    """Per anchor, the class index (0 background, object class + 1) and the matched ground-truth box (the anchor
+    itself where none is), by torchvision's SSDMatcher (IoU >= 0.5, plus each ground truth's best anchor; of two
+    objects with one best anchor, the later takes it, as torchvision's per-image assignment does on the CPU).
+
+    Batched over the images, padding rows masked rather than dropped: no per-image loop and no boolean indexing,
+    which on a GPU waited for the device three times per image (a 32-image step spent most of its time there).
+    """
+    if targets.shape[1] == 0:  # no rows at all: every anchor is background
+        return anchors.new_zeros(len(targets), len(anchors), dtype=torch.long), anchors.expand(len(targets), -1, -1)
+    valid = targets[..., 0] >= 0  # [N, M]
+    iou = box_iou(targets[..., 1:].flatten(0, 1), anchors).view(*valid.shape, len(anchors))
+    iou = iou.masked_fill(~valid[..., None], -1.0)  # padding matches no anchor
+    best_iou, matched = iou.max(dim=1)  # per anchor, its best object [N, A]
+    matched = torch.where(best_iou >= MATCHER.low_threshold, matched, -1)
+    objects = torch.arange(valid.shape[1], device=targets.device).expand_as(valid)
+    forced = torch.full_like(matched, -1).scatter_reduce(1, iou.argmax(dim=2), torch.where(valid, objects, -1), "amax")
+    matched = torch.where(forced >= 0, forced, matched)
+    found = matched.clamp(min=0)
+    labels = torch.where(matched >= 0, targets[..., 0].gather(1, found).long() + 1, 0)
+    boxes = targets[..., 1:].gather(1, found[..., None].expand(-1, -1, 4))
+    return labels, torch.where((matched >= 0)[..., None], boxes, anchors)
 
 
 def ssd_loss(outputs: DetectionOutputs, targets: Tensor, anchors: Tensor) -> Tensor:
@@ -208,21 +215,27 @@ def ssd_loss(outputs: DetectionOutputs, targets: Tensor, anchors: Tensor) -> Ten
     outputs decoded boxes; re-encoding them against their anchors gives back the raw deltas exactly (the
     coding is a bijection), so the box term is torchvision's. Only where the decoder clamps a log-size
     delta (boxes over 62x their anchor) does the gradient stop; a sane model never gets there.
+
+    Selections are masks, not indexing, so a training step never waits for the GPU here.
     """
     logits, boxes = outputs
     labels, matched = _match(targets, anchors)
     positive = labels > 0
-    count = max(1, int(positive.sum()))
-    anchor_rows = anchors.expand_as(boxes)[positive]
-    predicted = BOX_CODER.encode_single(boxes[positive], anchor_rows)
-    wanted = BOX_CODER.encode_single(matched[positive], anchor_rows)
+    count = positive.sum().clamp(min=1)
+    # Where no object is matched both sides are the anchor itself: deltas 0 - 0, no loss and no gradient.
+    anchor_rows = anchors.expand_as(boxes).reshape(-1, 4)
+    predicted = BOX_CODER.encode_single(torch.where(positive[..., None], boxes, anchors).reshape(-1, 4), anchor_rows)
+    wanted = BOX_CODER.encode_single(matched.reshape(-1, 4), anchor_rows)
     box_loss = F.smooth_l1_loss(predicted, wanted, reduction="sum")
 
     class_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
     negative_loss = class_loss.masked_fill(positive, -math.inf)
     rank = negative_loss.sort(1, descending=True)[1].sort(1)[1]
     hard_negative = rank < NEG_TO_POS * positive.sum(1, keepdim=True)
-    return (box_loss + class_loss[positive].sum() + class_loss[hard_negative].sum()) / count
+    # Summed apart, as torchvision does: a positive ranked among the hard negatives (more than a quarter of the
+    # anchors positive) counts twice there too.
+    class_sum = torch.where(positive, class_loss, 0.0).sum() + torch.where(hard_negative, class_loss, 0.0).sum()
+    return (box_loss + class_sum) / count
 
 
 def detection_kd_loss(student: DetectionOutputs, teacher: DetectionOutputs, temperature: float) -> Tensor:

@@ -57,7 +57,22 @@ def resolve_device(name: str) -> torch.device:
         raise EdgecompError("device cuda: no CUDA GPU is visible here; use device auto or cpu")
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    # Modulo: a launcher may show each worker its own GPU alone (CUDA_VISIBLE_DEVICES), so LOCAL_RANK can exceed it.
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def check_launch(device: str, nproc: int) -> None:
+    """What every one of `nproc` local workers would fail on, refused once by the launcher before any starts:
+    an unknown or absent device, or more CUDA workers than GPUs (the workers all see the launcher's GPUs, so
+    two would share one, which nccl refuses only after every worker has started and built its data)."""
+    if resolve_device(device).type != "cuda":
+        return
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise EdgecompError(
+            f"--nproc {nproc} with device {device}: {gpus} CUDA GPU{'s' * (gpus != 1)} visible here, and each CUDA "
+            f"worker needs its own; use --nproc {gpus} or fewer, or --device cpu (gloo)"
+        )
 
 
 @contextmanager

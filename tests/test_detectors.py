@@ -31,6 +31,7 @@ from compress.measure import count
 from compress.models import MODELS, build_model, load_checkpoint, load_pretrained, reinitialize, save_checkpoint
 from compress.prune import prune
 from compress.recipe import ModelSpec, PruneSpec
+from compress.tasks import TASKS
 from targets.base import EdgecompError
 
 SIZE = 96
@@ -134,6 +135,41 @@ def test_ssd_loss_is_torchvisions() -> None:
     head = {"bbox_regression": deltas, "cls_logits": logits}
     expected = SSD.compute_loss(coder, objects, head, [anchors] * 3, matched)
     torch.testing.assert_close(ours, expected["bbox_regression"] + expected["classification"])
+
+
+def _torchvision_ssd_loss(logits: torch.Tensor, deltas: torch.Tensor, rows: torch.Tensor, anchors: torch.Tensor):
+    objects = [{"boxes": t[t[:, 0] >= 0, 1:], "labels": t[t[:, 0] >= 0, 0].long() + 1} for t in rows]
+    matched = [
+        MATCHER(box_iou(o["boxes"], anchors)) if len(o["boxes"]) else torch.full((len(anchors),), -1) for o in objects
+    ]
+    coder = SimpleNamespace(box_coder=BOX_CODER, neg_to_pos_ratio=NEG_TO_POS)
+    head = {"bbox_regression": deltas, "cls_logits": logits}
+    expected = SSD.compute_loss(coder, objects, head, [anchors] * len(rows), matched)
+    return expected["bbox_regression"] + expected["classification"]
+
+
+def test_ssd_loss_is_torchvisions_where_objects_share_a_best_anchor_and_most_anchors_are_positive() -> None:
+    """The batched matcher's corner cases: two objects whose best anchor is the same one (the later takes it, as
+    in torchvision's per-image assignment), padding between objects, an image of padding only, and more than a
+    quarter of the anchors positive (torchvision then counts positives among the hard negatives too)."""
+    anchors = torch.tensor(
+        [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]]
+        + [[0.1 * i, 0.1 * i, 0.1 * i + 0.3, 0.1 * i + 0.3] for i in range(6)]
+    )
+    rows = torch.tensor(
+        [
+            [[1, 0.0, 0.0, 0.5, 0.5], [3, 0.02, 0.0, 0.5, 0.5], [-1] * 5, [2, 0.5, 0.5, 1.0, 1.0]],
+            [[0, 0.5, 0.0, 1.0, 0.5], [4, 0.0, 0.5, 0.5, 1.0], [1, 0.1, 0.1, 0.4, 0.4], [2, 0.3, 0.3, 0.6, 0.6]],
+            [[-1] * 5] * 4,
+        ]
+    )
+    torch.manual_seed(0)
+    logits = torch.randn(3, len(anchors), CLASSES + 1, requires_grad=True)
+    deltas = (torch.randn(3, len(anchors), 4) * 0.5).requires_grad_()
+    ours = ssd_loss((logits, decode(deltas, anchors)), rows, anchors)
+    torch.testing.assert_close(ours, _torchvision_ssd_loss(logits, deltas, rows, anchors))
+    ours.backward()
+    assert torch.isfinite(deltas.grad).all() and torch.isfinite(logits.grad).all()
 
 
 def test_training_halves_the_ssd_loss() -> None:
@@ -254,3 +290,17 @@ def test_int8_openvino_detector_keeps_classes_and_boxes(tmp_path: Path) -> None:
     got_logits, got_boxes = targets.load_runner(path, threads=2).predict(x.numpy())
     assert np.mean(got_logits.argmax(-1) == logits.argmax(-1)) >= 0.95
     assert 1e-5 < np.abs(got_boxes - boxes).max() < 0.02  # quantised (not a float file), within 2 px
+
+
+def test_the_detection_loss_uses_the_anchors_of_the_model_where_it_now_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss is made before training moves the model to its device; moving replaces the anchors buffer, and
+    the loss must use the moved one (else a CPU copy crosses to the GPU at every step)."""
+    import compress.tasks.detection as detection
+
+    model = tiny("ssdlite_mobilenet_v2")
+    loss = TASKS.get("detection").loss(model, 0.0)
+    model.to(torch.float64)  # stands for .to("cuda"): a new anchors tensor, as a move to another device makes
+    used = []
+    monkeypatch.setattr(detection, "ssd_loss", lambda outputs, labels, anchors: used.append(anchors))
+    loss(model(images(1).double()), targets_of([[1, *BOXES[0]]]).double())
+    assert used[0] is model.anchors

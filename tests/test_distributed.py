@@ -159,3 +159,32 @@ def test_a_global_batch_that_does_not_divide_is_refused_once_before_any_worker_s
         "error: data.batch_size 64 is the global batch and must divide evenly over 3 workers"
     ]
     assert not runs.exists()
+
+
+def test_more_cuda_workers_than_gpus_are_refused_by_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started by --nproc all see the launcher's GPUs: a second worker on one GPU would share it, which
+    nccl refuses only once every worker has started; the launcher says so first, and how to go on."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device in ("cuda", "auto"):
+        with pytest.raises(distributed.EdgecompError, match=r"--nproc 2 with device \w+: 1 CUDA GPU visible here"):
+            distributed.check_launch(device, 2)
+    distributed.check_launch("cuda", 1)
+    distributed.check_launch("cpu", 4)  # gloo workers share the CPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_refused_once_before_any_worker_starts(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "quickstart", "--runs-dir", str(runs), "--nproc", "2", "--device", "cuda"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2
+    refusal = "error: device cuda: no CUDA GPU is visible here; use device auto or cpu"
+    assert done.stderr.strip().splitlines() == [refusal]
+    assert not runs.exists()

@@ -26,8 +26,11 @@ class Detection:
     metric = "map50"
 
     def loss(self, model: nn.Module, label_smoothing: float) -> Loss:
-        anchors = model_anchors(model)  # fixed by the input size: pruning changes channels, not maps
-        return lambda outputs, labels: ssd_loss(outputs, labels, anchors.to(labels.device))
+        model_anchors(model)  # a detector, or say so now
+        # The anchors are fixed by the input size (pruning changes channels, not maps) but read from the model at
+        # every call: training moves the model to its device after this loss is made, which replaces the buffer,
+        # and a tensor taken now would stay on the CPU and be copied to the GPU at every step.
+        return lambda outputs, labels: ssd_loss(outputs, labels, model_anchors(model).to(labels.device))
 
     def distill(
         self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float
