@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,16 @@ def test_listing_commands(tmp_path: Path) -> None:
 def test_recipe_by_shipped_name_and_set_override_errors(tmp_path: Path) -> None:
     done = edgecomp("run", "quickstart", "--set", "stages.9.prune.ratio=0.2", cwd=tmp_path)
     assert done.returncode == 2 and "stages has no item '9'" in done.stderr
+
+
+def test_openmp_waits_passively_unless_the_user_chose_otherwise() -> None:
+    """The CLI sets OMP_WAIT_POLICY before anything loads torch's OpenMP runtime (spinning threads made a
+    training step 25x slower while another process was busy), and leaves a user's own setting alone."""
+    probe = "import os, sys; import cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    for given, expected in ((None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == expected, out.stderr
