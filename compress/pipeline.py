@@ -1,5 +1,6 @@
 """Runs a recipe: dense -> prune -> fine-tune / distill, the scratch baselines, then every candidate
-through every target and precision, into one run directory.
+through every target and precision (with a qat stage, also quantization-aware int8 per target: the
+``int8-qat`` rows, see `compress.quantize`), into one run directory.
 
 Every stage is cached under ``runs/<name>/<stage>/``: a stage whose inputs (its resolved spec and its
 parent's key) are unchanged is loaded instead of rerun, so a changed fine-tune spec reruns only the
@@ -401,7 +402,9 @@ class Pipeline:
             model=model,
             lineage=[*candidate.lineage, f"qat({target}, {spec.epochs} ep, lr {lr:g}, {_how(spec.distill)})"],
             epochs=candidate.epochs + spec.epochs,
-            reference=None,  # parity is against the fake-quant model this file was converted from
+            # Parity is against the fake-quant model the file comes from, taken before the export: converting a
+            # PT2E graph rewrites it in place.
+            reference=predict(model, self.splits.val)[0],
         )
         rows = self._export_rows(trained, target, "int8", io, label=QAT_PRECISION)
         return [{**row, "qat": metrics} for row in rows]
