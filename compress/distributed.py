@@ -32,12 +32,30 @@ DEVICES = ("auto", "cpu", "cuda")
 TIMEOUT = timedelta(minutes=30)  # a collective that waits longer than this means a worker died
 
 
+_alone: list[bool] = []  # non-empty inside `alone()`
+
+
+def _joined() -> bool:
+    return dist.is_available() and dist.is_initialized() and not _alone
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if _joined() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if _joined() else 0
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block this process acts as a job of one: training on rank 0 after the other workers have
+    returned (quantization-aware training in the export path) must not wait on collectives they never join."""
+    _alone.append(True)
+    try:
+        yield
+    finally:
+        _alone.pop()
 
 
 def is_main() -> bool:

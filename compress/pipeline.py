@@ -1,5 +1,6 @@
 """Runs a recipe: dense -> prune -> fine-tune / distill, the scratch baselines, then every candidate
-through every target and precision, into one run directory.
+through every target and precision (with a qat stage, also quantization-aware int8 per target: the
+``int8-qat`` rows, see `compress.quantize`), into one run directory.
 
 Every stage is cached under ``runs/<name>/<stage>/``: a stage whose inputs (its resolved spec and its
 parent's key) are unchanged is loaded instead of rerun, so a changed fine-tune spec reruns only the
@@ -11,6 +12,7 @@ and every file is written atomically: a killed run resumes from the last finishe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -41,6 +43,7 @@ from compress.models import (
     save_checkpoint,
 )
 from compress.prune import prune
+from compress.quantize import quantization_aware
 from compress.recipe import Branch, DistillSpec, PruneSpec, Recipe, Spec, dump_recipe
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
@@ -50,6 +53,7 @@ from targets.device import device_info, runtime_versions
 from targets.fileio import write_json, write_text
 
 RESULTS_SCHEMA = 1
+QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
 CALIBRATION_SAMPLES = 256
 VERSIONED_PACKAGES = ("edgecomp", "torch", "torchvision", "torch-pruning", "litert-torch", "torchao", "nncf")
 
@@ -68,6 +72,7 @@ class Candidate:
     params: int = 0
     arch: str = ""  # identifies the layer shapes: equal for candidates that share a pruned architecture
     reference: list[np.ndarray] | None = None  # PyTorch outputs on the validation split
+    qat: bool = False  # the recipe's qat stage applies to it: int8-qat rows beside its int8 ones
 
 
 @dataclass(frozen=True)
@@ -235,28 +240,29 @@ class Pipeline:
 
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(pruned.checkpoint, self.recipe.model)
-            label_loss = self.task.loss(model, self.recipe.train.label_smoothing)
-            criterion = supervised(label_loss)
-            if distill is not None:
-                criterion = Distillation(
-                    teacher,
-                    label_loss,
-                    distill.alpha,
-                    distill.temperature,
-                    distill.features,
-                    model,
-                    self.example,
-                    output_kd=self.task.distill,
-                )
+            criterion = self._criterion(model, distill, teacher)
             return model, self._train(model, spec.epochs, lr, criterion, "finetune" + (" (KD)" if distill else ""))
 
         model, _, key = self._stage(_tagged("finetune", branch.tag), inputs, build)
         kind = "kd" if distill else "finetune"
-        how = "labels"
-        if distill:
-            how = f"KD a={distill.alpha:g} T={distill.temperature:g}" + " +features" * bool(distill.features)
-        lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, lr {lr:g}, {how})"]
+        lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, lr {lr:g}, {_how(distill)})"]
         return self._candidate(_tagged(f"pruned-{kind}", branch.tag), kind, lineage, model, key, spec.epochs)
+
+    def _criterion(self, model: nn.Module, distill: DistillSpec | None, teacher: nn.Module | None):
+        """The labels, or KD from `teacher` mixed with them."""
+        label_loss = self.task.loss(model, self.recipe.train.label_smoothing)
+        if distill is None:
+            return supervised(label_loss)
+        return Distillation(
+            teacher,
+            label_loss,
+            distill.alpha,
+            distill.temperature,
+            distill.features,
+            model,
+            self.example,
+            output_kd=self.task.distill,
+        )
 
     def scratch(self, pruned: Pruned, dense: Candidate, branch: Branch) -> list[Candidate]:
         """Liu et al. (2019): the pruned architecture trained from a fresh init with the same epochs as the
@@ -351,6 +357,7 @@ class Pipeline:
                 candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None
             ),
         )
+        qat_targets = self.recipe.qat_targets() if candidate.qat else []
         for export in self.recipe.exports:
             for precision in export.precision:
                 rows += self._cached_rows(
@@ -360,10 +367,56 @@ class Pipeline:
                     lambda t=export.target, p=precision, io=export.io: self._export_rows(candidate, t, p, io),
                     export.io,
                 )
+                if precision == "int8" and export.target in qat_targets:
+                    rows += self._cached_rows(
+                        candidate,
+                        export.target,
+                        QAT_PRECISION,
+                        lambda t=export.target, io=export.io: self._qat_rows(candidate, t, io),
+                        export.io,
+                        self._qat_inputs(),
+                    )
         return rows
 
+    def _qat_inputs(self) -> dict:
+        """What besides the candidate changes a QAT row: the qat spec, the teacher, the training setup."""
+        spec = self.recipe.qat
+        teacher_key = self._teacher(spec.distill, self.dense_candidate)[1] if spec.distill else None
+        return {"qat": _dump(spec), "teacher": teacher_key, "train": self._train_inputs()}
+
+    def _qat_rows(self, candidate: Candidate, target: str, io: str) -> list[dict]:
+        """Fine-tune `candidate` with `target`'s fake quantization, then export and measure it like int8."""
+        spec = self.recipe.qat
+        lr = spec.lr or self.recipe.train.lr / 100
+        teacher = self._teacher(spec.distill, self.dense_candidate)[0] if spec.distill else None
+
+        def train(model: nn.Module) -> dict:
+            criterion = self._criterion(model, spec.distill, teacher)
+            return self._train(model, spec.epochs, lr, criterion, f"QAT {target}" + (" (KD)" if spec.distill else ""))
+
+        started = time.perf_counter()
+        model, metrics = quantization_aware(candidate.model, target, self.example, self.calibration, train)
+        metrics = {**metrics, "lr": lr, "seconds": round(time.perf_counter() - started, 1)}
+        trained = dataclasses.replace(
+            candidate,
+            model=model,
+            lineage=[*candidate.lineage, f"qat({target}, {spec.epochs} ep, lr {lr:g}, {_how(spec.distill)})"],
+            epochs=candidate.epochs + spec.epochs,
+            # Parity is against the fake-quant model the file comes from, taken before the export: converting a
+            # PT2E graph rewrites it in place.
+            reference=predict(model, self.splits.val)[0],
+        )
+        rows = self._export_rows(trained, target, "int8", io, label=QAT_PRECISION)
+        return [{**row, "qat": metrics} for row in rows]
+
     def _cached_rows(
-        self, candidate: Candidate, target: str, precision: str, measure: Callable[[], list[dict]], io: str = "float"
+        self,
+        candidate: Candidate,
+        target: str,
+        precision: str,
+        measure: Callable[[], list[dict]],
+        io: str = "float",
+        extra: dict | None = None,
     ) -> list[dict]:
         inputs = {
             "candidate": candidate.key,
@@ -371,6 +424,7 @@ class Pipeline:
             "precision": precision,
             "bench": _dump(self.recipe.bench),
             "calibration": CALIBRATION_SAMPLES,
+            **(extra or {}),
         }
         if io != "float":  # float I/O keeps the keys and names of runs made before `io` existed
             inputs["io"] = io
@@ -395,13 +449,18 @@ class Pipeline:
         name = f"{target}-{precision}" + ("" if io == "float" else f"-io{io}")
         return self.run_dir / "exports" / candidate.name / f"{name}{suffix}"
 
-    def _export_rows(self, candidate: Candidate, target: str, precision: str, io: str = "float") -> list[dict]:
+    def _export_rows(
+        self, candidate: Candidate, target: str, precision: str, io: str = "float", label: str | None = None
+    ) -> list[dict]:
+        """Export, load, check parity, measure; `label` names the rows' precision when it is not the export's
+        (int8-qat: an int8 export of a QAT model)."""
+        label = label or precision
         module = targets.get_target(target)
-        path = self._export_path(candidate, target, precision, io)
+        path = self._export_path(candidate, target, label, io)
         metadata_ = {
             "recipe": self.recipe.name,
             "candidate": candidate.name,
-            "precision": precision,
+            "precision": label,
             "io": io,
             "lineage": " > ".join(candidate.lineage),
         }
@@ -417,7 +476,7 @@ class Pipeline:
                 f"{parity['max_abs_diff']:.2e} > tolerance {tolerance:.0e}): a converter problem, not a "
                 f"recipe one; the file is kept for inspection at {path}"
             )
-        return self._row(candidate, target, precision, runner, module.size_bytes(path), parity)
+        return self._row(candidate, target, label, runner, module.size_bytes(path), parity)
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -442,11 +501,14 @@ class Pipeline:
         """Dense, then per branch (one without a sweep) the pruned candidate and, once per distinct pruned
         architecture, its scratch baselines (named after the first branch that produced it)."""
         dense = self.dense()
+        self.dense_candidate = dense  # the QAT stage's default teacher
         candidates = [dense]
         scratched: set[str] = set()
+        quantized = self.recipe.qat is not None
+        dense.qat = quantized and not self.recipe.branches()  # QAT applies to what the last stage made
         for branch in self.recipe.branches():
             pruned = self.pruned(dense, branch)
-            candidates.append(self.finetuned(pruned, dense, branch))
+            candidates.append(dataclasses.replace(self.finetuned(pruned, dense, branch), qat=quantized))
             if pruned.arch not in scratched:
                 scratched.add(pruned.arch)
                 candidates += self.scratch(pruned, dense, branch)
@@ -481,6 +543,13 @@ class Pipeline:
         write_json(self.run_dir / "results.json", results)
         report.write_report(results, self.run_dir, self.recipe.report)
         return results
+
+
+def _how(distill: DistillSpec | None) -> str:
+    """How a fine-tune learned, for the lineage: 'labels' or 'KD a=0.7 T=4'."""
+    if distill is None:
+        return "labels"
+    return f"KD a={distill.alpha:g} T={distill.temperature:g}" + " +features" * bool(distill.features)
 
 
 def scratch_b_epochs(dense_epochs: int, dense_macs: int, pruned_macs: int, max_epochs: int | None = None) -> int:

@@ -131,6 +131,28 @@ class FinetuneSpec(Spec):
     distill: DistillSpec | None = None
 
 
+class QATSpec(Spec):
+    """Quantization-aware training: each candidate the earlier stages made (the pruned ones, or the dense
+    model in a recipe without pruning) is fine-tuned once per int8 export target with that target's own
+    fake quantization, and exported as an extra ``int8-qat`` row beside the PTQ ``int8`` one."""
+
+    epochs: PositiveInt = 2
+    lr: float | None = Field(None, gt=0.0, le=100.0, description="default: train.lr / 100")
+    distill: DistillSpec | None = Field(None, description="logits KD during QAT (no features: graphs lose names)")
+    targets: list[str] | None = Field(
+        None, min_length=1, description="default: every exported target with int8 that has a QAT path"
+    )
+
+    @model_validator(mode="after")
+    def _logits_only(self) -> QATSpec:
+        if self.distill is not None and self.distill.features:
+            raise ValueError(
+                "distill.features: feature KD is not available in QAT (a quantized graph keeps no module names); "
+                "drop features to distill the logits"
+            )
+        return self
+
+
 SWEEPABLE = {PruneSpec: ("importance", "ratio", "macs", "params"), FinetuneSpec: ("epochs", "lr")}
 
 
@@ -158,6 +180,7 @@ class StageSpec(Spec):
 
     prune: PruneSpec | None = None
     finetune: FinetuneSpec | None = None
+    qat: QATSpec | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StageSpec:
@@ -253,6 +276,8 @@ class Recipe(Spec):
             raise ValueError("stages: finetune must come after prune")
         if kinds.count("prune") > 1:
             raise ValueError("stages: at most one prune stage (use prune.iterative_steps for schedules)")
+        if "qat" in kinds and (kinds.count("qat") > 1 or kinds[-1] != "qat"):
+            raise ValueError("stages: one qat stage at most, and it comes last (it quantizes what the others made)")
         return self
 
     @property
@@ -262,6 +287,18 @@ class Recipe(Spec):
     @property
     def finetune(self) -> FinetuneSpec | None:
         return next((stage.finetune for stage in self.stages if stage.finetune is not None), None)
+
+    @property
+    def qat(self) -> QATSpec | None:
+        return next((stage.qat for stage in self.stages if stage.qat is not None), None)
+
+    def qat_targets(self) -> list[str]:
+        """The targets that get an int8-qat row: the qat stage's list, else every int8 export with a QAT path."""
+        if self.qat is None:
+            return []
+        if self.qat.targets is not None:
+            return list(self.qat.targets)
+        return [e.target for e in self.exports if "int8" in e.precision and TARGETS[e.target].qat]
 
     def branches(self) -> list[Branch]:
         """The pruned candidates this recipe asks for: one per combination of swept values."""
@@ -382,9 +419,34 @@ def _check_names(recipe: Recipe, source: str) -> None:
     if weights is not None and weights != "torchvision" and not Path(weights).expanduser().is_file():
         raise EdgecompError(f"{source}: model.weights: no such file {recipe.model.weights!r}")
     for i, stage in enumerate(recipe.stages):
-        teacher = stage.finetune.distill.teacher if stage.finetune and stage.finetune.distill else "dense"
+        distill = stage.spec.distill if stage.finetune or stage.qat else None
+        teacher = distill.teacher if distill else "dense"
         if teacher != "dense" and not Path(teacher).expanduser().is_file():
-            raise EdgecompError(f"{source}: stages.{i}.finetune.distill.teacher: no such checkpoint {teacher!r}")
+            raise EdgecompError(f"{source}: stages.{i}.{stage.kind}.distill.teacher: no such checkpoint {teacher!r}")
+        if stage.qat is not None:
+            _check_qat_targets(recipe, f"{source}: stages.{i}.qat")
+
+
+def _check_qat_targets(recipe: Recipe, where: str) -> None:
+    """QAT needs an int8 export on a target whose module can prepare a trainable quantized model."""
+    capable = [name for name, spec in TARGETS.items() if spec.qat and "int8" in spec.precisions]
+    exported = {e.target for e in recipe.exports if "int8" in e.precision}
+    for name in recipe.qat.targets or []:
+        if name not in TARGETS:
+            raise EdgecompError(f"{where}.targets: unknown target {name!r}{did_you_mean(name, TARGETS)}")
+        if name not in capable:
+            raise EdgecompError(
+                f"{where}.targets: {name} has no quantization-aware training; targets that have: {', '.join(capable)}"
+            )
+        if name not in exported:
+            raise EdgecompError(
+                f"{where}.targets: {name} is not exported at int8; add int8 to its precision list under exports"
+            )
+    if not recipe.qat_targets():
+        raise EdgecompError(
+            f"{where}: no int8 export to train for; add int8 to an export of {' or '.join(capable)}, "
+            "e.g. {target: tflite, precision: [fp32, int8]}"
+        )
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

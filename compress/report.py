@@ -51,7 +51,9 @@ KIND_LABELS = {
 PRUNED_KINDS = ("finetune", "kd")
 SCRATCH_KINDS = ("scratch_e", "scratch_b")
 TARGET_ORDER = ("pytorch", "tflite", "openvino", "onnx")
-PRECISION_ORDER = ("fp32", "fp16", "int8", "int8_dynamic")
+PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-qat", "int8_dynamic")
+# A QAT row is an int8 file: without a dense row of its own precision it is compared with the dense model's int8.
+DENSE_PRECISION = {"int8-qat": "int8"}
 METRIC_LABELS = {"top1": "top-1", "map50": "mAP@.5", "map": "mAP@[.5:.95]"}
 NONE = "—"
 TOLERANCE = 1e-6  # a row exactly at a budget meets it, float noise in 100 * (a - b) notwithstanding
@@ -60,7 +62,7 @@ TOLERANCE = 1e-6  # a row exactly at a budget meets it, float noise in 100 * (a 
 TARGET_COLOURS = {"pytorch": "#555555", "tflite": "#D55E00", "openvino": "#0072B2", "onnx": "#009E73"}
 SPARE_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9")
 KIND_MARKERS = {"dense": "*", "finetune": "s", "kd": "D", "scratch_e": "^", "scratch_b": "v", "qat": "P"}
-PRECISION_FILL = {"fp32": "full", "fp16": "left", "int8": "none"}
+PRECISION_FILL = {"fp32": "full", "fp16": "left", "int8": "none", "int8-qat": "right"}
 WIDE_RANGE = 10.0  # max/min on an axis above which it goes logarithmic
 DODGE = 0.03  # relative sideways shift between (target, precision) slots at one MACs value
 
@@ -510,6 +512,8 @@ def _pairs(results: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]
     pairs = []
     for row in rows:
         setting = (row.get("run"), row["target"], row["precision"])
+        if setting not in dense_accuracy:
+            setting = (*setting[:2], DENSE_PRECISION.get(row["precision"], row["precision"]))
         computed = _computed(row, dense_accuracy.get(setting), dense_p50.get((*setting, row.get("threads"))))
         pairs.append((row, computed))
     _mark_fronts([computed for _, computed in pairs])
@@ -661,8 +665,8 @@ def _columns(metric: str, several_runs: bool, table: list[dict[str, Any]]) -> li
 
 
 TABLE_NOTE = (
-    "Δ pts: against the dense model on the same target and precision. "
-    "speedup: dense p50 / p50 on the same target, precision and threads. KB = 1000 bytes. "
+    "Δ pts: against the dense model on the same target and precision (int8 for int8-qat). "
+    "speedup: dense p50 / p50 on the same target, precision and threads (int8 for int8-qat). KB = 1000 bytes. "
     "parity: the exported file against PyTorch eager on the same inputs (largest output difference, "
     "top-1 agreement). front: on the accuracy-latency Pareto front of its target and thread count."
 )

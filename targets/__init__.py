@@ -14,6 +14,10 @@ Every target module provides:
 - ``TOLERANCE``: per float precision (fp32, fp16), the max abs output difference against PyTorch that an
   export may show; a larger one means a converter problem, and the pipeline stops.
 
+A target with ``qat=True`` in its table line also provides ``prepare_qat(model, example, calibration) ->
+nn.Module``: a trainable model with the target's own int8 fake quantization (its quantizer's scheme, not a
+generic one), which the caller fine-tunes and hands back to ``export(..., "int8", ...)``.
+
 Adding a target is one new module and one line in ``TARGETS``.
 """
 
@@ -37,13 +41,14 @@ class TargetSpec:
     precisions: tuple[str, ...]  # fp32, fp16 (weights), int8 (static, calibrated), int8_dynamic (weights only)
     io: tuple[str, ...] = ("float",)  # the input/output tensor types an export can have ("int8": quantised I/O)
     devices: tuple[str, ...] = ("CPU",)  # where the runner executes; accelerators are not driven yet
+    qat: bool = False  # int8 from quantization-aware training: the module has prepare_qat
 
 
 TARGETS: dict[str, TargetSpec] = {
     "tflite": TargetSpec(
-        "tflite", "targets.tflite", ".tflite", ("fp32", "fp16", "int8", "int8_dynamic"), ("float", "int8")
+        "tflite", "targets.tflite", ".tflite", ("fp32", "fp16", "int8", "int8_dynamic"), ("float", "int8"), qat=True
     ),
-    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8")),
+    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8"), qat=True),
     "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8")),
 }
 

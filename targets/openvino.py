@@ -10,6 +10,11 @@ portable; the price is one bit of weight resolution, which narrow layers feel (a
 6 points), so the full bias correction (``fast_bias_correction=False``), which re-fits each layer's bias
 on the quantised model's own activations, makes it up (to 99% agreement there); it costs seconds.
 
+Quantization-aware training uses NNCF's PyTorch path: ``prepare_qat`` runs ``nncf.quantize`` on the torch
+module itself (same overflow fix, hence the same 7-bit weights), which returns it with trainable FakeQuantize
+hooks; the caller fine-tunes it, and ``export(..., "int8", ...)`` recognises it and converts it as is: its
+FakeQuantize ops become the IR's, and the CPU plugin runs them as int8 (no second calibration).
+
 The IR is two files. Both are written under temporary names, then the .bin is renamed before the
 .xml, so the .xml (the name users open) never points at a missing or foreign .bin.
 
@@ -68,7 +73,7 @@ def export(
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
     try:
         ov_model = _convert(model, example)
-        if precision == "int8":
+        if precision == "int8" and not is_qat_prepared(model):
             ov_model = _quantize_int8(ov_model, calibration)
     except Exception as e:
         raise export_failed("openvino", precision, e, model, example) from e
@@ -80,25 +85,67 @@ def export(
 
 def _convert(model: torch.nn.Module, example: torch.Tensor) -> Any:
     import openvino as ov
+    from torch.jit import TracerWarning
 
     with warnings.catch_warnings():
         # ov.convert_model traces with torch.jit (deprecated, still works) and its telemetry forks a
         # process, which JAX (imported by litert-torch) warns about; neither is the user's concern.
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        # An NNCF QAT model's quantizers read their levels with .item() while traced: the trace's self-check
+        # then reports small mismatches. The export's parity with that model is what is checked instead.
+        warnings.filterwarnings("ignore", category=TracerWarning)
         # `input` makes the IR's shape static; `example_input` alone leaves it dynamic.
         return ov.convert_model(model.eval(), example_input=example, input=[list(example.shape)])
 
 
 def _quantize_int8(ov_model: Any, calibration: np.ndarray) -> Any:
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     dataset = nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: sample[None])
-    overflow_fix = AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)  # see the module doc
     return nncf.quantize(
-        ov_model, dataset, subset_size=len(calibration), fast_bias_correction=False, advanced_parameters=overflow_fix
+        ov_model, dataset, subset_size=len(calibration), fast_bias_correction=False, advanced_parameters=_overflow_fix()
     )
+
+
+def _overflow_fix() -> Any:
+    """7-bit weights on every layer (see the module doc)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    return AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
+
+
+def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> torch.nn.Module:
+    """`model` (changed in place) with OpenVINO's int8 fake quantization, calibrated on `calibration`.
+
+    Fine-tune it as an ordinary module, then pass it to ``export(..., "int8", ...)``. The fast bias correction
+    (NNCF's default) is enough here: the fine-tune re-fits the biases anyway.
+
+    >>> qat = prepare_qat(model, torch.zeros(1, 3, 32, 32), calibration)
+    >>> fit(qat, ...); export(qat, torch.zeros(1, 3, 32, 32), "int8", Path("m.xml"), calibration, {})
+    """
+    import nncf
+    import torch
+
+    dataset = nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: torch.from_numpy(sample[None]))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return nncf.quantize(
+                model.eval(), dataset, subset_size=len(calibration), advanced_parameters=_overflow_fix()
+            )
+    except Exception as e:
+        raise export_failed("openvino", "int8 (QAT)", e) from e
+
+
+def is_qat_prepared(model: Any) -> bool:
+    """Whether `model` came from `prepare_qat`: a torch module wrapped with NNCF's quantizer hooks."""
+    try:
+        from nncf.torch.function_hook.wrapper import is_wrapped
+    except ImportError:
+        return False
+    return is_wrapped(model)
 
 
 def _save_pair(ov_model: Any, xml: Path, compress_to_fp16: bool = False) -> None:

@@ -10,6 +10,14 @@ so the file takes and returns float32 like the others (what TFLite's own convert
 ``inference_input_type=float32``). The runner quantises the inputs of an int8-I/O file itself, with each
 tensor's own scale and zero point.
 
+Quantization-aware training goes through the same quantizer with ``is_qat=True``: ``prepare_qat`` exports the
+model, inserts torchao's fake-quant modules (``prepare_qat_pt2e``, which also rewrites conv + BN into the
+simulated-folding pattern) and calibrates them; the caller fine-tunes that graph like any module, and
+``export(..., "int8")`` recognises it and converts it as is (``convert_pt2e``, then litert-torch), with no
+new calibration. torchao 0.18 traces its conv + BN patterns by calling ``torch.export.export`` on plain
+functions, which torch 2.14 refuses; ``_patterns_as_modules`` wraps them in torchao's own ``WrapperModule``
+while torchao prepares or converts a QAT graph.
+
 torch and litert_torch are imported only inside ``export``: a device runs ``load`` with numpy and one
 runtime installed.
 
@@ -24,8 +32,10 @@ import io
 import json
 import os
 import re
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
+from functools import wraps
 from importlib import metadata as dist_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,26 +113,117 @@ def _recipe_config(precision: str) -> dict[str, Any]:
     return {"quant_config": recipes[precision]()} if precision in recipes else {}
 
 
-def _convert_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> Any:
-    import torch
+def _quantizer(qat: bool) -> Any:
+    """litert-torch's int8 scheme: symmetric, per-channel weights, static activations (fake-quant for QAT)."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = _quantizer(PT2EQuantizer).set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return _annotating(PT2EQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def _convert_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> Any:
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    if is_qat_prepared(model):
+        return _convert_prepared(model, example, qat=True)
     graph, batch = _calibration_graph(model, example)
-    prepared = prepare_pt2e(graph, quantizer)
+    prepared = prepare_pt2e(graph, _quantizer(qat=False))
+    _calibrate(prepared, calibration, batch)
+    return _convert_prepared(prepared, example, qat=False)
+
+
+def _calibrate(prepared: torch.nn.Module, calibration: np.ndarray, batch: int) -> None:
+    import torch
+
     samples = np.ascontiguousarray(calibration, dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(samples), batch):
             prepared(torch.from_numpy(samples[start : start + batch]))
-    quantized = convert_pt2e(prepared, fold_quantize=False)
+
+
+def _convert_prepared(prepared: torch.nn.Module, example: torch.Tensor, qat: bool) -> Any:
+    """Observers or fake-quant modules -> quantize/dequantize pairs -> an int8 .tflite flatbuffer."""
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    with _patterns_as_modules():
+        quantized = convert_pt2e(prepared, fold_quantize=False)
     quantized.training = False  # traced from an eval model; exported graphs refuse .eval()
-    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=_quantizer(qat)))
 
 
-def _quantizer(base: type) -> Any:
-    """litert-torch's ``PT2EQuantizer`` (class `base`) with two annotations it gets wrong on graphs from
+def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> torch.nn.Module:
+    """A trainable copy of `model` with TFLite's int8 fake quantization, calibrated on `calibration`.
+
+    Fine-tune it as an ordinary module (its ``.train()`` / ``.eval()`` switch batch norm and dropout the
+    way an exported graph needs), then pass it to ``export(..., "int8", ...)``.
+
+    >>> qat = prepare_qat(model, torch.zeros(1, 3, 32, 32), calibration)
+    >>> fit(qat, ...); export(qat, torch.zeros(1, 3, 32, 32), "int8", Path("m.tflite"), calibration, {})
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    model.eval()  # traced in eval mode (like PTQ), then switched to training by the caller
+    graph, batch = _calibration_graph(model, example)
+    try:
+        with _patterns_as_modules():
+            prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
+    except Exception as e:
+        raise export_failed("tflite", "int8 (QAT)", e) from e
+    _allow_train_eval(prepared)
+    prepared.eval()
+    _calibrate(prepared, calibration, batch)
+    return prepared
+
+
+def _allow_train_eval(graph: Any) -> None:
+    """`.train()` / `.eval()` on an exported graph, returning it like a module's (torchao's own
+    `allow_exported_model_train_eval` returns None, which breaks ``model.eval().to(...)``)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    def train(self: Any, mode: bool = True) -> Any:
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        return self
+
+    graph.train = types.MethodType(train, graph)
+    graph.eval = types.MethodType(lambda self: self.train(False), graph)
+
+
+def is_qat_prepared(model: Any) -> bool:
+    """Whether `model` came from `prepare_qat`: a graph that carries its own fake quantization."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    return any(isinstance(module, FakeQuantizeBase) for module in model.modules())
+
+
+@contextmanager
+def _patterns_as_modules() -> Iterator[None]:
+    """Let torchao 0.18 trace its QAT conv + BN patterns under torch 2.14 (see the module doc)."""
+    import litert_torch.quantize.pt2e_quantizer_utils as litert_utils
+    import torch
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+    import torchao.quantization.pt2e.utils as torchao_utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    original = torchao_utils._get_aten_graph_module_for_pattern
+
+    @wraps(original)
+    def traced(pattern: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(pattern, torch.nn.Module):
+            pattern = WrapperModule(pattern)
+        return original(pattern, *args, **kwargs)
+
+    modules = [m for m in (torchao_utils, qat_utils, litert_utils) if m._get_aten_graph_module_for_pattern is original]
+    for module in modules:
+        module._get_aten_graph_module_for_pattern = traced
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._get_aten_graph_module_for_pattern = original
+
+
+def _annotating(base: type) -> type:
+    """litert-torch's ``PT2EQuantizer`` (class `base`), subclassed to fix two annotations it gets wrong on graphs from
     torch 2.14's ``torch.export`` (which carry no ``source_fn_stack``, so its source-partition annotators
     for ``cat`` never match).
 
@@ -182,7 +283,7 @@ def _quantizer(base: type) -> Any:
                     )
             return model
 
-    return Quantizer()
+    return Quantizer
 
 
 def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, int]:
