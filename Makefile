@@ -28,7 +28,7 @@ test: lint
 	$(BIN)/pytest --ignore=tests/test_robustness.py
 	$(BIN)/pytest tests/test_robustness.py
 
-# The committed reports of the shipped CPU recipes, regenerated from scratch (~8 + ~15 min on 2 cores).
+# The committed reports of the shipped CPU recipes, regenerated from scratch (~8 + ~19 min on 2 cores).
 REPORTED := quickstart ssdlite-quickstart
 reports: $(INSTALLED)
 	for name in $(REPORTED); do \
