@@ -35,7 +35,7 @@ import re
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from functools import wraps
+from functools import cache, wraps
 from importlib import metadata as dist_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,9 +115,9 @@ def _recipe_config(precision: str) -> dict[str, Any]:
 
 def _quantizer(qat: bool) -> Any:
     """litert-torch's int8 scheme: symmetric, per-channel weights, static activations (fake-quant for QAT)."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
 
-    return _annotating(PT2EQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    return _annotating()().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
 
 
 def _convert_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> Any:
@@ -222,8 +222,9 @@ def _patterns_as_modules() -> Iterator[None]:
             module._get_aten_graph_module_for_pattern = original
 
 
-def _annotating(base: type) -> type:
-    """litert-torch's ``PT2EQuantizer`` (class `base`), subclassed to fix two annotations it gets wrong on graphs from
+@cache
+def _annotating() -> type:
+    """litert-torch's ``PT2EQuantizer``, subclassed (once) to fix two annotations it gets wrong on graphs from
     torch 2.14's ``torch.export`` (which carry no ``source_fn_stack``, so its source-partition annotators
     for ``cat`` never match).
 
@@ -240,6 +241,7 @@ def _annotating(base: type) -> type:
     layer's quantised output, so logits stay int8 up to the final dequantize.
     """
     import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
@@ -257,7 +259,7 @@ def _annotating(base: type) -> type:
         aten.slice.Tensor,
     }
 
-    class Quantizer(base):
+    class Quantizer(PT2EQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             nodes = [n for n in model.graph.nodes if n.op == "call_function"]
             feeds_layer: set = set()
