@@ -47,7 +47,7 @@ from compress.quantize import quantization_aware
 from compress.recipe import Branch, DistillSpec, PruneSpec, Recipe, Spec, dump_recipe
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
-from targets.base import EdgecompError, Runner
+from targets.base import AccuracyControl, EdgecompError, Runner
 from targets.bench import benchmark
 from targets.device import device_info, runtime_versions
 from targets.fileio import write_json, write_text
@@ -360,12 +360,16 @@ class Pipeline:
         qat_targets = self.recipe.qat_targets() if candidate.qat else []
         for export in self.recipe.exports:
             for precision in export.precision:
+                drop = export.max_accuracy_drop if precision == "int8_ac" else None
                 rows += self._cached_rows(
                     candidate,
                     export.target,
                     precision,
-                    lambda t=export.target, p=precision, io=export.io: self._export_rows(candidate, t, p, io),
+                    lambda t=export.target, p=precision, io=export.io, d=drop: self._export_rows(
+                        candidate, t, p, io, max_accuracy_drop=d
+                    ),
                     export.io,
+                    None if drop is None else {"max_accuracy_drop": drop},
                 )
                 if precision == "int8" and export.target in qat_targets:
                     rows += self._cached_rows(
@@ -450,10 +454,16 @@ class Pipeline:
         return self.run_dir / "exports" / candidate.name / f"{name}{suffix}"
 
     def _export_rows(
-        self, candidate: Candidate, target: str, precision: str, io: str = "float", label: str | None = None
+        self,
+        candidate: Candidate,
+        target: str,
+        precision: str,
+        io: str = "float",
+        label: str | None = None,
+        max_accuracy_drop: float | None = None,
     ) -> list[dict]:
         """Export, load, check parity, measure; `label` names the rows' precision when it is not the export's
-        (int8-qat: an int8 export of a QAT model)."""
+        (int8-qat: an int8 export of a QAT model); `max_accuracy_drop` (points) is int8_ac's."""
         label = label or precision
         module = targets.get_target(target)
         path = self._export_path(candidate, target, label, io)
@@ -464,8 +474,19 @@ class Pipeline:
             "io": io,
             "lineage": " > ".join(candidate.lineage),
         }
+        options = {}
+        if max_accuracy_drop is not None:
+            options["accuracy_control"] = self._accuracy_control(max_accuracy_drop)
+            metadata_["max_accuracy_drop"] = f"{max_accuracy_drop:g}"
         module.export(
-            candidate.model, torch.zeros(self.splits.input_shape), precision, path, self.calibration, metadata_, io=io
+            candidate.model,
+            torch.zeros(self.splits.input_shape),
+            precision,
+            path,
+            self.calibration,
+            metadata_,
+            io=io,
+            **options,
         )
         runner = module.load(path)
         parity = self.task.parity(self._reference(candidate), collect(runner, self.splits.val))
@@ -476,7 +497,17 @@ class Pipeline:
                 f"{parity['max_abs_diff']:.2e} > tolerance {tolerance:.0e}): a converter problem, not a "
                 f"recipe one; the file is kept for inspection at {path}"
             )
-        return self._row(candidate, target, label, runner, module.size_bytes(path), parity)
+        rows = self._row(candidate, target, label, runner, module.size_bytes(path), parity)
+        return rows if max_accuracy_drop is None else [{**row, "max_accuracy_drop": max_accuracy_drop} for row in rows]
+
+    def _accuracy_control(self, max_drop: float) -> AccuracyControl:
+        """The validation split and the task's headline metric, for an export that may lose `max_drop` points."""
+        labels = self.labels["val"]
+
+        def score(outputs: list[np.ndarray], indices: np.ndarray) -> float:
+            return self.task.score(outputs, labels[indices])[self.task.metric]
+
+        return AccuracyControl(SplitImages(self.splits.val), score, max_drop)
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -573,6 +604,19 @@ def calibration_samples(splits: DataSplits, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     index = rng.choice(len(splits.train), size=min(n, len(splits.train)), replace=False)
     return np.stack([splits.train[int(i)][0].numpy() for i in sorted(index)])
+
+
+class SplitImages:
+    """A split's images as numpy arrays, read one at a time (a sequence, not a copy of the split)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.dataset[int(index)][0].numpy()
 
 
 def collect(runner: Runner, dataset) -> list[np.ndarray]:

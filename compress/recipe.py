@@ -203,12 +203,31 @@ class BaselinesSpec(Spec):
     max_epochs: PositiveInt | None = Field(None, description="cap on Scratch-B's epochs")
 
 
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # points; NNCF's own default (max_drop 0.01, absolute)
+
+
 class ExportSpec(Spec):
     """One target and its precisions, checked against the target's capability table (`targets.TARGETS`)."""
 
     target: str
     precision: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
     io: str = Field("float", description="input/output tensor type: float, or int8 (int8 precision, tflite)")
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description="int8_ac only: points of the task's metric on the val split that int8 may lose (default 1)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_drop(cls, data: Any) -> Any:
+        """int8_ac's drop is written into the resolved recipe, so the run says what it allowed."""
+        if isinstance(data, dict) and data.get("max_accuracy_drop") is None:
+            precision = data.get("precision")
+            if precision == "int8_ac" or (isinstance(precision, list) and "int8_ac" in precision):
+                data = {**data, "max_accuracy_drop": DEFAULT_MAX_ACCURACY_DROP}
+        return data
 
     @model_validator(mode="after")
     def _supported(self) -> ExportSpec:
@@ -228,6 +247,8 @@ class ExportSpec(Spec):
             raise ValueError(f"{self.target} does not support io {self.io!r}; supported: {', '.join(spec.io)}")
         if self.io != "float" and self.precision != ["int8"]:
             raise ValueError(f"io {self.io!r} goes with precision [int8] only (float precisions have float I/O)")
+        if self.max_accuracy_drop is not None and "int8_ac" not in self.precision:
+            raise ValueError("max_accuracy_drop goes with precision int8_ac (int8 with accuracy control) only")
         return self
 
 

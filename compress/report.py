@@ -51,7 +51,7 @@ KIND_LABELS = {
 PRUNED_KINDS = ("finetune", "kd")
 SCRATCH_KINDS = ("scratch_e", "scratch_b")
 TARGET_ORDER = ("pytorch", "tflite", "openvino", "onnx")
-PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-qat", "int8_dynamic")
+PRECISION_ORDER = ("fp32", "fp16", "int8", "int8_ac", "int8-qat", "int8_dynamic")
 # A QAT row is an int8 file: without a dense row of its own precision it is compared with the dense model's int8.
 DENSE_PRECISION = {"int8-qat": "int8"}
 METRIC_LABELS = {"top1": "top-1", "map50": "mAP@.5", "map": "mAP@[.5:.95]"}
@@ -62,7 +62,7 @@ TOLERANCE = 1e-6  # a row exactly at a budget meets it, float noise in 100 * (a 
 TARGET_COLOURS = {"pytorch": "#555555", "tflite": "#D55E00", "openvino": "#0072B2", "onnx": "#009E73"}
 SPARE_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9")
 KIND_MARKERS = {"dense": "*", "finetune": "s", "kd": "D", "scratch_e": "^", "scratch_b": "v", "qat": "P"}
-PRECISION_FILL = {"fp32": "full", "fp16": "left", "int8": "none", "int8-qat": "right"}
+PRECISION_FILL = {"fp32": "full", "fp16": "left", "int8": "none", "int8-qat": "right", "int8_ac": "top"}
 WIDE_RANGE = 10.0  # max/min on an axis above which it goes logarithmic
 DODGE = 0.03  # relative sideways shift between (target, precision) slots at one MACs value
 
@@ -557,6 +557,7 @@ def _computed(row: dict[str, Any], dense_accuracy: float | None, dense_p50: floa
         "parity_top1_pct": _scaled(parity.get("top1_agreement"), 100),
         "map_pct": _scaled((row.get("scores") or {}).get("map"), 100),  # a detector's mAP@[.5:.95]
         "postprocess_ms": row.get("postprocess_ms_p50"),  # a detector's numpy NMS step, apart from the model
+        "max_accuracy_drop": row.get("max_accuracy_drop"),  # int8_ac's allowed drop, points
         "front": False,
     }
 
@@ -670,6 +671,19 @@ TABLE_NOTE = (
     "parity: the exported file against PyTorch eager on the same inputs (largest output difference, "
     "top-1 agreement). front: on the accuracy-latency Pareto front of its target and thread count."
 )
+
+
+def _table_note(table: list[dict[str, Any]]) -> str:
+    drops = sorted({row["max_accuracy_drop"] for row in table if row.get("max_accuracy_drop") is not None})
+    if not drops:
+        return TABLE_NOTE
+    allowed = " or ".join(f"{drop:g}" for drop in drops)
+    return (
+        f"{TABLE_NOTE} int8_ac: int8 with accuracy control, the layers that cost most kept in float until the "
+        f"int8 model is at most {allowed} pts below the float one on the val split."
+    )
+
+
 NO_VERDICT = "No scratch baseline shares an architecture with a pruned candidate here."
 
 
@@ -775,7 +789,7 @@ def _markdown(results: dict[str, Any], table: list[dict[str, Any]], findings: Fi
     lines += ["", "## Results", "", "| " + " | ".join(_md(c.header) for c in columns) + " |"]
     lines.append("|" + "|".join("---:" if c.fmt else "---" for c in columns) + "|")
     lines += ["| " + " | ".join(_md(c.text(row)) for c in columns) + " |" for row in table]
-    lines += ["", _md(TABLE_NOTE), "", "## Candidates", ""]
+    lines += ["", _md(_table_note(table)), "", "## Candidates", ""]
     lines += [f"- {_md(line)}" for line in _candidates(table)]
     lines += ["", "## Reproduce", ""]
     for label, run in _runs(results):
@@ -890,7 +904,7 @@ def _html(results: dict[str, Any], table: list[dict[str, Any]], findings: Findin
             _html_list(findings.verdicts) if findings.verdicts else f"<p>{NO_VERDICT}</p>",
             "<h2>Results</h2>",
             _html_table(table, _columns(_metric(results), _several(results), table), picked),
-            f'<p class="note">{html.escape(TABLE_NOTE)} Highlighted: recommended.</p>',
+            f'<p class="note">{html.escape(_table_note(table))} Highlighted: recommended.</p>',
             "<h2>Candidates</h2>",
             _html_list(_candidates(table)),
             "<h2>Reproduce</h2>",

@@ -7,7 +7,8 @@ runtime inside the functions that need them (the Ultralytics exporter habit), so
 Every target module provides:
 
 - ``export(model, example, precision, out, calibration, metadata, io="float") -> Path``: write one file
-  (torch needed);
+  (torch needed); a target with ``int8_ac`` among its precisions also takes ``accuracy_control=``
+  (`targets.base.AccuracyControl`: validation samples, metric, max drop);
 - ``load(path, threads=None, shape=None) -> Runner``: open a file in the target's runtime (no torch);
   ``shape`` fixes a dynamic input shape (or changes the batch of a file that allows it);
 - ``read_metadata(path) -> dict`` and ``size_bytes(path) -> int``;
@@ -38,7 +39,9 @@ class TargetSpec:
     name: str
     module: str
     suffix: str  # of the file that `load` opens
-    precisions: tuple[str, ...]  # fp32, fp16 (weights), int8 (static, calibrated), int8_dynamic (weights only)
+    # fp32, fp16 (weights), int8 (static, calibrated), int8_dynamic (weights only), int8_ac (int8 that keeps
+    # in float the layers costing more than a recipe's max accuracy drop)
+    precisions: tuple[str, ...]
     io: tuple[str, ...] = ("float",)  # the input/output tensor types an export can have ("int8": quantised I/O)
     devices: tuple[str, ...] = ("CPU",)  # where the runner executes; accelerators are not driven yet
     qat: bool = False  # int8 from quantization-aware training: the module has prepare_qat
@@ -48,7 +51,7 @@ TARGETS: dict[str, TargetSpec] = {
     "tflite": TargetSpec(
         "tflite", "targets.tflite", ".tflite", ("fp32", "fp16", "int8", "int8_dynamic"), ("float", "int8"), qat=True
     ),
-    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8"), qat=True),
+    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8", "int8_ac"), qat=True),
     "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8")),
 }
 

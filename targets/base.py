@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,7 +55,20 @@ class Runner(Protocol):
         ...
 
 
-CALIBRATED_PRECISIONS = ("int8",)  # precisions whose activation ranges come from calibration samples
+CALIBRATED_PRECISIONS = ("int8", "int8_ac")  # precisions whose activation ranges come from calibration samples
+
+
+@dataclass(frozen=True)
+class AccuracyControl:
+    """What an int8 export with accuracy control (``int8_ac``) needs besides calibration samples.
+
+    The quantizer scores the float and the int8 model on `samples` and keeps in float the layers whose
+    quantization costs the most, until the int8 model is at most `max_drop` points below the float one.
+    """
+
+    samples: Sequence[np.ndarray]  # validation inputs, one (C, H, W) float32 array each, read on demand
+    score: Callable[[list[np.ndarray], np.ndarray], float]  # (outputs, their sample indices) -> metric in [0, 1]
+    max_drop: float  # points of that metric (1.0: one point, an absolute drop)
 
 
 def check_export_args(

@@ -10,6 +10,12 @@ portable; the price is one bit of weight resolution, which narrow layers feel (a
 6 points), so the full bias correction (``fast_bias_correction=False``), which re-fits each layer's bias
 on the quantised model's own activations, makes it up (to 99% agreement there); it costs seconds.
 
+int8_ac is ``nncf.quantize_with_accuracy_control`` with the same settings: it quantizes as int8 does, then
+scores the float and the int8 IR on validation samples with the caller's metric (`targets.base.AccuracyControl`)
+and, while the drop exceeds the allowed one, returns to float the groups of layers whose outputs moved most
+(NNCF ranks them by how far each one's reverting brings the outputs back). The file is an ordinary int8 IR
+with fewer FakeQuantize ops; it costs several passes over the validation samples.
+
 Quantization-aware training uses NNCF's PyTorch path: ``prepare_qat`` runs ``nncf.quantize`` on the torch
 module itself (same overflow fix, hence the same 7-bit weights), which returns it with trainable FakeQuantize
 hooks; the caller fine-tunes it, and ``export(..., "int8", ...)`` recognises it and converts it as is: its
@@ -38,6 +44,7 @@ import numpy as np
 
 from targets import TARGETS
 from targets.base import (
+    AccuracyControl,
     EdgecompError,
     check_export_args,
     export_failed,
@@ -67,14 +74,24 @@ def export(
     calibration: np.ndarray | None,
     metadata: dict[str, str],
     io: str = "float",
+    accuracy_control: AccuracyControl | None = None,
 ) -> Path:
-    """Convert `model` to an OpenVINO IR at `out` (.xml, with its .bin beside it), written atomically."""
+    """Convert `model` to an OpenVINO IR at `out` (.xml, with its .bin beside it), written atomically.
+
+    ``int8_ac`` needs `accuracy_control`: the validation samples, the metric and the largest drop allowed.
+    """
     spec = TARGETS["openvino"]
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
+    if precision == "int8_ac" and accuracy_control is None:
+        raise EdgecompError("openvino int8_ac needs accuracy_control: validation samples, a metric and a max drop")
     try:
         ov_model = _convert(model, example)
         if precision == "int8" and not is_qat_prepared(model):
             ov_model = _quantize_int8(ov_model, calibration)
+        elif precision == "int8_ac":
+            ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control)
+    except EdgecompError:
+        raise
     except Exception as e:
         raise export_failed("openvino", precision, e, model, example) from e
     for key, value in metadata.items():
@@ -96,7 +113,13 @@ def _convert(model: torch.nn.Module, example: torch.Tensor) -> Any:
         # then reports small mismatches. The export's parity with that model is what is checked instead.
         warnings.filterwarnings("ignore", category=TracerWarning)
         # `input` makes the IR's shape static; `example_input` alone leaves it dynamic.
-        return ov.convert_model(model.eval(), example_input=example, input=[list(example.shape)])
+        ov_model = ov.convert_model(model.eval(), example_input=example, input=[list(example.shape)])
+    # A traced module's outputs come unnamed, and tools that address outputs by name see none (NNCF's
+    # accuracy control compares the outputs it finds: none, then divides by their count). Ultralytics' names.
+    for index, output in enumerate(ov_model.outputs):
+        if not output.get_names():
+            output.set_names({f"output{index}"})
+    return ov_model
 
 
 def _quantize_int8(ov_model: Any, calibration: np.ndarray) -> Any:
@@ -106,6 +129,37 @@ def _quantize_int8(ov_model: Any, calibration: np.ndarray) -> Any:
     return nncf.quantize(
         ov_model, dataset, subset_size=len(calibration), fast_bias_correction=False, advanced_parameters=_overflow_fix()
     )
+
+
+def _quantize_int8_ac(ov_model: Any, calibration: np.ndarray, control: AccuracyControl) -> Any:
+    import nncf
+
+    def validate(compiled: Any, indices: Any) -> tuple[float, list[list[np.ndarray]]]:
+        """The metric on the samples at `indices`, and each one's outputs (NNCF ranks layers by those)."""
+        indices = np.fromiter(indices, dtype=np.int64)
+        # copies: a compiled model's results may be views of its request's tensors, which the next call reuses
+        per_sample = [[np.array(out) for out in compiled(control.samples[i][None]).to_tuple()] for i in indices]
+        outputs = [np.concatenate(parts) for parts in zip(*per_sample, strict=True)]
+        return float(control.score(outputs, indices)), per_sample
+
+    if len(control.samples) == 0:
+        raise EdgecompError("openvino int8_ac needs validation samples to score the int8 model on; got none")
+    calibration_set = nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: sample[None])
+    # Items are sample indices, so `validate` knows which labels a subset's outputs belong to.
+    validation_set = nncf.Dataset(range(len(control.samples)), lambda i: control.samples[i][None])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        return nncf.quantize_with_accuracy_control(
+            ov_model,
+            calibration_set,
+            validation_set,
+            validate,
+            max_drop=control.max_drop / 100,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(calibration),
+            fast_bias_correction=False,
+            advanced_quantization_parameters=_overflow_fix(),
+        )
 
 
 def _overflow_fix() -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,31 @@ def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path) -> 
 
     Pipeline(changed, run_dir, force=True).run()
     assert all(t != after[name] for name, t in stage_times(run_dir).items())
+
+
+@pytest.mark.slow
+def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_path) -> None:
+    """An openvino int8_ac export added to the finished run: only its rows are new, the accuracy control
+    scores val outputs with the task's own metric, and the rows say what drop they were allowed."""
+    _, run_dir = quickstart
+    copied = tmp_path / "quickstart"
+    shutil.copytree(run_dir, copied)
+    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.1.precision=[int8_ac]", "exports.1.max_accuracy_drop=2"])
+    pipeline = Pipeline(recipe, copied)
+    pipeline._prepare()
+    dense = pipeline.candidates()[0]
+
+    control = pipeline._accuracy_control(2.0)
+    assert len(control.samples) == len(pipeline.labels["val"]) and control.max_drop == 2.0
+    outputs = pipeline._reference(dense)
+    whole = control.score(outputs, np.arange(len(control.samples)))
+    assert whole == pipeline.task.score(outputs, pipeline.labels["val"])["top1"]
+    assert control.score([outputs[0][:7]], np.arange(7)) == np.mean(
+        outputs[0][:7].argmax(1) == pipeline.labels["val"][:7]
+    )
+
+    rows = [row for row in pipeline.deploy(dense) if row["precision"] == "int8_ac"]
+    assert [(row["target"], row["max_accuracy_drop"]) for row in rows] == [("openvino", 2.0)]
+    path = copied / "exports" / "dense" / "openvino-int8_ac.xml"
+    assert targets.get_target("openvino").read_metadata(path)["max_accuracy_drop"] == "2"
+    assert 0.0 < rows[0]["accuracy"] <= 1.0

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import INPUT_SHAPE
+from conftest import INPUT_SHAPE, export_options
 from torch import nn
 
 import targets
-from targets.base import EdgecompError, key_error_line, ops_named_in, predict_in_batches
+from targets.base import AccuracyControl, EdgecompError, key_error_line, ops_named_in, predict_in_batches
 
 PAIRS = [(name, precision) for name, spec in targets.TARGETS.items() for precision in spec.precisions]
 NUM_CLASSES = 10
@@ -133,7 +133,9 @@ def test_unsupported_op_fails_cleanly_and_writes_nothing(
 ) -> None:
     out = tmp_path / f"bad{targets.TARGETS[target].suffix}"
     with pytest.raises(EdgecompError) as error:
-        targets.get_target(target).export(Unconvertible(), torch.zeros(INPUT_SHAPE), precision, out, calibration, {})
+        targets.get_target(target).export(
+            Unconvertible(), torch.zeros(INPUT_SHAPE), precision, out, calibration, {}, **export_options(precision, [])
+        )
     message = str(error.value)
     assert message.startswith(f"{target} {precision} export failed:")
     assert "svd" in message
@@ -351,9 +353,64 @@ def test_quantized_export_agrees_with_pytorch_on_a_trained_net(
     assert np.mean(reference.argmax(1) == digits["test_labels"]) > 0.8  # the net did learn
     out = tmp_path / f"trained{targets.TARGETS[target].suffix}"
     module = targets.get_target(target)
-    module.export(trained_net, torch.zeros(INPUT_SHAPE), precision, out, digits["calibration"], {})
+    options = export_options(precision, digits["calibration"][:32])
+    module.export(trained_net, torch.zeros(INPUT_SHAPE), precision, out, digits["calibration"], {}, **options)
     logits = targets.load_runner(out, threads=2).predict(digits["test"])[0]
     assert np.mean(logits.argmax(1) == reference.argmax(1)) >= 0.95
+
+
+def _fake_quantize_ops(xml: Path) -> int:
+    import openvino as ov
+
+    return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(xml)).get_ops())
+
+
+def test_openvino_int8_ac_keeps_layers_in_float_until_the_drop_is_met(
+    trained_net: nn.Module, digits: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """With a metric that any rounding lowers (closeness to the float logits), a drop that plain int8 meets
+    changes nothing, and one it misses sends layers back to float until the file meets it. Which layers go
+    first is NNCF's ranking; what is checked here is that our metric and drop are the ones it obeys."""
+    samples = digits["test"][:64]
+    with torch.no_grad():
+        reference = trained_net(torch.from_numpy(samples)).numpy()
+
+    def closeness(outputs: list[np.ndarray], indices: np.ndarray) -> float:
+        return float(np.exp(-np.abs(outputs[0] - reference[indices]).mean() / np.abs(reference).mean()))
+
+    def drop(path: Path) -> float:  # points below the float model, which scores 1
+        outputs = targets.load_runner(path, threads=2).predict(samples)
+        return 100 * (1 - closeness(outputs, np.arange(len(samples))))
+
+    module, example, calibration = targets.get_target("openvino"), torch.zeros(INPUT_SHAPE), digits["calibration"]
+    plain = module.export(trained_net, example, "int8", tmp_path / "int8.xml", calibration, {})
+
+    def controlled(max_drop: float) -> Path:
+        control = AccuracyControl(samples, closeness, max_drop)
+        out = tmp_path / f"ac{max_drop:g}.xml"
+        return module.export(trained_net, example, "int8_ac", out, calibration, {}, accuracy_control=control)
+
+    assert drop(plain) > 0.5
+    loose = controlled(max_drop=2 * drop(plain))
+    assert _fake_quantize_ops(loose) == _fake_quantize_ops(plain) > 0
+    assert drop(loose) == pytest.approx(drop(plain), abs=1e-3)
+    strict = controlled(max_drop=0.5)
+    assert _fake_quantize_ops(strict) < _fake_quantize_ops(plain)
+    assert drop(strict) <= 0.5 + 0.01  # NNCF's own float run differs from PyTorch's by ~1e-4 pts
+
+
+def test_openvino_int8_ac_needs_its_validation_and_metric(
+    tiny_net: nn.Module, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    module = targets.get_target("openvino")
+    with pytest.raises(EdgecompError, match="int8_ac needs accuracy_control"):
+        module.export(tiny_net, torch.zeros(INPUT_SHAPE), "int8_ac", tmp_path / "m.xml", calibration, {})
+    empty = AccuracyControl(np.zeros((0, 3, 32, 32), np.float32), lambda outputs, indices: 1.0, 1.0)
+    with pytest.raises(EdgecompError, match="needs validation samples"):
+        module.export(
+            tiny_net, torch.zeros(INPUT_SHAPE), "int8_ac", tmp_path / "m.xml", calibration, {}, accuracy_control=empty
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 class _TwoScaleHeads(nn.Module):
@@ -487,6 +544,12 @@ def _recipe(export: dict) -> dict:
         ({"target": "onnx", "precision": ["fp16"]}, "onnx does not support precision 'fp16'"),
         ({"target": "tflite", "precision": ["fp32"], "io": "int8"}, "io 'int8' goes with precision [int8] only"),
         ({"target": "tflight", "precision": ["fp32"]}, "did you mean 'tflite'"),
+        ({"target": "tflite", "precision": ["int8_ac"]}, "tflite does not support precision 'int8_ac'"),
+        (
+            {"target": "openvino", "precision": ["int8"], "max_accuracy_drop": 0.5},
+            "max_accuracy_drop goes with precision int8_ac",
+        ),
+        ({"target": "openvino", "precision": ["int8_ac"], "max_accuracy_drop": -1}, "greater than or equal to 0"),
     ],
 )
 def test_recipe_is_checked_against_the_capability_table_at_load_time(export: dict, message: str) -> None:
@@ -504,6 +567,16 @@ def test_recipe_accepts_every_declared_capability() -> None:
     for name, spec in targets.TARGETS.items():
         parse_recipe(_recipe({"target": name, "precision": list(spec.precisions)}))
     parse_recipe(_recipe({"target": "tflite", "precision": ["int8"], "io": "int8"}))
+
+
+def test_int8_ac_allows_one_point_unless_the_recipe_says_otherwise() -> None:
+    from compress.recipe import parse_recipe
+
+    default = parse_recipe(_recipe({"target": "openvino", "precision": ["int8", "int8_ac"]}))
+    assert default.exports[0].max_accuracy_drop == 1.0
+    chosen = parse_recipe(_recipe({"target": "openvino", "precision": ["int8_ac"], "max_accuracy_drop": 0.2}))
+    assert chosen.exports[0].max_accuracy_drop == 0.2
+    assert parse_recipe(_recipe({"target": "openvino", "precision": ["int8"]})).exports[0].max_accuracy_drop is None
 
 
 def test_export_refuses_io_the_target_cannot_make(tiny_net: nn.Module, calibration: np.ndarray, tmp_path: Path) -> None:
