@@ -44,17 +44,16 @@ from compress.models import (
 )
 from compress.prune import prune
 from compress.quantize import quantization_aware
-from compress.recipe import Branch, DistillSpec, PruneSpec, Recipe, Spec, dump_recipe
+from compress.recipe import Branch, DistillSpec, ExportSpec, PruneSpec, Recipe, Spec, dump_recipe
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
-from targets.base import AccuracyControl, EdgecompError, Runner
+from targets.base import CALIBRATED_PRECISIONS, AccuracyControl, EdgecompError, Runner
 from targets.bench import benchmark
 from targets.device import device_info, runtime_versions
 from targets.fileio import write_json, write_text
 
 RESULTS_SCHEMA = 1
 QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
-CALIBRATION_SAMPLES = 256
 VERSIONED_PACKAGES = ("edgecomp", "torch", "torchvision", "torch-pruning", "litert-torch", "torchao", "nncf")
 
 
@@ -360,25 +359,27 @@ class Pipeline:
         qat_targets = self.recipe.qat_targets() if candidate.qat else []
         for export in self.recipe.exports:
             for precision in export.precision:
-                drop = export.max_accuracy_drop if precision == "int8_ac" else None
+                options = _export_options(export, precision)  # what else makes the file: in its rows' key too
                 rows += self._cached_rows(
                     candidate,
                     export.target,
                     precision,
-                    lambda t=export.target, p=precision, io=export.io, d=drop: self._export_rows(
-                        candidate, t, p, io, max_accuracy_drop=d
+                    lambda t=export.target, p=precision, io=export.io, o=options: self._export_rows(
+                        candidate, t, p, io, **o
                     ),
                     export.io,
-                    None if drop is None else {"max_accuracy_drop": drop},
+                    options,
                 )
                 if precision == "int8" and export.target in qat_targets:
                     rows += self._cached_rows(
                         candidate,
                         export.target,
                         QAT_PRECISION,
-                        lambda t=export.target, io=export.io: self._qat_rows(candidate, t, io),
+                        lambda t=export.target, io=export.io, o=options: self._qat_rows(
+                            candidate, t, io, o["calibration"]
+                        ),
                         export.io,
-                        self._qat_inputs(),
+                        {**options, **self._qat_inputs()},
                     )
         return rows
 
@@ -388,7 +389,7 @@ class Pipeline:
         teacher_key = self._teacher(spec.distill, self.dense_candidate)[1] if spec.distill else None
         return {"qat": _dump(spec), "teacher": teacher_key, "train": self._train_inputs()}
 
-    def _qat_rows(self, candidate: Candidate, target: str, io: str) -> list[dict]:
+    def _qat_rows(self, candidate: Candidate, target: str, io: str, calibration: int) -> list[dict]:
         """Fine-tune `candidate` with `target`'s fake quantization, then export and measure it like int8."""
         spec = self.recipe.qat
         lr = spec.lr or self.recipe.train.lr / 100
@@ -399,7 +400,8 @@ class Pipeline:
             return self._train(model, spec.epochs, lr, criterion, f"QAT {target}" + (" (KD)" if spec.distill else ""))
 
         started = time.perf_counter()
-        model, metrics = quantization_aware(candidate.model, target, self.example, self.calibration, train)
+        samples = self._calibration(calibration)
+        model, metrics = quantization_aware(candidate.model, target, self.example, samples, train)
         metrics = {**metrics, "lr": lr, "seconds": round(time.perf_counter() - started, 1)}
         trained = dataclasses.replace(
             candidate,
@@ -410,7 +412,7 @@ class Pipeline:
             # PT2E graph rewrites it in place.
             reference=predict(model, self.splits.val)[0],
         )
-        rows = self._export_rows(trained, target, "int8", io, label=QAT_PRECISION)
+        rows = self._export_rows(trained, target, "int8", io, label=QAT_PRECISION, calibration=calibration)
         return [{**row, "qat": metrics} for row in rows]
 
     def _cached_rows(
@@ -427,7 +429,6 @@ class Pipeline:
             "target": target,
             "precision": precision,
             "bench": _dump(self.recipe.bench),
-            "calibration": CALIBRATION_SAMPLES,
             **(extra or {}),
         }
         if io != "float":  # float I/O keeps the keys and names of runs made before `io` existed
@@ -460,10 +461,12 @@ class Pipeline:
         precision: str,
         io: str = "float",
         label: str | None = None,
+        calibration: int = 0,
         max_accuracy_drop: float | None = None,
     ) -> list[dict]:
         """Export, load, check parity, measure; `label` names the rows' precision when it is not the export's
-        (int8-qat: an int8 export of a QAT model); `max_accuracy_drop` (points) is int8_ac's."""
+        (int8-qat: an int8 export of a QAT model); `calibration` is the sample count of calibrated precisions,
+        `max_accuracy_drop` (points) int8_ac's."""
         label = label or precision
         module = targets.get_target(target)
         path = self._export_path(candidate, target, label, io)
@@ -483,7 +486,7 @@ class Pipeline:
             torch.zeros(self.splits.input_shape),
             precision,
             path,
-            self.calibration,
+            self._calibration(calibration) if calibration else None,
             metadata_,
             io=io,
             **options,
@@ -523,10 +526,16 @@ class Pipeline:
         self.labels = {
             split: np.concatenate([y for _, y in as_numpy(getattr(self.splits, split))]) for split in ("val", "test")
         }
-        self.calibration = calibration_samples(self.splits, CALIBRATION_SAMPLES, self.recipe.train.seed)
+        self._calibration_sets: dict[int, np.ndarray] = {}
         if distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "recipe.resolved.yaml", dump_recipe(self.recipe))
+
+    def _calibration(self, count: int) -> np.ndarray:
+        """`count` train images, the same ones for every export that asks for as many."""
+        if count not in self._calibration_sets:
+            self._calibration_sets[count] = calibration_samples(self.splits, count, self.recipe.train.seed)
+        return self._calibration_sets[count]
 
     def candidates(self) -> list[Candidate]:
         """Dense, then per branch (one without a sweep) the pruned candidate and, once per distinct pruned
@@ -574,6 +583,16 @@ class Pipeline:
         write_json(self.run_dir / "results.json", results)
         report.write_report(results, self.run_dir, self.recipe.report)
         return results
+
+
+def _export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
+    """The settings besides target, precision and io that one export of `export` depends on."""
+    options: dict[str, Any] = {}
+    if precision in CALIBRATED_PRECISIONS:
+        options["calibration"] = export.calibration_samples
+    if precision == "int8_ac":
+        options["max_accuracy_drop"] = export.max_accuracy_drop
+    return options
 
 
 def _how(distill: DistillSpec | None) -> str:

@@ -212,6 +212,9 @@ class ExportSpec(Spec):
     target: str
     precision: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
     io: str = Field("float", description="input/output tensor type: float, or int8 (int8 precision, tflite)")
+    calibration_samples: Annotated[int, Field(gt=0, le=100_000)] = Field(
+        256, description="train images the int8 precisions calibrate on (and QAT starts its ranges from)"
+    )
     max_accuracy_drop: float | None = Field(
         None,
         ge=0.0,

@@ -137,3 +137,16 @@ def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_pa
     path = copied / "exports" / "dense" / "openvino-int8_ac.xml"
     assert targets.get_target("openvino").read_metadata(path)["max_accuracy_drop"] == "2"
     assert 0.0 < rows[0]["accuracy"] <= 1.0
+
+
+def test_an_exports_key_holds_only_what_changes_its_file() -> None:
+    """Calibration size and int8_ac's drop are in the rows' cache key of the precisions they shape, so a new
+    calibration size re-exports int8 files and leaves fp32 ones cached."""
+    from compress.pipeline import _export_options
+    from compress.recipe import ExportSpec
+
+    export = ExportSpec(target="openvino", precision=["fp32", "int8", "int8_ac"], calibration_samples=64)
+    assert _export_options(export, "fp32") == {}
+    assert _export_options(export, "int8") == {"calibration": 64}
+    assert _export_options(export, "int8_ac") == {"calibration": 64, "max_accuracy_drop": 1.0}
+    assert ExportSpec(target="tflite", precision=["int8"]).calibration_samples == 256
