@@ -25,7 +25,7 @@ lint: $(INSTALLED)
 # test_robustness runs in its own process: after the rest of the suite in one process, a native runtime
 # segfaults in the teardown that follows its last test (every test passes; cause not yet found).
 test: lint
-	$(BIN)/pytest --ignore=tests/test_robustness.py
+	$(BIN)/pytest --ignore=tests/test_robustness.py --durations=25
 	$(BIN)/pytest tests/test_robustness.py
 
 # The committed reports of the shipped CPU recipes, regenerated from scratch (~8 + ~19 min on 2 cores).

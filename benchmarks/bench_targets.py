@@ -10,9 +10,9 @@ Then the fidelity check: on the dense and pruned models' OpenVINO fp32 IRs, edge
 
     benchmark_app -m X.xml -d CPU -hint none -nstreams 1 -nireq 1 -nthreads 2 -api sync -t 10
 
-and of the same with ``-api async`` (edgecomp's runner keeps one request and times ``start_async`` + ``wait``),
-with the differences in percent (the issue's bar: within 5%). Timings taken while the machine is busy
-(load average above 1.5 on 2 cores) are flagged as indicative.
+(what edgecomp's runner calls: one infer request, reused, and its synchronous ``infer()``), and of the same
+with ``-api async`` for reference, with the differences in percent (the issue's bar: within 5%). Timings
+taken while the machine is busy (load average above 1.5 on 2 cores) are flagged as indicative.
 
     python benchmarks/bench_targets.py [--runs 100] [--threads 2] [--keep DIR] [--skip-fidelity]
 """
