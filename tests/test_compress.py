@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from compress.data import DATASETS
 from compress.detectors import BUILDERS as DETECTORS
@@ -176,3 +177,16 @@ def test_imagefolder(tmp_path) -> None:
     (empty / "a").mkdir(parents=True)
     with pytest.raises(EdgecompError, match="no images found"):
         DATASETS.get("imagefolder")(DataSpec(dataset="imagefolder", root=str(empty)))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizers_step_with_one_fused_kernel_and_keep_decay_off_norms(optimizer: str) -> None:
+    from compress.recipe import TrainSpec
+    from compress.train import _optimizer
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    opt = _optimizer([model], TrainSpec(optimizer=optimizer, weight_decay=0.1), lr=0.1)
+    assert opt.defaults["fused"] is True
+    decayed, plain = opt.param_groups
+    assert [p.shape for p in decayed["params"]] == [(4, 3, 3, 3)] and decayed["weight_decay"] == 0.1
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0  # conv bias, BN weight and bias
