@@ -72,6 +72,7 @@ class Candidate:
     arch: str = ""  # identifies the layer shapes: equal for candidates that share a pruned architecture
     reference: list[np.ndarray] | None = None  # PyTorch outputs on the validation split
     qat: bool = False  # the recipe's qat stage applies to it: int8-qat rows beside its int8 ones
+    pruned_from: Path | None = None  # the pruned checkpoint it was fine-tuned from (its accuracy is reported too)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,14 @@ class Pipeline:
             )
             macs, params = count(model, self.example)
             arch = architecture_id(model)
+            reached = macs / dense.macs if kind == "macs" else params / dense.params
+            if kind in ("macs", "params") and reached < 0.95 * value:
+                # A target is a budget: pruning stops at or below it. Coarse channel steps can stop well below.
+                hint = f" (round_to={spec.round_to}: a smaller one gives finer steps)" if spec.round_to else ""
+                self.console.log(
+                    f"[yellow]prune: {kind}={value:g} landed at {reached:.3f} of the dense {kind}: its last step "
+                    f"removed channels from many layers at once{hint}[/yellow]"
+                )
             return model, {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
 
         name = _tagged("prune", branch.prune_tag)
@@ -245,7 +254,9 @@ class Pipeline:
         model, _, key = self._stage(_tagged("finetune", branch.tag), inputs, build)
         kind = "kd" if distill else "finetune"
         lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, lr {lr:g}, {_how(distill)})"]
-        return self._candidate(_tagged(f"pruned-{kind}", branch.tag), kind, lineage, model, key, spec.epochs)
+        candidate = self._candidate(_tagged(f"pruned-{kind}", branch.tag), kind, lineage, model, key, spec.epochs)
+        candidate.pruned_from = pruned.checkpoint
+        return candidate
 
     def _criterion(self, model: nn.Module, distill: DistillSpec | None, teacher: nn.Module | None):
         """The labels, or KD from `teacher` mixed with them."""
@@ -341,6 +352,19 @@ class Pipeline:
             )
         return rows
 
+    def _torch_rows(self, candidate: Candidate) -> list[dict]:
+        """PyTorch eager rows; a fine-tuned candidate's also say how accurate its pruned model was before the
+        fine-tune, where the pruning criteria differ most (fine-tuning, above all with KD, evens them out)."""
+        rows = self._row(
+            candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None
+        )
+        if candidate.pruned_from is None:
+            return rows
+        before = load_checkpoint(candidate.pruned_from, self.recipe.model).eval()
+        outputs = collect(TorchRunner(before, self.splits.input_shape), self.splits.test)
+        accuracy = round(self.task.score(outputs, self.labels["test"])[self.task.metric], 6)
+        return [{**row, "pruned_accuracy": accuracy} for row in rows]
+
     def _reload(self, runner: Runner, threads: int) -> Runner:
         if isinstance(runner, TorchRunner):
             return TorchRunner(runner.model, runner.input_shape, threads)
@@ -352,9 +376,8 @@ class Pipeline:
             candidate,
             "pytorch",
             "fp32",
-            lambda: self._row(
-                candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None
-            ),
+            lambda: self._torch_rows(candidate),
+            extra={"pruned_accuracy": True} if candidate.pruned_from else None,
         )
         qat_targets = self.recipe.qat_targets() if candidate.qat else []
         for export in self.recipe.exports:

@@ -62,6 +62,10 @@ def test_quickstart_numbers_are_real(quickstart) -> None:
     assert by["dense", "pytorch", "fp32"]["accuracy"] > 0.5  # 3 epochs at 16x16: far above 10% chance
     assert by["kd", "pytorch", "fp32"]["macs"] <= 0.6 * by["dense", "pytorch", "fp32"]["macs"]
     assert by["scratch_b", "pytorch", "fp32"]["epochs"] == 4  # capped by baselines.max_epochs
+    # the KD candidate's pruned model before its fine-tune: measured, a model other than the fine-tuned one
+    kd = by["kd", "pytorch", "fp32"]
+    assert 0.0 <= kd["pruned_accuracy"] <= 1.0 and kd["pruned_accuracy"] != kd["accuracy"]
+    assert all("pruned_accuracy" not in r for r in rows if (r["kind"], r["target"]) != ("kd", "pytorch"))
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms_p50"] > 0
         if row["target"] != "pytorch":

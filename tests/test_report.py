@@ -146,6 +146,23 @@ def test_verdict_kd_wins() -> None:
     assert line.endswith("fine-tuning the pruned weights won.")
 
 
+def test_criteria_are_also_ranked_right_after_pruning() -> None:
+    """Each fine-tuned candidate's pruned model before its fine-tune, best first, under the verdict."""
+    results = results_with([("scratch_e", "pytorch", "fp32", 0.95)])
+    for name, after, before in [("pruned-kd-random", 0.953, 0.121), ("pruned-kd-l2", 0.951, 0.612)]:
+        results["rows"].append(
+            {"candidate": name, "kind": "kd", "target": "pytorch", "precision": "fp32", "accuracy": after}
+            | {"macs": 880_000, "pruned_accuracy": before}
+        )
+    verdict, before = scratch_verdicts(results)
+    assert "pruned-kd-random (pruned+KD) 95.3%" in verdict  # after fine-tuning random leads...
+    assert before.endswith("right after pruning (before fine-tuning): pruned-kd-l2 61.2%, pruned-kd-random 12.1%")
+    assert (
+        len(scratch_verdicts(results_with([("kd", "pytorch", "fp32", 0.9), ("scratch_e", "pytorch", "fp32", 0.9)])))
+        == 1
+    )
+
+
 def test_verdict_scratch_b_wins() -> None:
     rows = [("kd", "pytorch", "fp32", 0.956), ("scratch_e", "pytorch", "fp32", 0.951)]
     rows.append(("scratch_b", "pytorch", "fp32", 0.960))
