@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 import targets
 from compress import distributed, report
@@ -53,6 +55,7 @@ from targets.device import device_info, runtime_versions
 from targets.fileio import write_json, write_text
 
 RESULTS_SCHEMA = 1
+ADAPTIVE_BN_SAMPLES = 1024  # training images that re-estimate a pruned model's BN statistics before it is scored
 QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
 VERSIONED_PACKAGES = ("edgecomp", "torch", "torchvision", "torch-pruning", "litert-torch", "torchao", "nncf")
 
@@ -354,14 +357,22 @@ class Pipeline:
 
     def _torch_rows(self, candidate: Candidate) -> list[dict]:
         """PyTorch eager rows; a fine-tuned candidate's also say how accurate its pruned model was before the
-        fine-tune, where the pruning criteria differ most (fine-tuning, above all with KD, evens them out)."""
+        fine-tune, where the pruning criteria differ most (fine-tuning, above all with KD, evens them out).
+
+        That model is scored with its batch-norm statistics re-estimated on training batches (adaptive BN, Li
+        et al., EagleEye, ECCV 2020): with the dense model's statistics a heavily pruned net sits at chance
+        whatever the criterion (Fashion-MNIST sweep: 10.0% for l2, taylor and random alike at 0.26 MACs).
+        """
         rows = self._row(
             candidate, "pytorch", "fp32", TorchRunner(candidate.model, self.splits.input_shape), None, None
         )
         if candidate.pruned_from is None:
             return rows
-        before = load_checkpoint(candidate.pruned_from, self.recipe.model).eval()
-        outputs = collect(TorchRunner(before, self.splits.input_shape), self.splits.test)
+        before = load_checkpoint(candidate.pruned_from, self.recipe.model)
+        loader = make_loader(self.splits.train, self.recipe.data.batch_size, shuffle=True, seed=self.recipe.train.seed)
+        batches = [x for x, _ in itertools.islice(loader, max(1, ADAPTIVE_BN_SAMPLES // self.recipe.data.batch_size))]
+        update_bn(batches, before)
+        outputs = collect(TorchRunner(before.eval(), self.splits.input_shape), self.splits.test)
         accuracy = round(self.task.score(outputs, self.labels["test"])[self.task.metric], 6)
         return [{**row, "pruned_accuracy": accuracy} for row in rows]
 
@@ -377,7 +388,7 @@ class Pipeline:
             "pytorch",
             "fp32",
             lambda: self._torch_rows(candidate),
-            extra={"pruned_accuracy": True} if candidate.pruned_from else None,
+            extra={"pruned_accuracy": "adaptive BN"} if candidate.pruned_from else None,
         )
         qat_targets = self.recipe.qat_targets() if candidate.qat else []
         for export in self.recipe.exports:

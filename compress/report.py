@@ -405,7 +405,8 @@ def scratch_verdicts(results: dict[str, Any]) -> list[str]:
         before = _before_finetuning(rows)
         if before:
             lines.append(
-                f"{prefix}{names[(run, arch)]}, pytorch fp32, right after pruning (before fine-tuning): {before}"
+                f"{prefix}{names[(run, arch)]}, pytorch fp32, right after pruning "
+                f"(BN re-estimated, no fine-tune): {before}"
             )
     return lines
 

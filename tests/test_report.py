@@ -155,8 +155,10 @@ def test_criteria_are_also_ranked_right_after_pruning() -> None:
             | {"macs": 880_000, "pruned_accuracy": before}
         )
     verdict, before = scratch_verdicts(results)
-    assert "pruned-kd-random (pruned+KD) 95.3%" in verdict  # after fine-tuning random leads...
-    assert before.endswith("right after pruning (before fine-tuning): pruned-kd-l2 61.2%, pruned-kd-random 12.1%")
+    assert "pruned-kd-random (pruned+KD) 95.3%" in verdict  # after fine-tuning random leads, before it l2
+    assert before.endswith(
+        "right after pruning (BN re-estimated, no fine-tune): pruned-kd-l2 61.2%, pruned-kd-random 12.1%"
+    )
     assert (
         len(scratch_verdicts(results_with([("kd", "pytorch", "fp32", 0.9), ("scratch_e", "pytorch", "fp32", 0.9)])))
         == 1
