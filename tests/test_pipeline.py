@@ -167,5 +167,6 @@ def test_a_macs_target_that_lands_far_under_says_so(tmp_path) -> None:
     )
     console = Console(record=True, width=300)
     Pipeline(recipe, tmp_path / "q", console=console).run()
-    assert "prune: macs=0.3 landed at 0.256 of the dense macs" in console.export_text()
-    assert "round_to=8: a smaller one gives finer steps" in console.export_text()
+    said = console.export_text()
+    assert "prune: macs=0.3 landed at 0.256 of the dense macs" in said
+    assert "round_to=8: a smaller one gives finer steps" in said
