@@ -4,8 +4,7 @@
 and the same network pruned at ratio 0.5, at 224x224 input, it exports every precision of every target
 in ``targets.TARGETS`` (but int8_ac, which needs real data), times each file in its runtime at 2 threads
 (p50 / p90) and prints the speedup over PyTorch eager fp32. Weights are random and calibration uses
-random inputs: latency does not depend on
-either (accuracy is measured by `edgecomp run`, never here).
+random inputs: latency does not depend on either (accuracy is measured by `edgecomp run`, never here).
 
 Then the fidelity check: on the dense and pruned models' OpenVINO fp32 IRs, edgecomp's p50 next to the median of
 
