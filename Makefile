@@ -22,10 +22,13 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers, whole files each (module fixtures, such as a reduced pipeline run, are built once): much of
+# the suite is single-threaded Python (conversions, tracing, subprocess start-up) that one core cannot overlap.
 # test_robustness runs in its own process: after the rest of the suite in one process, a native runtime
 # segfaults in the teardown that follows its last test (every test passes; cause not yet found).
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest --ignore=tests/test_robustness.py --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/test_robustness.py --durations=25
 	$(BIN)/pytest tests/test_robustness.py
 
 # The committed reports of the shipped CPU recipes, regenerated from scratch (~8 + ~15 + ~50 min on 2 cores).
