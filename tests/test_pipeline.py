@@ -119,17 +119,21 @@ def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path) -> 
 @pytest.mark.slow
 def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_path) -> None:
     """An openvino int8_ac export added to the finished run: only its rows are new, the accuracy control
-    scores val outputs with the task's own metric, and the rows say what drop they were allowed."""
+    scores val outputs with the task's own metric, and the rows say what drop they were allowed.
+
+    The drop allowed is every point (100), so NNCF validates twice and ranks no layers: at 2 pts this 16-px
+    model's int8 had layers to revert, and ranking them took 200 s of the suite. test_targets checks that
+    the drop is obeyed."""
     _, run_dir = quickstart
     copied = tmp_path / "quickstart"
     shutil.copytree(run_dir, copied)
-    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.1.precision=[int8_ac]", "exports.1.max_accuracy_drop=2"])
+    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.1.precision=[int8_ac]", "exports.1.max_accuracy_drop=100"])
     pipeline = Pipeline(recipe, copied)
     pipeline._prepare()
     dense = pipeline.candidates()[0]
 
-    control = pipeline._accuracy_control(2.0)
-    assert len(control.samples) == len(pipeline.labels["val"]) and control.max_drop == 2.0
+    control = pipeline._accuracy_control(100.0)
+    assert len(control.samples) == len(pipeline.labels["val"]) and control.max_drop == 100.0
     outputs = pipeline._reference(dense)
     whole = control.score(outputs, np.arange(len(control.samples)))
     assert whole == pipeline.task.score(outputs, pipeline.labels["val"])["top1"]
@@ -138,9 +142,9 @@ def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_pa
     )
 
     rows = [row for row in pipeline.deploy(dense) if row["precision"] == "int8_ac"]
-    assert [(row["target"], row["max_accuracy_drop"]) for row in rows] == [("openvino", 2.0)]
+    assert [(row["target"], row["max_accuracy_drop"]) for row in rows] == [("openvino", 100.0)]
     path = copied / "exports" / "dense" / "openvino-int8_ac.xml"
-    assert targets.get_target("openvino").read_metadata(path)["max_accuracy_drop"] == "2"
+    assert targets.get_target("openvino").read_metadata(path)["max_accuracy_drop"] == "100"
     assert 0.0 < rows[0]["accuracy"] <= 1.0
 
 
