@@ -137,7 +137,7 @@ def _quantize_int8_ac(ov_model: Any, calibration: np.ndarray, control: AccuracyC
     def validate(compiled: Any, indices: Any) -> tuple[float, list[list[np.ndarray]]]:
         """The metric on the samples at `indices`, and each one's outputs (NNCF ranks layers by those)."""
         indices = np.fromiter(indices, dtype=np.int64)
-        # copies: a compiled model's results may be views of its request's tensors, which the next call reuses
+        # owned arrays, kept across calls whatever the runtime hands back (NNCF holds them for its ranking)
         per_sample = [[np.array(out) for out in compiled(control.samples[i][None]).to_tuple()] for i in indices]
         outputs = [np.concatenate(parts) for parts in zip(*per_sample, strict=True)]
         return float(control.score(outputs, indices)), per_sample
