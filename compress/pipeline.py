@@ -195,8 +195,8 @@ class Pipeline:
             )
             macs, params = count(model, self.example)
             arch = architecture_id(model)
-            reached = macs / dense.macs if kind == "macs" else params / dense.params
-            if kind in ("macs", "params") and reached < 0.95 * value:
+            reached = {"macs": macs / dense.macs, "params": params / dense.params}.get(kind)
+            if reached is not None and reached < 0.95 * value:
                 # A target is a budget: pruning stops at or below it. Coarse channel steps can stop well below.
                 hint = f" (round_to={spec.round_to}: a smaller one gives finer steps)" if spec.round_to else ""
                 self.console.log(
@@ -656,7 +656,8 @@ def calibration_samples(splits: DataSplits, n: int, seed: int) -> np.ndarray:
     """A fixed random subset of training images for int8 calibration (never the test split)."""
     rng = np.random.default_rng(seed)
     index = rng.choice(len(splits.train), size=min(n, len(splits.train)), replace=False)
-    return np.stack([splits.train[int(i)][0].numpy() for i in sorted(index)])
+    images = SplitImages(splits.train)
+    return np.stack([images[i] for i in sorted(index)])
 
 
 class SplitImages:

@@ -84,14 +84,14 @@ def export(
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
     if precision == "int8_ac" and accuracy_control is None:
         raise EdgecompError("openvino int8_ac needs accuracy_control: validation samples, a metric and a max drop")
+    if precision == "int8_ac" and len(accuracy_control.samples) == 0:
+        raise EdgecompError("openvino int8_ac needs validation samples to score the int8 model on; got none")
     try:
         ov_model = _convert(model, example)
         if precision == "int8" and not is_qat_prepared(model):
             ov_model = _quantize_int8(ov_model, calibration)
         elif precision == "int8_ac":
             ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control)
-    except EdgecompError:
-        raise
     except Exception as e:
         raise export_failed("openvino", precision, e, model, example) from e
     for key, value in metadata.items():
@@ -125,10 +125,20 @@ def _convert(model: torch.nn.Module, example: torch.Tensor) -> Any:
 def _quantize_int8(ov_model: Any, calibration: np.ndarray) -> Any:
     import nncf
 
-    dataset = nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: sample[None])
     return nncf.quantize(
-        ov_model, dataset, subset_size=len(calibration), fast_bias_correction=False, advanced_parameters=_overflow_fix()
+        ov_model,
+        _calibration_set(calibration),
+        subset_size=len(calibration),
+        fast_bias_correction=False,
+        advanced_parameters=_overflow_fix(),
     )
+
+
+def _calibration_set(calibration: np.ndarray) -> Any:
+    """The calibration samples as NNCF's dataset of one-image IR inputs."""
+    import nncf
+
+    return nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: sample[None])
 
 
 def _quantize_int8_ac(ov_model: Any, calibration: np.ndarray, control: AccuracyControl) -> Any:
@@ -142,16 +152,13 @@ def _quantize_int8_ac(ov_model: Any, calibration: np.ndarray, control: AccuracyC
         outputs = [np.concatenate(parts) for parts in zip(*per_sample, strict=True)]
         return float(control.score(outputs, indices)), per_sample
 
-    if len(control.samples) == 0:
-        raise EdgecompError("openvino int8_ac needs validation samples to score the int8 model on; got none")
-    calibration_set = nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: sample[None])
     # Items are sample indices, so `validate` knows which labels a subset's outputs belong to.
     validation_set = nncf.Dataset(range(len(control.samples)), lambda i: control.samples[i][None])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         return nncf.quantize_with_accuracy_control(
             ov_model,
-            calibration_set,
+            _calibration_set(calibration),
             validation_set,
             validate,
             max_drop=control.max_drop / 100,

@@ -102,17 +102,22 @@ REDUCED = [
 ]
 
 
-def _run(tmp_path: Path, nproc: int) -> Path:
-    runs = tmp_path / f"runs{nproc}"
-    args = [sys.executable, "-m", "cli", "run", "quickstart", "--runs-dir", str(runs), "--nproc", str(nproc)]
-    done = subprocess.run(
-        [*args, *(arg for value in REDUCED for arg in ("--set", value))],
+def _run_quickstart(runs: Path, *options: str, timeout: int) -> subprocess.CompletedProcess:
+    """`edgecomp run quickstart --runs-dir RUNS OPTIONS` from this checkout, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "run", "quickstart", "--runs-dir", str(runs), *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def _run(tmp_path: Path, nproc: int) -> Path:
+    runs = tmp_path / f"runs{nproc}"
+    reduced = (arg for value in REDUCED for arg in ("--set", value))
+    done = _run_quickstart(runs, "--nproc", str(nproc), *reduced, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return runs / "quickstart"
 
@@ -147,14 +152,7 @@ def test_quickstart_on_two_workers_matches_one(tmp_path: Path) -> None:
 def _refusal(tmp_path: Path, *options: str) -> list[str]:
     """stderr's lines of `edgecomp run quickstart OPTIONS`, which must exit 2 having written nothing."""
     runs = tmp_path / "runs"
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", "run", "quickstart", "--runs-dir", str(runs), *options],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = _run_quickstart(runs, *options, timeout=300)
     assert done.returncode == 2
     assert not runs.exists()
     return done.stderr.strip().splitlines()

@@ -133,8 +133,9 @@ def test_unsupported_op_fails_cleanly_and_writes_nothing(
 ) -> None:
     out = tmp_path / f"bad{targets.TARGETS[target].suffix}"
     with pytest.raises(EdgecompError) as error:
+        options = export_options(precision, calibration[:8])
         targets.get_target(target).export(
-            Unconvertible(), torch.zeros(INPUT_SHAPE), precision, out, calibration, {}, **export_options(precision, [])
+            Unconvertible(), torch.zeros(INPUT_SHAPE), precision, out, calibration, {}, **options
         )
     message = str(error.value)
     assert message.startswith(f"{target} {precision} export failed:")
