@@ -71,6 +71,14 @@ def run(
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu or cuda: where training runs (overrides train.device).")
     ] = None,
+    export_jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--export-jobs",
+            min=1,
+            help="Export files made at once, each in its own process (default: one per core, at most 4).",
+        ),
+    ] = None,
 ) -> None:
     """Run a recipe end to end; writes runs/<name>/ with results.json and the report."""
     from compress import distributed
@@ -87,6 +95,7 @@ def run(
         distributed.check_launch(parsed.train.device, nproc)
         argv = ["--debug"] * state["debug"] + ["run", recipe, "--runs-dir", str(runs_dir)]
         argv += [arg for value in overrides for arg in ("--set", value)] + ["--force"] * force + ["--trust"] * trust
+        argv += ["--export-jobs", str(export_jobs)] if export_jobs else []
         raise typer.Exit(distributed.launch(argv, nproc))
     command = shlex.join(["edgecomp", *sys.argv[1:]])
     with (
@@ -94,7 +103,9 @@ def run(
         trusted_pickles(trust),
         run_lock(run_dir) if distributed.is_main() else nullcontext(),  # rank 0 writes; it holds the lock
     ):
-        results = Pipeline(parsed, run_dir, force=force, command=command, console=errors).run()
+        results = Pipeline(
+            parsed, run_dir, force=force, command=command, console=errors, export_processes=export_jobs
+        ).run()
     if results is None:  # a worker other than rank 0: it trained its share; rank 0 reports
         return
     console.print(results_table(results))

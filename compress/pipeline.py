@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from compress import distributed, report
 from compress.data import DATASETS, DataSplits, as_numpy, make_loader
 from compress.distill import Distillation
 from compress.eager import TorchRunner
+from compress.exports import ExportJob, default_processes, make_files
 from compress.measure import count
 from compress.models import (
     architecture_id,
@@ -89,6 +91,22 @@ class Pruned:
     arch: str  # architecture_id: criteria that prune to the same channel counts share scratch baselines
 
 
+@dataclass
+class _Rows:
+    """One record of rows (a candidate on one target in one precision): where it is kept, the key of what made
+    it, how to measure it, and the file to make before that when it is not cached."""
+
+    candidate: str
+    target: str
+    precision: str
+    record: Path
+    key: str
+    inputs: dict[str, Any]
+    files: list[str]
+    measure: Callable[[], list[dict]]
+    job: Callable[[], ExportJob] | None = None  # made when the rows are not cached: calibration reads images
+
+
 def _key(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -103,11 +121,18 @@ def _dump(spec: Spec | None) -> dict | None:
 
 class Pipeline:
     def __init__(
-        self, recipe: Recipe, run_dir: Path, force: bool = False, command: str = "", console: Console | None = None
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        force: bool = False,
+        command: str = "",
+        console: Console | None = None,
+        export_processes: int | None = None,
     ):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force = force
+        self.export_processes = export_processes  # None: one per core (`compress.exports.default_processes`)
         self.command = command
         # Only rank 0 speaks: N workers would print every line N times.
         quiet = not distributed.is_main()
@@ -381,41 +406,63 @@ class Pipeline:
             return TorchRunner(runner.model, runner.input_shape, threads)
         return targets.load_runner(runner.path, threads=threads)
 
-    def deploy(self, candidate: Candidate) -> list[dict]:
-        """Rows of one candidate: PyTorch eager, then every export, each measured in its own runtime."""
-        rows = self._cached_rows(
-            candidate,
-            "pytorch",
-            "fp32",
-            lambda: self._torch_rows(candidate),
-            extra={"pruned_accuracy": "adaptive BN"} if candidate.pruned_from else None,
-        )
+    def deploy(self, candidates: list[Candidate]) -> list[dict]:
+        """Rows of every candidate: PyTorch eager, then every export, each measured in its own runtime.
+
+        Rows whose inputs are unchanged come from their records. The files the others need are made first,
+        in worker processes (`compress.exports`: converters are mostly single-threaded); then each row is
+        measured in turn, so no latency is timed beside a conversion. int8_ac files (NNCF scores them on the
+        val split while it makes them) and QAT rows (training first) are made where they are measured.
+        """
+        plans = [plan for candidate in candidates for plan in self._plans(candidate)]
+        saved = [self._saved_rows(plan) for plan in plans]
+        jobs = [plan.job() for plan, rows in zip(plans, saved, strict=True) if rows is None and plan.job is not None]
+        if jobs:
+            processes = min(self.export_processes or default_processes(), len(jobs))
+            self.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
+            make_files(jobs, processes, done=self._made)
+        return [row for plan, rows in zip(plans, saved, strict=True) for row in rows or self._measured(plan)]
+
+    def _made(self, job: ExportJob, seconds: float) -> None:
+        self.console.log(f"made {job.path.relative_to(self.run_dir)} ({seconds:.0f} s)")
+
+    def _plans(self, candidate: Candidate) -> list[_Rows]:
+        """The records of one candidate's rows, in report order."""
+        plans = [
+            self._plan(
+                candidate,
+                "pytorch",
+                "fp32",
+                partial(self._torch_rows, candidate),
+                extra={"pruned_accuracy": "adaptive BN"} if candidate.pruned_from else None,
+            )
+        ]
         qat_targets = self.recipe.qat_targets() if candidate.qat else []
         for export in self.recipe.exports:
             for precision in export.precision:
                 options = _export_options(export, precision)  # what else makes the file: in its rows' key too
-                rows += self._cached_rows(
-                    candidate,
-                    export.target,
-                    precision,
-                    lambda t=export.target, p=precision, io=export.io, o=options: self._export_rows(
-                        candidate, t, p, io, **o
-                    ),
-                    export.io,
-                    options,
-                )
-                if precision == "int8" and export.target in qat_targets:
-                    rows += self._cached_rows(
-                        candidate,
-                        export.target,
-                        QAT_PRECISION,
-                        lambda t=export.target, io=export.io, o=options: self._qat_rows(
-                            candidate, t, io, o["calibration"]
-                        ),
-                        export.io,
-                        {**options, **self._qat_inputs()},
+                target, io = export.target, export.io
+                calibration = options.get("calibration", 0)
+                job = partial(self._export_job, candidate, target, precision, io, calibration=calibration)
+                if precision == "int8_ac":  # made while measured: NNCF needs the metric, which stays here
+                    drop = options["max_accuracy_drop"]
+                    measure = partial(self._accuracy_controlled_rows, candidate, job, drop)
+                    job = None
+                else:
+                    measure = partial(self._file_rows, candidate, target, precision, io)
+                plans.append(self._plan(candidate, target, precision, measure, io, options, job))
+                if precision == "int8" and target in qat_targets:
+                    plans.append(
+                        self._plan(
+                            candidate,
+                            target,
+                            QAT_PRECISION,
+                            partial(self._qat_rows, candidate, target, io, options["calibration"]),
+                            io,
+                            {**options, **self._qat_inputs()},
+                        )
                     )
-        return rows
+        return plans
 
     def _qat_inputs(self) -> dict:
         """What besides the candidate changes a QAT row: the qat spec, the teacher, the training setup."""
@@ -446,10 +493,11 @@ class Pipeline:
             # PT2E graph rewrites it in place.
             reference=predict(model, self.splits.val)[0],
         )
-        rows = self._export_rows(trained, target, "int8", io, label=QAT_PRECISION, calibration=calibration)
+        self._export_job(trained, target, "int8", io, label=QAT_PRECISION, calibration=calibration).run()
+        rows = self._file_rows(trained, target, "int8", io, label=QAT_PRECISION)
         return [{**row, "qat": metrics} for row in rows]
 
-    def _cached_rows(
+    def _plan(
         self,
         candidate: Candidate,
         target: str,
@@ -457,7 +505,8 @@ class Pipeline:
         measure: Callable[[], list[dict]],
         io: str = "float",
         extra: dict | None = None,
-    ) -> list[dict]:
+        job: Callable[[], ExportJob] | None = None,
+    ) -> _Rows:
         inputs = {
             "candidate": candidate.key,
             "target": target,
@@ -467,18 +516,24 @@ class Pipeline:
         }
         if io != "float":  # float I/O keeps the keys and names of runs made before `io` existed
             inputs["io"] = io
-        key = _key(inputs)
         record = self._export_path(candidate, target, precision, io).with_suffix(".json")
-        if not self.force and record.is_file():
-            saved = json.loads(record.read_text())
-            if saved.get("key") == key and all(Path(p).is_file() for p in saved.get("files", [])):
-                return saved["rows"]
-        started = time.perf_counter()
-        rows = measure()
         files = [str(self._export_path(candidate, target, precision, io))] if target != "pytorch" else []
-        write_json(record, {"key": key, "inputs": inputs, "files": files, "rows": rows})
+        return _Rows(candidate.name, target, precision, record, _key(inputs), inputs, files, measure, job)
+
+    def _saved_rows(self, plan: _Rows) -> list[dict] | None:
+        if self.force or not plan.record.is_file():
+            return None
+        saved = json.loads(plan.record.read_text())
+        if saved.get("key") == plan.key and all(Path(p).is_file() for p in saved.get("files", [])):
+            return saved["rows"]
+        return None
+
+    def _measured(self, plan: _Rows) -> list[dict]:
+        started = time.perf_counter()
+        rows = plan.measure()
+        write_json(plan.record, {"key": plan.key, "inputs": plan.inputs, "files": plan.files, "rows": rows})
         self.console.log(
-            f"{candidate.name} {target} {precision}: accuracy {rows[0]['accuracy']:.4f}, "
+            f"{plan.candidate} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f}, "
             f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)"
         )
         return rows
@@ -488,22 +543,13 @@ class Pipeline:
         name = f"{target}-{precision}" + ("" if io == "float" else f"-io{io}")
         return self.run_dir / "exports" / candidate.name / f"{name}{suffix}"
 
-    def _export_rows(
-        self,
-        candidate: Candidate,
-        target: str,
-        precision: str,
-        io: str = "float",
-        label: str | None = None,
-        calibration: int = 0,
-        max_accuracy_drop: float | None = None,
-    ) -> list[dict]:
-        """Export, load, check parity, measure; `label` names the rows' precision when it is not the export's
-        (int8-qat: an int8 export of a QAT model); `calibration` is the sample count of calibrated precisions,
-        `max_accuracy_drop` (points) int8_ac's."""
+    def _export_job(
+        self, candidate: Candidate, target: str, precision: str, io: str, label: str | None = None, calibration: int = 0
+    ) -> ExportJob:
+        """The file of `candidate` on `target` in `precision`; `label` names the rows' precision when it is not
+        the export's (int8-qat: an int8 export of a QAT model), `calibration` is the sample count of
+        calibrated precisions."""
         label = label or precision
-        module = targets.get_target(target)
-        path = self._export_path(candidate, target, label, io)
         metadata_ = {
             "recipe": self.recipe.name,
             "candidate": candidate.name,
@@ -511,20 +557,36 @@ class Pipeline:
             "io": io,
             "lineage": " > ".join(candidate.lineage),
         }
-        options = {}
-        if max_accuracy_drop is not None:
-            options["accuracy_control"] = self._accuracy_control(max_accuracy_drop)
-            metadata_["max_accuracy_drop"] = f"{max_accuracy_drop:g}"
-        module.export(
+        return ExportJob(
+            target,
             candidate.model,
-            torch.zeros(self.splits.input_shape),
+            tuple(self.splits.input_shape),
             precision,
-            path,
+            self._export_path(candidate, target, label, io),
             self._calibration(calibration) if calibration else None,
             metadata_,
-            io=io,
-            **options,
+            io,
         )
+
+    def _accuracy_controlled_rows(
+        self, candidate: Candidate, make_job: Callable[[], ExportJob], max_drop: float
+    ) -> list[dict]:
+        """Make an int8_ac file (NNCF scores candidate layers on the val split with the task's metric), then
+        measure it like any other."""
+        job = make_job()
+        job.metadata["max_accuracy_drop"] = f"{max_drop:g}"
+        job.options["accuracy_control"] = self._accuracy_control(max_drop)
+        job.run()
+        rows = self._file_rows(candidate, job.target, job.precision, job.io)
+        return [{**row, "max_accuracy_drop": max_drop} for row in rows]
+
+    def _file_rows(
+        self, candidate: Candidate, target: str, precision: str, io: str = "float", label: str | None = None
+    ) -> list[dict]:
+        """Load the file made for `candidate`, check parity against PyTorch, and measure it."""
+        label = label or precision
+        module = targets.get_target(target)
+        path = self._export_path(candidate, target, label, io)
         runner = module.load(path)
         parity = self.task.parity(self._reference(candidate), collect(runner, self.splits.val))
         tolerance = module.TOLERANCE.get(precision)  # float precisions only: int8 is judged by its accuracy
@@ -534,8 +596,7 @@ class Pipeline:
                 f"{parity['max_abs_diff']:.2e} > tolerance {tolerance:.0e}): a converter problem, not a "
                 f"recipe one; the file is kept for inspection at {path}"
             )
-        rows = self._row(candidate, target, label, runner, module.size_bytes(path), parity)
-        return rows if max_accuracy_drop is None else [{**row, "max_accuracy_drop": max_accuracy_drop} for row in rows]
+        return self._row(candidate, target, label, runner, module.size_bytes(path), parity)
 
     def _accuracy_control(self, max_drop: float) -> AccuracyControl:
         """The validation split and the task's headline metric, for an export that may lose `max_drop` points."""
@@ -596,7 +657,7 @@ class Pipeline:
         candidates = self.candidates()
         if not distributed.is_main():
             return None
-        rows = [row for candidate in candidates for row in self.deploy(candidate)]
+        rows = self.deploy(candidates)
         results = {
             "schema": RESULTS_SCHEMA,
             "recipe": self.recipe.name,

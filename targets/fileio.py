@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 
+def temp_prefix(pid: int) -> str:
+    """How the names of process `pid`'s temporaries start."""
+    return f".tmp-{pid}-"
+
+
 def temp_sibling(path: Path) -> Path:
     """A hidden name beside `path` that keeps its suffix (converters pick formats by suffix)."""
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    return path.with_name(f"{temp_prefix(os.getpid())}{path.name}")
 
 
 @contextmanager

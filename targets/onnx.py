@@ -60,6 +60,7 @@ def export(
     spec = TARGETS["onnx"]
     check_export_args("onnx", precision, spec.precisions, calibration, io, spec.io)
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as every other export does (atomic_path)
     fp32 = temp_sibling(out.with_name(f"fp32-{out.name}"))
     try:
         try:

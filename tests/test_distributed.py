@@ -114,9 +114,9 @@ def _run_quickstart(runs: Path, *options: str, timeout: int) -> subprocess.Compl
     )
 
 
-def _run(tmp_path: Path, nproc: int) -> Path:
+def _run(tmp_path: Path, nproc: int, *sets: str) -> Path:
     runs = tmp_path / f"runs{nproc}"
-    reduced = (arg for value in REDUCED for arg in ("--set", value))
+    reduced = (arg for value in [*REDUCED, *sets] for arg in ("--set", value))
     done = _run_quickstart(runs, "--nproc", str(nproc), *reduced, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return runs / "quickstart"
@@ -124,7 +124,8 @@ def _run(tmp_path: Path, nproc: int) -> Path:
 
 @pytest.mark.slow
 def test_quickstart_on_two_workers_matches_one(tmp_path: Path) -> None:
-    two, one = _run(tmp_path, 2), _run(tmp_path, 1)
+    # The one-worker reference is the dense model alone: only its accuracy is compared.
+    two, one = _run(tmp_path, 2), _run(tmp_path, 1, "stages=[]", "baselines.scratch=[]", "exports=[]")
     assert [p.name for p in two.parent.iterdir()] == ["quickstart"]
     assert len(list(two.glob("results.json"))) == 1
     rows = json.loads((two / "results.json").read_text())["rows"]

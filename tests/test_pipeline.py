@@ -141,7 +141,7 @@ def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_pa
         outputs[0][:7].argmax(1) == pipeline.labels["val"][:7]
     )
 
-    rows = [row for row in pipeline.deploy(dense) if row["precision"] == "int8_ac"]
+    rows = [row for row in pipeline.deploy([dense]) if row["precision"] == "int8_ac"]
     assert [(row["target"], row["max_accuracy_drop"]) for row in rows] == [("openvino", 100.0)]
     path = copied / "exports" / "dense" / "openvino-int8_ac.xml"
     assert targets.get_target("openvino").read_metadata(path)["max_accuracy_drop"] == "100"

@@ -155,6 +155,13 @@ def test_bad_arguments_are_refused_before_converting(target: str, tiny_net: nn.M
         module.export(tiny_net, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m", np.zeros((8, 3)), {})
 
 
+@pytest.mark.parametrize("target", targets.TARGETS)
+def test_export_creates_the_folder_it_writes_into(target: str, tiny_net: nn.Module, tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "exports" / f"model{targets.TARGETS[target].suffix}"
+    targets.get_target(target).export(tiny_net, torch.zeros(INPUT_SHAPE), "fp32", out, None, {})
+    assert out.is_file() and not list(out.parent.glob(".tmp-*"))
+
+
 def test_openvino_save_failure_keeps_the_old_pair_and_no_temp(
     exported: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, tiny_net: nn.Module, tmp_path: Path
 ) -> None:

@@ -1,0 +1,76 @@
+"""compress.exports: a run's files made in worker processes are the files this process would make, and a
+worker's failure is the run's failure, with nothing half-written left."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import INPUT_SHAPE
+from torch import nn
+
+import targets
+from compress.exports import ExportJob, make_files
+from targets.base import EdgecompError
+
+
+def jobs(model: nn.Module, folder: Path, pairs: list[tuple[str, str]]) -> list[ExportJob]:
+    return [
+        ExportJob(
+            target,
+            model,
+            INPUT_SHAPE,
+            precision,
+            folder / f"{target}-{precision}{targets.TARGETS[target].suffix}",
+            None,
+            {"candidate": "tiny", "precision": precision},
+        )
+        for target, precision in pairs
+    ]
+
+
+def test_workers_make_the_files_this_process_would(
+    tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "fp16")]
+    here = jobs(tiny_net, tmp_path / "here", pairs)
+    make_files(here, processes=1)
+
+    # Spawned workers import their own ExportJob: if this process made a file now, the test would fail.
+    def not_here(self: ExportJob) -> Path:
+        raise AssertionError(f"{self.path.name} was made in the parent process")
+
+    monkeypatch.setattr(ExportJob, "run", not_here)
+    made: list[str] = []
+    there = jobs(tiny_net, tmp_path / "there", pairs)
+    make_files(there, processes=2, done=lambda job, seconds: made.append(job.path.name))
+
+    assert sorted(made) == sorted(job.path.name for job in there)
+    x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+    for a, b in zip(here, there, strict=True):
+        ours, theirs = targets.load_runner(a.path).predict(x), targets.load_runner(b.path).predict(x)
+        np.testing.assert_array_equal(ours[0], theirs[0])
+        assert targets.get_target(b.target).read_metadata(b.path)["candidate"] == "tiny"
+    assert not list((tmp_path / "there").glob(".tmp-*"))
+
+
+def test_a_workers_failure_is_raised_here_as_it_was_there_and_leaves_no_temporaries(
+    tiny_net: nn.Module, tmp_path: Path
+) -> None:
+    bad = jobs(tiny_net, tmp_path, [("onnx", "fp32"), ("tflite", "int8"), ("openvino", "fp32")])
+    with pytest.raises(EdgecompError, match="calibration"):  # int8 without calibration images
+        make_files(bad, processes=2)
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert not (tmp_path / "tflite-int8.tflite").exists()
+
+
+def test_a_job_pickles_its_model_by_value(tiny_net: nn.Module, tmp_path: Path) -> None:
+    import pickle
+
+    (job,) = jobs(tiny_net, tmp_path, [("onnx", "fp32")])
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy.model is not tiny_net and copy.path == job.path and copy.metadata == job.metadata
+    for a, b in zip(tiny_net.state_dict().values(), copy.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
