@@ -31,7 +31,7 @@ test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/test_robustness.py --durations=25
 	$(BIN)/pytest tests/test_robustness.py
 
-# The committed reports of the shipped CPU recipes, regenerated from scratch (~9 + ~13 + ~51 min on 2 cores).
+# The committed reports of the shipped CPU recipes, regenerated from scratch (~7 + ~13 + ~51 min on 2 cores).
 REPORTED := quickstart ssdlite-quickstart mobilenetv2-fashion-mnist-sweep
 reports: $(INSTALLED)
 	for name in $(REPORTED); do \
