@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 import targets
+from targets.base import EdgecompError
 from targets.fileio import temp_prefix
 
 MAX_PROCESSES = 4  # each worker holds torch, a converter and a model: ~1.5 GB resident for SSDLite
@@ -109,7 +111,13 @@ def make_files(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = pending.pop(future)
-                seconds = future.result()  # raises the worker's exception
+                try:
+                    seconds = future.result()  # raises the worker's exception
+                except BrokenProcessPool:
+                    raise EdgecompError(
+                        f"an export process died while making {job.path.name} (killed, e.g. out of memory, or a "
+                        "converter crashed); make fewer files at once with --export-jobs 1, or drop that export"
+                    ) from None
                 if done:
                     done(job, seconds)
     except BaseException:  # a failed export, Ctrl-C: stop the others now rather than after their conversions

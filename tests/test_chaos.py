@@ -167,8 +167,9 @@ def test_an_unwritable_stage_folder_and_a_full_disk_keep_finished_stages_for_res
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
+    # One export process, this one: the patched os.replace does not reach spawned workers.
     with mock.patch("os.replace", disk_full_on_export):
-        code, _, err = run_cli(run_args(tmp_path), allow_run=True)
+        code, _, err = run_cli([*run_args(tmp_path), "--export-jobs", "1"], allow_run=True)
     error = failed_in_one_line(code, err)
     assert "No space left on device" in error and "resume" in error
     assert_whole(run_dir)

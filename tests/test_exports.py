@@ -3,6 +3,7 @@ worker's failure is the run's failure, with nothing half-written left."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,17 @@ def test_a_job_pickles_its_model_by_value(tiny_net: nn.Module, tmp_path: Path) -
     assert copy.model is not tiny_net and copy.path == job.path and copy.metadata == job.metadata
     for a, b in zip(tiny_net.state_dict().values(), copy.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+class DiesWhenTraced(nn.Module):
+    """A model whose process dies when an exporter runs it, as under the OOM killer or a converter's crash."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        os._exit(9)
+
+
+def test_a_worker_that_dies_is_one_error_that_says_what_to_do(tiny_net: nn.Module, tmp_path: Path) -> None:
+    (dies,) = jobs(DiesWhenTraced(), tmp_path, [("onnx", "fp32")])
+    with pytest.raises(EdgecompError, match=r"export process died while making onnx-fp32.onnx.*--export-jobs 1"):
+        make_files([dies, *jobs(tiny_net, tmp_path, [("openvino", "fp32")])], processes=2)
+    assert not list(tmp_path.glob(".tmp-*"))
