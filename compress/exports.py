@@ -1,11 +1,10 @@
 """Making a run's export files, several at once.
 
 Converters spend most of their time in single-threaded Python: litert-torch's ``torch.export`` and its
-three ``run_decompositions`` passes were ~90% of a TFLite fp32 export of the SSDLite quickstart, which
-left one of two cores idle for the half of that run's export phase that made files. So a run makes
-every file it needs first, in worker processes that split the cores between them, and only then loads and
-measures them one at a time, on a machine that nothing else of ours is using: a latency is never timed
-beside a conversion.
+three ``run_decompositions`` passes were ~90% of a TFLite fp32 export of the SSDLite quickstart, so on 2
+cores one of them idled through the conversions. A run therefore makes every file it needs first, in worker
+processes that share the cores out, and only then loads and measures the files one at a time, on a machine
+where nothing else of ours runs: no latency is timed beside a conversion.
 
 Workers are spawned, not forked (the parent has torch's, JAX's and OpenVINO's threads running), and each
 gets its model as bytes from ``torch.save``. A worker's failure is raised here as it was raised there:
@@ -122,7 +121,6 @@ def make_files(
                     done(job, seconds)
     except BaseException:  # a failed export, Ctrl-C: stop the others now rather than after their conversions
         _stop(pool, [job.path.parent for job in jobs])
-        del pool  # the traceback keeps this frame: without the pool its queues' semaphores are released now
         raise
     pool.shutdown()
 
@@ -134,12 +132,13 @@ def _stop(pool: ProcessPoolExecutor, folders: list[Path]) -> None:
     workers = list((getattr(pool, "_processes", None) or {}).values())
     for worker in workers:
         worker.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)  # returns at once: the workers are gone
     for worker in workers:
         worker.join(STOP_SECONDS)
-        if worker.is_alive():  # inside a long native call
+        if worker.is_alive():  # inside a long native call, where Python signal handlers wait
             worker.kill()
             worker.join()
+    pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this returns at once
+    for worker in workers:
         for folder in set(folders):
             for temporary in folder.glob(f"{temp_prefix(worker.pid)}*"):
                 temporary.unlink(missing_ok=True)
