@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import targets
 from targets.base import EdgecompError
 from targets.fileio import temp_prefix
 
 MAX_PROCESSES = 4  # each worker holds torch, a converter and a model: ~1.5 GB resident for SSDLite
-STOP_SECONDS = 10  # a stopped worker's grace to leave before it is killed
 
 
 @dataclass
@@ -112,10 +112,11 @@ def make_files(
                 job = pending.pop(future)
                 try:
                     seconds = future.result()  # raises the worker's exception
-                except BrokenProcessPool:
+                except BrokenProcessPool:  # every unfinished job fails so: which one killed it is not known
                     raise EdgecompError(
-                        f"an export process died while making {job.path.name} (killed, e.g. out of memory, or a "
-                        "converter crashed); make fewer files at once with --export-jobs 1, or drop that export"
+                        f"an export process died (killed, e.g. out of memory, or a converter crashed) while "
+                        f"making one of {_names([job, *pending.values()])}: make fewer files at once with "
+                        "--export-jobs 1, or drop the export that crashes"
                     ) from None
                 if done:
                     done(job, seconds)
@@ -123,6 +124,11 @@ def make_files(
         _stop(pool, [job.path.parent for job in jobs])
         raise
     pool.shutdown()
+
+
+def _names(jobs: Sequence[ExportJob], most: int = 4) -> str:
+    names = [f"{job.path.parent.name}/{job.path.name}" for job in jobs]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _stop(pool: ProcessPoolExecutor, folders: list[Path]) -> None:
@@ -133,10 +139,7 @@ def _stop(pool: ProcessPoolExecutor, folders: list[Path]) -> None:
     for worker in workers:
         worker.terminate()
     for worker in workers:
-        worker.join(STOP_SECONDS)
-        if worker.is_alive():  # inside a long native call, where Python signal handlers wait
-            worker.kill()
-            worker.join()
+        worker.join()
     pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this returns at once
     for worker in workers:
         for folder in set(folders):
@@ -149,16 +152,11 @@ def _worker_init(parent: int, threads: int) -> None:
     # otherwise each print a KeyboardInterrupt traceback. A parent killed outright (SIGKILL) cannot, so a
     # worker also leaves when its parent is gone instead of converting on for nobody.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Stopped by the parent (SIGTERM), leave through SystemExit: temporaries are deleted on the way out and
-    # multiprocessing's exit handlers release the named semaphores tqdm's locks hold, which a plain kill
-    # leaks (the resource tracker then warns about them).
-    signal.signal(signal.SIGTERM, _leave)
+    # tqdm (NNCF's and litert-torch's progress bars) otherwise makes a multiprocessing lock: a named
+    # semaphore that a stopped worker leaves registered, and the resource tracker warns about at exit.
+    tqdm.set_lock(threading.RLock())
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
-
-
-def _leave(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _exit_with(parent: int) -> None:
