@@ -109,16 +109,6 @@ def exported(
 _exit_status: list[int] = []
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files with the most slow tests first, the rest in their order. `make test` hands whole files to
-    its xdist workers in collection order; test_pipeline.py (a 250-s fixture) used to come late, and one
-    worker idled while the other ran it."""
-    slow: dict[Path, int] = {}
-    for item in items:
-        slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests keep their order
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _exit_status.append(int(exitstatus))
 
