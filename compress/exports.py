@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 import targets
+from compress.train import cpu_threads
 from targets.base import EdgecompError
 from targets.fileio import temp_prefix
 
@@ -74,26 +75,23 @@ class ExportJob:
         self.__dict__.update({**state, "model": model})
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def default_processes() -> int:
-    """One worker per core this process may use, at most `MAX_PROCESSES`."""
-    return max(1, min(_cores(), MAX_PROCESSES))
+def worker_count(jobs: int, processes: int | None = None) -> int:
+    """How many processes make `jobs` files: `processes`, by default one per core this process may use and at
+    most `MAX_PROCESSES`, never more than there are jobs."""
+    return max(1, min(processes or min(cpu_threads(), MAX_PROCESSES), jobs))
 
 
 def make_files(
     jobs: Sequence[ExportJob], processes: int | None = None, done: Callable[[ExportJob, float], None] | None = None
 ) -> None:
-    """Write every job's file, in `processes` worker processes (default: `default_processes()`); with one
+    """Write every job's file, in `worker_count(len(jobs), processes)` worker processes; with one
     process, or one job, in this process. `done(job, seconds)` is called as each file is written.
 
     On the first failure (or Ctrl-C) the jobs not yet started are dropped, the running ones are stopped and
     their temporaries deleted (files are written atomically: none is left half-written), and the failure
     is raised as the worker raised it.
     """
-    processes = min(processes or default_processes(), len(jobs))
+    processes = worker_count(len(jobs), processes)
     if processes <= 1:
         for job in jobs:
             started = time.perf_counter()
@@ -101,7 +99,7 @@ def make_files(
             if done:
                 done(job, time.perf_counter() - started)
         return
-    threads = max(1, _cores() // processes)  # calibration runs the model: the cores are shared out
+    threads = max(1, cpu_threads() // processes)  # calibration runs the model: the cores are shared out
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), threads))
     pending = {pool.submit(_run, job): job for job in jobs}
@@ -121,7 +119,7 @@ def make_files(
                 if done:
                     done(job, seconds)
     except BaseException:  # a failed export, Ctrl-C: stop the others now rather than after their conversions
-        _stop(pool, [job.path.parent for job in jobs])
+        _stop(pool, {job.path.parent for job in jobs})
         raise
     pool.shutdown()
 
@@ -131,7 +129,7 @@ def _names(jobs: Sequence[ExportJob], most: int = 4) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _stop(pool: ProcessPoolExecutor, folders: list[Path]) -> None:
+def _stop(pool: ProcessPoolExecutor, folders: set[Path]) -> None:
     """Kill the workers, drop the jobs not started, and delete the temporaries the workers were writing."""
     # Python 3.14 has pool.terminate_workers(); before it the processes are only reachable here, and only
     # until shutdown() forgets them.
@@ -142,7 +140,7 @@ def _stop(pool: ProcessPoolExecutor, folders: list[Path]) -> None:
         worker.join()
     pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this returns at once
     for worker in workers:
-        for folder in set(folders):
+        for folder in folders:
             for temporary in folder.glob(f"{temp_prefix(worker.pid)}*"):
                 temporary.unlink(missing_ok=True)
 

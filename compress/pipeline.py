@@ -36,7 +36,7 @@ from compress import distributed, report
 from compress.data import DATASETS, DataSplits, as_numpy, make_loader
 from compress.distill import Distillation
 from compress.eager import TorchRunner
-from compress.exports import ExportJob, default_processes, make_files
+from compress.exports import ExportJob, make_files, worker_count
 from compress.measure import count
 from compress.models import (
     architecture_id,
@@ -132,7 +132,7 @@ class Pipeline:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force = force
-        self.export_processes = export_processes  # None: one per core (`compress.exports.default_processes`)
+        self.export_processes = export_processes  # None: one per core (`compress.exports.worker_count`)
         self.command = command
         # Only rank 0 speaks: N workers would print every line N times.
         quiet = not distributed.is_main()
@@ -418,7 +418,7 @@ class Pipeline:
         saved = [self._saved_rows(plan) for plan in plans]
         jobs = [plan.job() for plan, rows in zip(plans, saved, strict=True) if rows is None and plan.job is not None]
         if jobs:
-            processes = min(self.export_processes or default_processes(), len(jobs))
+            processes = worker_count(len(jobs), self.export_processes)
             self.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
             make_files(jobs, processes, done=self._made)
         return [row for plan, rows in zip(plans, saved, strict=True) for row in rows or self._measured(plan)]
