@@ -7,6 +7,7 @@ one runtime (tflite-runtime, ai-edge-litert or openvino) can run the runners and
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ class EdgecompError(Exception):
 
     The message says what is wrong and how to fix it; the CLI prints it without a traceback.
     """
+
+
+def matches_module(path: str, patterns: Iterable[str]) -> bool:
+    """Whether the module named `path` ("features.1.conv.0") is one of `patterns` or inside one: a pattern is a
+    shell-style glob over module names ("classifier.1", "features.1*"), as in a recipe's ``keep_float``."""
+    return bool(path) and any(fnmatch.fnmatchcase(path, p) or path.startswith(f"{p}.") for p in patterns)
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

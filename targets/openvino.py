@@ -1,14 +1,17 @@
 """OpenVINO: ``ov.convert_model`` to a static-shape IR (.xml + .bin), int8 through NNCF, CPU runtime.
 
 fp16 is an fp16-compressed IR: weights stored in half precision, computed in f32 by the CPU plugin
-(``load`` pins the inference precision). int8 is ``nncf.quantize`` with the overflow fix on every layer:
-int8 kernels on x86 CPUs without VNNI (AVX2 ones like this project's dev machine; AVX-512 before Cascade
-Lake) sum pairs of u8 x s8 products into saturating int16, which clips MobileNet-like layers with few,
-large weights; NNCF's default fixes only the first layer, and on the quickstart's models that cost up to
-4 points of top-1 agreement with PyTorch. 7-bit weights cannot overflow, on any CPU, so the IR is
-portable; the price is one bit of weight resolution, which narrow layers feel (a 16-channel net lost
-6 points), so the full bias correction (``fast_bias_correction=False``), which re-fits each layer's bias
-on the quantised model's own activations, makes it up (to 99% agreement there); it costs seconds.
+(``load`` pins the inference precision). int8 is ``nncf.quantize`` with the MIXED preset (symmetric
+per-channel weights, asymmetric activations: hard-swish outputs go negative, and on the real MobileNetV3-Small
+the PERFORMANCE preset's symmetric activations cost 9 points of top-1 agreement with fp32), NNCF's default
+overflow fix (7-bit weights in the first layer only) and the full bias correction (``fast_bias_correction=False``,
+which re-fits each layer's bias on the quantised model's own activations; it costs seconds).
+
+8-bit weights elsewhere are a choice: x86 CPUs without VNNI (AVX2 only; AMD before Zen 4) sum pairs of u8 x s8
+products into saturating int16, which can clip layers with few, large weights there (on the quickstart's toy
+models that cost up to 4 points of agreement on an AVX2 machine). 7-bit weights on every layer, this target's
+earlier default, cannot overflow, but on the real ImageNet MobileNetV2 they cost 3 points of agreement on every
+CPU (88.3% against 91.4%), ARM and VNNI included. ``keep_float`` module patterns become an ignored scope.
 
 int8_ac is ``nncf.quantize_with_accuracy_control`` with the same settings: it quantizes as int8 does, then
 scores the float and the int8 IR on validation samples with the caller's metric (`targets.base.AccuracyControl`)
@@ -17,7 +20,7 @@ and, while the drop exceeds the allowed one, returns to float the groups of laye
 with fewer FakeQuantize ops; it costs several passes over the validation samples.
 
 Quantization-aware training uses NNCF's PyTorch path: ``prepare_qat`` runs ``nncf.quantize`` on the torch
-module itself (same overflow fix, hence the same 7-bit weights), which returns it with trainable FakeQuantize
+module itself (same preset and overflow fix), which returns it with trainable FakeQuantize
 hooks; the caller fine-tunes it, and ``export(..., "int8", ...)`` recognises it and converts it as is: its
 FakeQuantize ops become the IR's, and the CPU plugin runs them as int8 (no second calibration).
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata as dist_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +52,7 @@ from targets.base import (
     check_export_args,
     export_failed,
     key_error_line,
+    matches_module,
     predict_in_batches,
     static_input_shape,
 )
@@ -75,10 +79,12 @@ def export(
     metadata: dict[str, str],
     io: str = "float",
     accuracy_control: AccuracyControl | None = None,
+    keep_float: Sequence[str] = (),
 ) -> Path:
     """Convert `model` to an OpenVINO IR at `out` (.xml, with its .bin beside it), written atomically.
 
     ``int8_ac`` needs `accuracy_control`: the validation samples, the metric and the largest drop allowed.
+    `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
     """
     spec = TARGETS["openvino"]
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
@@ -89,9 +95,9 @@ def export(
     try:
         ov_model = _convert(model, example)
         if precision == "int8" and not is_qat_prepared(model):
-            ov_model = _quantize_int8(ov_model, calibration)
+            ov_model = _quantize_int8(ov_model, calibration, keep_float)
         elif precision == "int8_ac":
-            ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control)
+            ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control, keep_float)
     except Exception as e:
         raise export_failed("openvino", precision, e, model, example) from e
     for key, value in metadata.items():
@@ -122,16 +128,33 @@ def _convert(model: torch.nn.Module, example: torch.Tensor) -> Any:
     return ov_model
 
 
-def _quantize_int8(ov_model: Any, calibration: np.ndarray) -> Any:
+def _quantize_int8(ov_model: Any, calibration: np.ndarray, keep_float: Sequence[str] = ()) -> Any:
     import nncf
 
-    return nncf.quantize(
-        ov_model,
-        _calibration_set(calibration),
-        subset_size=len(calibration),
-        fast_bias_correction=False,
-        advanced_parameters=_overflow_fix(),
-    )
+    return nncf.quantize(ov_model, _calibration_set(calibration), **_settings(ov_model, calibration, keep_float))
+
+
+def _settings(ov_model: Any, calibration: np.ndarray, keep_float: Sequence[str]) -> dict[str, Any]:
+    """The keyword arguments int8 and int8_ac share (see the module doc)."""
+    import nncf
+
+    ignored = [op.get_friendly_name() for op in ov_model.get_ops() if matches_module(_module_of(op), keep_float)]
+    return {
+        "preset": nncf.QuantizationPreset.MIXED,
+        "subset_size": len(calibration),
+        "fast_bias_correction": False,
+        "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False),
+    }
+
+
+def _module_of(op: Any) -> str:
+    """The torch module an IR op came from: ``__module.<path>/aten::...`` names it; an op renamed by a fusion
+    (a conv merged with its batch norm becomes ``Multiply_N``) answers to its one consumer's module."""
+    for node in (op, *(t.get_node() for t in op.output(0).get_target_inputs() if op.get_output_size() == 1)):
+        name = node.get_friendly_name()
+        if name.startswith("__module."):
+            return name.removeprefix("__module.").split("/", 1)[0]
+    return ""
 
 
 def _calibration_set(calibration: np.ndarray) -> Any:
@@ -141,7 +164,9 @@ def _calibration_set(calibration: np.ndarray) -> Any:
     return nncf.Dataset(np.asarray(calibration, np.float32), lambda sample: sample[None])
 
 
-def _quantize_int8_ac(ov_model: Any, calibration: np.ndarray, control: AccuracyControl) -> Any:
+def _quantize_int8_ac(
+    ov_model: Any, calibration: np.ndarray, control: AccuracyControl, keep_float: Sequence[str] = ()
+) -> Any:
     import nncf
 
     def validate(compiled: Any, indices: Any) -> tuple[float, list[list[np.ndarray]]]:
@@ -163,18 +188,8 @@ def _quantize_int8_ac(ov_model: Any, calibration: np.ndarray, control: AccuracyC
             validate,
             max_drop=control.max_drop / 100,
             drop_type=nncf.DropType.ABSOLUTE,
-            subset_size=len(calibration),
-            fast_bias_correction=False,
-            advanced_quantization_parameters=_overflow_fix(),
+            **_settings(ov_model, calibration, keep_float),
         )
-
-
-def _overflow_fix() -> Any:
-    """7-bit weights on every layer (see the module doc)."""
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-
-    return AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
 
 
 def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> torch.nn.Module:
@@ -194,7 +209,7 @@ def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.n
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             return nncf.quantize(
-                model.eval(), dataset, subset_size=len(calibration), advanced_parameters=_overflow_fix()
+                model.eval(), dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration)
             )
     except Exception as e:
         raise export_failed("openvino", "int8 (QAT)", e) from e

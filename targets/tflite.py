@@ -33,7 +33,7 @@ import json
 import os
 import re
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from functools import cache, wraps
 from importlib import metadata as dist_metadata
@@ -48,6 +48,7 @@ from targets.base import (
     check_export_args,
     export_failed,
     key_error_line,
+    matches_module,
     predict_in_batches,
     static_input_shape,
 )
@@ -75,10 +76,12 @@ def export(
     calibration: np.ndarray | None,
     metadata: dict[str, str],
     io: str = "float",
+    keep_float: Sequence[str] = (),
 ) -> Path:
     """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically.
 
-    `io="int8"` keeps a full-int8 file's int8 input and output tensors (see the module doc).
+    `io="int8"` keeps a full-int8 file's int8 input and output tensors (see the module doc). `keep_float`:
+    module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
     """
     spec = TARGETS["tflite"]
     check_export_args("tflite", precision, spec.precisions, calibration, io, spec.io)
@@ -86,7 +89,7 @@ def export(
     try:
         with _quiet_progress():
             if precision == "int8":
-                edge_model = _convert_int8(model, example, calibration)
+                edge_model = _convert_int8(model, example, calibration, tuple(keep_float))
             else:
                 edge_model = _convert(model, example, **_recipe_config(precision))
         content = bytes(edge_model.model_content())
@@ -113,7 +116,7 @@ def _recipe_config(precision: str) -> dict[str, Any]:
     return {"quant_config": recipes[precision]()} if precision in recipes else {}
 
 
-def _quantizer(qat: bool) -> Any:
+def _quantizer(qat: bool, keep_float: tuple[str, ...] = ()) -> Any:
     """litert-torch's int8 scheme: symmetric, per-channel weights, static activations (fake-quant for QAT).
 
     For PTQ, each weight channel's scale comes from `targets.weights.mse_scales` instead of max|w| / 127.
@@ -126,7 +129,7 @@ def _quantizer(qat: bool) -> Any:
     if not qat:
         weight = dataclasses.replace(config.weight, observer_or_fake_quant_ctr=_mse_weight_observer())
         config = dataclasses.replace(config, weight=weight)
-    return _annotating()().set_global(config)
+    return _annotating()(keep_float).set_global(config)
 
 
 @cache
@@ -150,15 +153,17 @@ def _mse_weight_observer() -> type:
     return MSEPerChannelObserver.with_args(eps=2**-12)
 
 
-def _convert_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> Any:
+def _convert_int8(
+    model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, keep_float: tuple[str, ...] = ()
+) -> Any:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     if is_qat_prepared(model):
         return _convert_prepared(model, example, qat=True)
     graph, batch = _calibration_graph(model, example)
-    prepared = prepare_pt2e(graph, _quantizer(qat=False))
+    prepared = prepare_pt2e(graph, _quantizer(False, keep_float))
     _calibrate(prepared, calibration, batch)
-    return _convert_prepared(prepared, example, qat=False)
+    return _convert_prepared(prepared, example, False, keep_float)
 
 
 def _calibrate(prepared: torch.nn.Module, calibration: np.ndarray, batch: int) -> None:
@@ -170,7 +175,9 @@ def _calibrate(prepared: torch.nn.Module, calibration: np.ndarray, batch: int) -
             prepared(torch.from_numpy(samples[start : start + batch]))
 
 
-def _convert_prepared(prepared: torch.nn.Module, example: torch.Tensor, qat: bool) -> Any:
+def _convert_prepared(
+    prepared: torch.nn.Module, example: torch.Tensor, qat: bool, keep_float: tuple[str, ...] = ()
+) -> Any:
     """Observers or fake-quant modules -> quantize/dequantize pairs -> an int8 .tflite flatbuffer."""
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
@@ -178,7 +185,7 @@ def _convert_prepared(prepared: torch.nn.Module, example: torch.Tensor, qat: boo
     with _patterns_as_modules():
         quantized = convert_pt2e(prepared, fold_quantize=False)
     quantized.training = False  # traced from an eval model; exported graphs refuse .eval()
-    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=_quantizer(qat)))
+    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=_quantizer(qat, keep_float)))
 
 
 def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> torch.nn.Module:
@@ -290,8 +297,15 @@ def _annotating() -> type:
     }
 
     class Quantizer(PT2EQuantizer):
+        def __init__(self, keep_float: tuple[str, ...] = ()) -> None:
+            super().__init__()
+            self.keep_float = keep_float
+
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             nodes = [n for n in model.graph.nodes if n.op == "call_function"]
+            for node in nodes:  # an annotation without specs: the node runs in float
+                if self.keep_float and matches_module(_module_path(node), self.keep_float):
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
             feeds_layer: set = set()
             for node in reversed(list(model.graph.nodes)):
                 if any(user.target in weighted or user in feeds_layer for user in node.users):
@@ -317,6 +331,12 @@ def _annotating() -> type:
             return model
 
     return Quantizer
+
+
+def _module_path(node: Any) -> str:
+    """The name of the innermost module that made `node` in an exported graph ("" for the model's own code)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
 
 
 # Clamps TFLite fuses into the producing conv / fully-connected op (RELU6, RELU_N1_TO_1, RELU_0_TO_1).

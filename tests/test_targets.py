@@ -485,15 +485,13 @@ def _int8_weights(target: str, path: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("target", ["openvino", "onnx"])
-def test_int8_weights_use_7_bits_so_cpus_without_vnni_cannot_saturate(
-    target: str, exported: Callable[[str, str], Path]
-) -> None:
-    """x86 int8 kernels without VNNI add pairs of u8 x s8 products in saturating int16: 255 * 127 * 2 overflows,
-    255 * 64 * 2 does not. Full-range weights cost the quickstart's OpenVINO int8 up to 4 points of agreement."""
+def test_int8_weights_use_8_bits_past_the_first_layer(target: str, exported: Callable[[str, str], Path]) -> None:
+    """7-bit weights everywhere (the old default, safe from the int16 saturation of x86 CPUs without VNNI) cost
+    the real ImageNet MobileNetV2 3 (OpenVINO) and 10 (ONNX) points of agreement on every CPU; NNCF keeps 7 bits
+    in the first layer only, onnxruntime in none."""
     weights = _int8_weights(target, exported(target, "int8"))
     assert len(weights) >= 3  # the two pointwise convolutions and the linear layer, at least
-    assert all(w.min() >= -64 and w.max() <= 64 for w in weights)
-    assert max(int(np.abs(w).max()) for w in weights) >= 60  # 7 bits used, not fewer
+    assert sum(int(np.abs(w).max()) > 64 for w in weights) >= len(weights) - 1
 
 
 def test_tflite_int8_has_float_io_unless_int8_io_is_asked(

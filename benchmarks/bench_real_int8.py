@@ -1,0 +1,126 @@
+"""int8 on real ImageNet networks: agreement with fp32 on real photos and latency, per target and int8 setting.
+
+`make bench-real` runs this. For each real model in ../shared/real (TF-slim MobileNetV2 1.0 and
+MobileNetV3-Small 1.0, input in [-1, 1]), it exports fp32 and int8 files through every target in
+``targets.TARGETS`` that makes int8 (with and without the `--keep-float` layers), calibrated on the
+even-numbered COCO128 photos (64), and prints per file: top-1 agreement with the fp32 PyTorch model on all
+128 photos and on the 64 held-out (odd-numbered) ones, p50 latency at `--threads`, the int8/fp32 latency
+ratio, and the layers kept in float; next to the vendor's own uint8 .tflite file of the same weights.
+Photos: shorter side 256, centre crop 224 (`compress.data.photos`). One photo is 0.78 points of 128.
+
+    python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import targets
+from compress.data.photos import read_photos
+from targets.bench import benchmark
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+VENDOR = {"mobilenet_v2": "mobilenet_v2_1.0_224.uint8.tflite", "mobilenet_v3_small": "mobilenet_v3_small_1.0_224.uint8.tflite"}
+# Layers kept in float per model for the keep-float rows: the block whose int8 activations cost the most
+# (MobileNetV3-Small's last inverted residual: one 576-channel expand output spans [-46, 26] per tensor).
+KEEP_FLOAT = {"mobilenet_v2": [], "mobilenet_v3_small": ["features.11"]}
+console = Console()
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    target: str
+    setting: str
+    agree_all: float
+    agree_held_out: float
+    p50_ms: float
+    fp32_p50_ms: float
+    export_s: float
+
+
+def real_model(real: Path, name: str) -> torch.nn.Module:
+    spec = importlib.util.spec_from_file_location("tf_mobilenet", real / "tf_mobilenet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)().eval()
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    same = logits.argmax(1) == reference
+    return float(same.mean()), float(same[1::2].mean())
+
+
+def measure(path: Path, x: np.ndarray, threads: int, runs: int, nhwc: bool = False) -> tuple[np.ndarray, float]:
+    runner = targets.load_runner(path, threads=threads)
+    logits = runner.predict(x.transpose(0, 2, 3, 1) if nhwc else x)[0]
+    return logits, benchmark(runner, warmup=10, runs=runs).latency_ms_p50
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--real", type=Path, default=Path(os.environ.get("EDGECOMP_REAL", REAL)))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--models", nargs="+", default=list(VENDOR))
+    parser.add_argument("--targets", nargs="+", default=[t for t, s in targets.TARGETS.items() if "int8" in s.precisions])
+    args = parser.parse_args()
+    if not (args.real / "tf_mobilenet.py").is_file():
+        sys.exit(f"no real models at {args.real}: pass --real DIR (the folder with tf_mobilenet.py, weights/, coco128/)")
+    torch.set_num_threads(args.threads)
+    x = read_photos(sorted((args.real / "coco128" / "train2017").glob("*.jpg")), 224, normalize="tf")
+    calibration = x[::2]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            model = real_model(args.real, name)
+            with torch.no_grad():
+                reference = torch.cat([model(torch.from_numpy(b)) for b in np.split(x, 8)]).argmax(1).numpy()
+            vendor_logits, vendor_ms = measure(args.real / "tflite" / VENDOR[name], (x + 1) * 127.5 / 255 * 2 - 1, args.threads, args.runs, nhwc=True)
+            vendor = agreement(vendor_logits[:, 1:], reference)
+            for target in args.targets:
+                module = targets.get_target(target)
+                fp32 = module.export(model, torch.from_numpy(x[:1]), "fp32", Path(tmp, f"{name}-{target}-fp32{targets.TARGETS[target].suffix}"), None, {})
+                fp32_logits, fp32_ms = measure(fp32, x, args.threads, args.runs)
+                rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference), fp32_ms, fp32_ms, 0.0))
+                settings = {"int8": []} | ({f"int8 keep_float={KEEP_FLOAT[name]}": KEEP_FLOAT[name]} if KEEP_FLOAT[name] else {})
+                for setting, keep in settings.items():
+                    started = time.perf_counter()
+                    path = module.export(model, torch.from_numpy(x[:1]), "int8", Path(tmp, f"{name}-{target}-{len(keep)}{targets.TARGETS[target].suffix}"), calibration, {}, keep_float=keep)
+                    seconds = time.perf_counter() - started
+                    logits, ms = measure(path, x, args.threads, args.runs)
+                    rows.append(Row(name, target, setting, *agreement(logits, reference), ms, fp32_ms, seconds))
+                    console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
+            rows.append(Row(name, "vendor .tflite", "uint8 (TF QAT)", *vendor, vendor_ms, float("nan"), 0.0))
+    print_table(rows, args.threads)
+    return 0
+
+
+def print_table(rows: list[Row], threads: int) -> None:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else platform.machine()
+    table = Table(title=f"int8 on real ImageNet networks, COCO128 photos (224 px), {cpu} ({isa}), {threads} threads")
+    for column in ("model", "target", "setting", "agree (128)", "agree (held-out 64)", "p50 ms", "vs fp32", "export s"):
+        table.add_column(column, justify="left" if column in ("model", "target", "setting") else "right")
+    for r in rows:
+        ratio = "" if np.isnan(r.fp32_p50_ms) or r.setting == "fp32" else f"{r.p50_ms / r.fp32_p50_ms:.2f}x"
+        table.add_row(r.model, r.target, r.setting, f"{r.agree_all:.1%}", f"{r.agree_held_out:.1%}", f"{r.p50_ms:.2f}", ratio, f"{r.export_s:.0f}" if r.export_s else "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
