@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench reports install clean fuzz chaos arm-check
+.PHONY: demo test lint bench bench-real reports install clean fuzz chaos arm-check
 
 # Reinstall only when the dependency pins change.
 $(INSTALLED): pyproject.toml
@@ -49,6 +49,11 @@ chaos: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_targets.py
+
+# int8 of real ImageNet networks (../shared/real, or EDGECOMP_REAL=DIR) on every target: agreement with fp32 on
+# the COCO128 photos, latency, the vendor's own int8 file beside them (~5 min on 2 cores).
+bench-real: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_real_int8.py
 
 # Every quickstart export (runs/quickstart from `make demo`, else a reduced run) on aarch64 under qemu
 # against x86: sysroot and aarch64 wheels built once into ~/.cache/edgecomp/arm. Correctness, not speed.

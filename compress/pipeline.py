@@ -443,13 +443,18 @@ class Pipeline:
                 options = _export_options(export, precision)  # what else makes the file: in its rows' key too
                 target, io = export.target, export.io
                 calibration = options.get("calibration", 0)
-                job = partial(self._export_job, candidate, target, precision, io, calibration=calibration)
+                keep = options.get("keep_float", [])
+                job = partial(
+                    self._export_job, candidate, target, precision, io, calibration=calibration, keep_float=keep
+                )
                 if precision == "int8_ac":  # made while measured: NNCF needs the metric, which stays here
                     drop = options["max_accuracy_drop"]
                     measure = partial(self._accuracy_controlled_rows, candidate, job, drop)
                     job = None
                 else:
                     measure = partial(self._file_rows, candidate, target, precision, io)
+                if keep:  # the rows say which layers stayed float
+                    measure = partial(_with_fields, measure, {"keep_float": keep})
                 plans.append(self._plan(candidate, target, precision, measure, io, options, job))
                 if precision == "int8" and target in qat_targets:
                     plans.append(
@@ -544,7 +549,14 @@ class Pipeline:
         return self.run_dir / "exports" / candidate.name / f"{name}{suffix}"
 
     def _export_job(
-        self, candidate: Candidate, target: str, precision: str, io: str, label: str | None = None, calibration: int = 0
+        self,
+        candidate: Candidate,
+        target: str,
+        precision: str,
+        io: str,
+        label: str | None = None,
+        calibration: int = 0,
+        keep_float: list[str] | None = None,
     ) -> ExportJob:
         """The file of `candidate` on `target` in `precision`; `label` names the rows' precision when it is not
         the export's (int8-qat: an int8 export of a QAT model), `calibration` is the sample count of
@@ -566,6 +578,7 @@ class Pipeline:
             self._calibration(calibration) if calibration else None,
             metadata_,
             io,
+            {"keep_float": keep_float} if keep_float else {},
         )
 
     def _accuracy_controlled_rows(
@@ -687,7 +700,13 @@ def _export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
         options["calibration"] = export.calibration_samples
     if precision == "int8_ac":
         options["max_accuracy_drop"] = export.max_accuracy_drop
+    if export.keep_float and precision in CALIBRATED_PRECISIONS:
+        options["keep_float"] = list(export.keep_float)
     return options
+
+
+def _with_fields(measure: Callable[[], list[dict]], fields: dict[str, Any]) -> list[dict]:
+    return [{**row, **fields} for row in measure()]
 
 
 def _how(distill: DistillSpec | None) -> str:

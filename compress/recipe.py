@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from targets import TARGETS
-from targets.base import EdgecompError, did_you_mean
+from targets.base import CALIBRATED_PRECISIONS, EdgecompError, did_you_mean
 
 # Upper bounds keep absurd values (a 2**70 seed, 10**12 epochs) from failing hours into a run.
 PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
@@ -221,6 +221,10 @@ class ExportSpec(Spec):
         le=100.0,
         description="int8_ac only: points of the task's metric on the val split that int8 may lose (default 1)",
     )
+    keep_float: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="int8 precisions: module-name globs whose layers stay in float (e.g. 'features.11', 'classifier*')",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -250,6 +254,8 @@ class ExportSpec(Spec):
             raise ValueError(f"{self.target} does not support io {self.io!r}; supported: {', '.join(spec.io)}")
         if self.io != "float" and self.precision != ["int8"]:
             raise ValueError(f"io {self.io!r} goes with precision [int8] only (float precisions have float I/O)")
+        if self.keep_float and not set(self.precision) & set(CALIBRATED_PRECISIONS):
+            raise ValueError("keep_float goes with an int8 precision (int8 or int8_ac) only")
         if self.max_accuracy_drop is not None and "int8_ac" not in self.precision:
             raise ValueError("max_accuracy_drop goes with precision int8_ac (int8 with accuracy control) only")
         return self

@@ -320,6 +320,7 @@ def _annotating() -> type:
                     node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
             _annotate_fused_clamps(nodes, self.global_config)
             model = super().annotate(model)
+            _unobserve_integers(model)
             for node in nodes:
                 if node.target == aten.cat.default and "quantization_annotation" not in node.meta:
                     first, *rest = node.args[0]
@@ -337,6 +338,33 @@ def _module_path(node: Any) -> str:
     """The name of the innermost module that made `node` in an exported graph ("" for the model's own code)."""
     stack = node.meta.get("nn_module_stack") or {}
     return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _unobserve_integers(model: Any) -> None:
+    """Drop the observers litert-torch's annotators put on integer tensors. A Python scalar in a user's forward
+    (``(x * std + mean) * 2 - 1``: preprocessing inside the model) is lifted by torch.export into an int64
+    constant; observed as an activation, calibration failed with '"histogram_cpu" not implemented for Long'."""
+    import torch
+
+    def is_integer(node: Any) -> bool:
+        value = _constant(model, node.target) if node.op == "get_attr" else node.meta.get("val")
+        return isinstance(value, torch.Tensor) and not value.is_floating_point()
+
+    for node in model.graph.nodes:
+        annotation = node.meta.get("quantization_annotation")
+        if annotation is None:
+            continue
+        for source in [n for n in annotation.input_qspec_map if is_integer(n)]:
+            del annotation.input_qspec_map[source]
+        if annotation.output_qspec is not None and is_integer(node):
+            annotation.output_qspec = None
+
+
+def _constant(model: Any, target: str) -> Any:
+    value = model
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 # Clamps TFLite fuses into the producing conv / fully-connected op (RELU6, RELU_N1_TO_1, RELU_0_TO_1).

@@ -119,3 +119,46 @@ def _float_weight_layers(target: str, path: Path) -> int:
     initializers = {t.name for t in graph.initializer}
     layers = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
     return sum(node.input[1] in initializers or produced_by.get(node.input[1]) != "DequantizeLinear" for node in layers)
+
+
+class PreprocessingInside(nn.Module):
+    """A user's model that normalises its own input: float buffers and Python scalars in its forward."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x * self.std + self.mean) * 2 - 1)
+
+
+@pytest.mark.parametrize("target", INT8_TARGETS)
+def test_int8_exports_a_model_with_preprocessing_inside(
+    target: str, tiny_net: nn.Module, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    """torch.export lifts the scalar 2 into an int64 constant, which TFLite's PT2E observed as an activation
+    ('"histogram_cpu" not implemented for Long')."""
+    model = PreprocessingInside(tiny_net).eval()
+    path = tmp_path / f"m{targets.TARGETS[target].suffix}"
+    targets.get_target(target).export(model, torch.zeros(INPUT_SHAPE), "int8", path, calibration, {})
+    with torch.no_grad():
+        reference = model(torch.from_numpy(calibration)).numpy()
+    logits = targets.load_runner(path, threads=1).predict(calibration)[0]
+    assert np.mean(logits.argmax(1) == reference.argmax(1)) >= 0.9
+
+
+def test_recipe_keep_float_reaches_the_export_and_its_rows() -> None:
+    from compress.pipeline import _export_options
+    from compress.recipe import parse_recipe
+
+    recipe = {
+        "name": "t",
+        "model": {"arch": "mobilenet_v2"},
+        "data": {"dataset": "digits"},
+        "exports": [{"target": "tflite", "precision": ["fp32", "int8"], "keep_float": ["features.11", "classifier*"]}],
+    }
+    export = parse_recipe(recipe, source="r.yaml").exports[0]
+    assert "keep_float" not in _export_options(export, "fp32")
+    assert _export_options(export, "int8")["keep_float"] == ["features.11", "classifier*"]  # also in the rows' key

@@ -358,7 +358,9 @@ def test_quantized_export_agrees_with_pytorch_on_a_trained_net(
 ) -> None:
     with torch.no_grad():
         reference = trained_net(torch.from_numpy(digits["test"])).numpy()
-    assert np.mean(reference.argmax(1) == digits["test_labels"]) > 0.8  # the net did learn
+    # the net did learn (chance is 0.1): a bar well clear of how training numerics move across CPUs
+    # (0.797 on an AVX-512 machine, over 0.8 on an AVX2 one, same seed)
+    assert np.mean(reference.argmax(1) == digits["test_labels"]) > 0.5
     out = tmp_path / f"trained{targets.TARGETS[target].suffix}"
     module = targets.get_target(target)
     options = export_options(precision, digits["calibration"][:32])
@@ -556,6 +558,7 @@ def _recipe(export: dict) -> dict:
             "max_accuracy_drop goes with precision int8_ac",
         ),
         ({"target": "openvino", "precision": ["int8_ac"], "max_accuracy_drop": -1}, "greater than or equal to 0"),
+        ({"target": "onnx", "precision": ["fp32"], "keep_float": ["classifier"]}, "keep_float goes with an int8"),
     ],
 )
 def test_recipe_is_checked_against_the_capability_table_at_load_time(export: dict, message: str) -> None:
