@@ -75,6 +75,47 @@ def measure(path: Path, x: np.ndarray, threads: int, runs: int, nhwc: bool = Fal
     return logits, benchmark(runner, warmup=10, runs=runs).latency_ms_p50
 
 
+def model_rows(name: str, x: np.ndarray, args: argparse.Namespace, folder: Path) -> list[Row]:
+    """fp32 and int8 rows of every target for one real model, then the vendor file's row."""
+    model = real_model(args.real, name)
+    with torch.no_grad():
+        reference = torch.cat([model(torch.from_numpy(b)) for b in np.split(x, 8)]).argmax(1).numpy()
+    rows = []
+    for target in args.targets:
+        fp32_logits, fp32_ms, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
+        rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference), fp32_ms, fp32_ms, 0.0))
+        settings = {"int8": []} | (
+            {f"int8 keep_float={KEEP_FLOAT[name]}": KEEP_FLOAT[name]} if KEEP_FLOAT[name] else {}
+        )
+        for setting, keep in settings.items():
+            logits, ms, seconds = export_and_measure(model, target, "int8", x, x[::2], keep, args, folder)
+            rows.append(Row(name, target, setting, *agreement(logits, reference), ms, fp32_ms, seconds))
+            console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
+    # The vendor file takes NHWC; its runner quantises our [-1, 1] floats with the file's own input scale.
+    vendor_logits, vendor_ms = measure(args.real / "tflite" / VENDOR[name], x, args.threads, args.runs, nhwc=True)
+    vendor = agreement(vendor_logits[:, 1:], reference)  # its output 0 is TF's background class
+    return [*rows, Row(name, "vendor .tflite", "uint8 (TF QAT)", *vendor, vendor_ms, float("nan"), 0.0)]
+
+
+def export_and_measure(
+    model: torch.nn.Module,
+    target: str,
+    precision: str,
+    x: np.ndarray,
+    calibration: np.ndarray | None,
+    keep_float: list[str],
+    args: argparse.Namespace,
+    folder: Path,
+) -> tuple[np.ndarray, float, float]:
+    """Logits on `x`, p50 ms and export seconds of one file."""
+    path = folder / f"{target}-{precision}-{len(keep_float)}{targets.TARGETS[target].suffix}"
+    options = {"keep_float": keep_float} if keep_float else {}
+    started = time.perf_counter()
+    targets.get_target(target).export(model, torch.from_numpy(x[:1]), precision, path, calibration, {}, **options)
+    seconds = time.perf_counter() - started
+    return *measure(path, x, args.threads, args.runs), seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--real", type=Path, default=Path(os.environ.get("EDGECOMP_REAL", REAL)))
@@ -91,48 +132,10 @@ def main() -> int:
         )
     torch.set_num_threads(args.threads)
     x = read_photos(sorted((args.real / "coco128" / "train2017").glob("*.jpg")), 224, normalize="tf")
-    calibration = x[::2]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            model = real_model(args.real, name)
-            with torch.no_grad():
-                reference = torch.cat([model(torch.from_numpy(b)) for b in np.split(x, 8)]).argmax(1).numpy()
-            vendor_logits, vendor_ms = measure(
-                args.real / "tflite" / VENDOR[name], (x + 1) * 127.5 / 255 * 2 - 1, args.threads, args.runs, nhwc=True
-            )
-            vendor = agreement(vendor_logits[:, 1:], reference)
-            for target in args.targets:
-                module = targets.get_target(target)
-                fp32 = module.export(
-                    model,
-                    torch.from_numpy(x[:1]),
-                    "fp32",
-                    Path(tmp, f"{name}-{target}-fp32{targets.TARGETS[target].suffix}"),
-                    None,
-                    {},
-                )
-                fp32_logits, fp32_ms = measure(fp32, x, args.threads, args.runs)
-                rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference), fp32_ms, fp32_ms, 0.0))
-                settings = {"int8": []} | (
-                    {f"int8 keep_float={KEEP_FLOAT[name]}": KEEP_FLOAT[name]} if KEEP_FLOAT[name] else {}
-                )
-                for setting, keep in settings.items():
-                    started = time.perf_counter()
-                    path = module.export(
-                        model,
-                        torch.from_numpy(x[:1]),
-                        "int8",
-                        Path(tmp, f"{name}-{target}-{len(keep)}{targets.TARGETS[target].suffix}"),
-                        calibration,
-                        {},
-                        keep_float=keep,
-                    )
-                    seconds = time.perf_counter() - started
-                    logits, ms = measure(path, x, args.threads, args.runs)
-                    rows.append(Row(name, target, setting, *agreement(logits, reference), ms, fp32_ms, seconds))
-                    console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
-            rows.append(Row(name, "vendor .tflite", "uint8 (TF QAT)", *vendor, vendor_ms, float("nan"), 0.0))
+            rows += model_rows(name, x, args, Path(tmp))
     print_table(rows, args.threads)
     return 0
 
