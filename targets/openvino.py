@@ -138,7 +138,8 @@ def _settings(ov_model: Any, calibration: np.ndarray, keep_float: Sequence[str])
     """The keyword arguments int8 and int8_ac share (see the module doc)."""
     import nncf
 
-    ignored = [op.get_friendly_name() for op in ov_model.get_ops() if matches_module(_module_of(op), keep_float)]
+    ops = ov_model.get_ops() if keep_float else []  # mapping every op back to its module costs a graph walk
+    ignored = [op.get_friendly_name() for op in ops if matches_module(_module_of(op), keep_float)]
     return {
         "preset": nncf.QuantizationPreset.MIXED,
         "subset_size": len(calibration),
@@ -150,7 +151,8 @@ def _settings(ov_model: Any, calibration: np.ndarray, keep_float: Sequence[str])
 def _module_of(op: Any) -> str:
     """The torch module an IR op came from: ``__module.<path>/aten::...`` names it; an op renamed by a fusion
     (a conv merged with its batch norm becomes ``Multiply_N``) answers to its one consumer's module."""
-    for node in (op, *(t.get_node() for t in op.output(0).get_target_inputs() if op.get_output_size() == 1)):
+    consumers = [t.get_node() for t in op.output(0).get_target_inputs()] if op.get_output_size() == 1 else []
+    for node in (op, *consumers):
         name = node.get_friendly_name()
         if name.startswith("__module."):
             return name.removeprefix("__module.").split("/", 1)[0]
