@@ -48,7 +48,6 @@ from targets.base import (
     check_export_args,
     export_failed,
     key_error_line,
-    matches_module,
     predict_in_batches,
     static_input_shape,
 )
@@ -92,7 +91,7 @@ def export(
                 edge_model = _convert_int8(model, example, calibration, tuple(keep_float))
             else:
                 edge_model = _convert(model, example, **_recipe_config(precision))
-        content = bytes(edge_model.model_content())
+        content = _float_hardswish(bytes(edge_model.model_content()))
         if io == "float":
             content = _float_io(content)
     except Exception as e:
@@ -125,11 +124,13 @@ def _quantizer(qat: bool, keep_float: tuple[str, ...] = ()) -> Any:
 
     from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
 
+    from targets.tflite_quantizer import Quantizer
+
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     if not qat:
         weight = dataclasses.replace(config.weight, observer_or_fake_quant_ctr=_mse_weight_observer())
         config = dataclasses.replace(config, weight=weight)
-    return _annotating()(keep_float).set_global(config)
+    return Quantizer(keep_float).set_global(config)
 
 
 @cache
@@ -259,167 +260,9 @@ def _patterns_as_modules() -> Iterator[None]:
             module._get_aten_graph_module_for_pattern = original
 
 
-@cache
-def _annotating() -> type:
-    """litert-torch's ``PT2EQuantizer``, subclassed (once) to fix two annotations it gets wrong on graphs from
-    torch 2.14's ``torch.export`` (which carry no ``source_fn_stack``, so its source-partition annotators
-    for ``cat`` never match).
-
-    - ``cat`` is left in float between dequantised inputs; the converter then lowers it to an int8
-      CONCATENATION with one input's scale and clips every other input to it. SSDLite's per-level class
-      logits and box codes are concatenated so: level 0's logits, range ~±13, were clipped to the last
-      level's ~±4 (TFLite int8 test mAP@.5 51.9 against 71.9 on OpenVINO int8). Each ``cat`` now shares
-      one observer among its inputs and output, so the scale covers them all.
-    - The graph's tail (every op after the last convolution or linear layer on its path, e.g. SSD's box
-      decoding against the anchors: exp, multiplies and adds over image-sized coordinates) stays in
-      float: it is cheap, and in int8 the anchors and decoded boxes lose up to a pixel.
-
-    Data movement in the tail (reshape, permute, flatten, slice, cat, ...) is quantised only while it still carries a
-    layer's quantised output, so logits stay int8 up to the final dequantize.
-    """
-    import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
-    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
-
-    aten = torch.ops.aten
-    weighted = {aten.conv2d.default, aten.linear.default}
-    movement = {  # ops that only move values: they keep their input's quantisation
-        aten.cat.default,
-        aten.reshape.default,
-        aten.view.default,
-        aten.permute.default,
-        aten.flatten.using_ints,
-        aten.squeeze.dim,
-        aten.unsqueeze.default,
-        aten.transpose.int,
-        aten.slice.Tensor,
-    }
-
-    class Quantizer(PT2EQuantizer):
-        def __init__(self, keep_float: tuple[str, ...] = ()) -> None:
-            super().__init__()
-            self.keep_float = keep_float
-
-        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            nodes = [n for n in model.graph.nodes if n.op == "call_function"]
-            for node in nodes:  # an annotation without specs: the node runs in float
-                if self.keep_float and matches_module(_module_path(node), self.keep_float):
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
-            feeds_layer: set = set()
-            for node in reversed(list(model.graph.nodes)):
-                if any(user.target in weighted or user in feeds_layer for user in node.users):
-                    feeds_layer.add(node)
-            in_float: set = set()
-            for node in nodes:  # topological order: a movement op follows its tensor inputs into float
-                if not isinstance(node.meta.get("val"), torch.Tensor):
-                    continue  # sizes (sym_size of a dynamic batch) are not activations
-                tail = node not in feeds_layer and node.target not in weighted
-                if tail and (node.target not in movement or any(a in in_float for a in node.all_input_nodes)):
-                    in_float.add(node)
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
-            _annotate_fused_clamps(nodes, self.global_config)
-            model = super().annotate(model)
-            _unobserve_integers(model)
-            for node in nodes:
-                if node.target == aten.cat.default and "quantization_annotation" not in node.meta:
-                    first, *rest = node.args[0]
-                    shared = SharedQuantizationSpec((first, node))
-                    inputs = {first: get_input_act_qspec(self.global_config), **dict.fromkeys(rest, shared)}
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(
-                        input_qspec_map=inputs, output_qspec=shared, _annotated=True
-                    )
-            return model
-
-    return Quantizer
-
-
-def _module_path(node: Any) -> str:
-    """The name of the innermost module that made `node` in an exported graph ("" for the model's own code)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else ""
-
-
-def _unobserve_integers(model: Any) -> None:
-    """Drop the observers litert-torch's annotators put on integer tensors. A Python scalar in a user's forward
-    (``(x * std + mean) * 2 - 1``: preprocessing inside the model) is lifted by torch.export into an int64
-    constant; observed as an activation, calibration failed with '"histogram_cpu" not implemented for Long'."""
-    import torch
-
-    def is_integer(node: Any) -> bool:
-        value = _constant(model, node.target) if node.op == "get_attr" else node.meta.get("val")
-        return isinstance(value, torch.Tensor) and not value.is_floating_point()
-
-    for node in model.graph.nodes:
-        annotation = node.meta.get("quantization_annotation")
-        if annotation is None:
-            continue
-        for source in [n for n in annotation.input_qspec_map if is_integer(n)]:
-            del annotation.input_qspec_map[source]
-        if annotation.output_qspec is not None and is_integer(node):
-            annotation.output_qspec = None
-
-
-def _constant(model: Any, target: str) -> Any:
-    value = model
-    for part in target.split("."):
-        value = getattr(value, part, None)
-    return value
-
-
-# Clamps TFLite fuses into the producing conv / fully-connected op (RELU6, RELU_N1_TO_1, RELU_0_TO_1).
-_FUSABLE_CLAMPS = {(0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)}
-
-
-def _annotate_fused_clamps(nodes: list, config: Any) -> None:
-    """Observe a conv or linear layer followed by ReLU6 (``hardtanh(0, 6)``) once, after the clamp.
-
-    litert-torch fuses conv + ``relu`` this way but lists ``hardtanh`` among the ops that share their input's
-    observer, so the conv's output observer sees the pre-activation range and the clamp reuses it. The
-    converter then fuses RELU6 into the int8 conv, whose output keeps that range: on ImageNet MobileNetV2
-    weights the expand convs reach ±15..±45 before the clamp, leaving 17-50 of 256 levels for [0, 6], and
-    TFLite int8 top-1 agreement with fp32 fell to 23%. Annotated as one partition, [0, 6] gets all 256.
-    """
-    import torch
-    from litert_torch.quantize.pt2e_quantizer_utils import (
-        _is_annotated,
-        _mark_nodes_as_annotated,
-        get_bias_qspec,
-        get_input_act_qspec,
-        get_output_act_qspec,
-        get_weight_qspec,
-    )
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
-
-    aten = torch.ops.aten
-    layers = {aten.conv1d.default, aten.conv2d.default, aten.convolution.default, aten.linear.default}
-    for clamp in nodes:
-        if clamp.target not in (aten.hardtanh.default, aten.hardtanh_.default):
-            continue
-        layer = clamp.args[0]
-        bounds = (
-            float(clamp.args[1]) if len(clamp.args) > 1 else -1.0,
-            float(clamp.args[2]) if len(clamp.args) > 2 else 1.0,
-        )
-        if getattr(layer, "target", None) not in layers or len(layer.users) != 1 or bounds not in _FUSABLE_CLAMPS:
-            continue
-        activation, weight, *rest = layer.args
-        bias = rest[0] if rest and isinstance(rest[0], torch.fx.Node) else None
-        partition = [clamp, layer, weight, *([bias] if bias else [])]
-        if _is_annotated(partition):
-            continue
-        inputs = {activation: get_input_act_qspec(config), weight: get_weight_qspec(config)}
-        if bias:
-            inputs[bias] = get_bias_qspec(config)
-        layer.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
-        clamp.meta["quantization_annotation"] = QuantizationAnnotation(
-            output_qspec=get_output_act_qspec(config), _annotated=True
-        )
-        _mark_nodes_as_annotated(partition)
-
-
 def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, int]:
-    """The exported graph to calibrate, and how many samples it takes per call.
+    """The exported graph to calibrate, and how many samples it takes per call, rewritten so litert-torch's
+    quantizer sees what TFLite runs in int8 (`targets.pt2e_rewrites`).
 
     The batch dimension is made dynamic when the model allows it: PT2E's histogram observers cost
     mostly per call, and MobileNetV2 at 224x224 calibrates 64 samples in ~30 s in batches of 16
@@ -427,13 +270,18 @@ def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[A
     """
     import torch
 
+    from targets.pt2e_rewrites import fold_hardsigmoid, functionalize_inplace
+
     try:
         batch_dim = torch.export.Dim("batch", min=1, max=4096)
         pair = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialised, not traced
         graph = torch.export.export(model, (pair,), dynamic_shapes=({0: batch_dim},)).module()
-        return graph, _CALIBRATION_BATCH
+        batch = _CALIBRATION_BATCH
     except Exception:  # any refusal of a dynamic batch means: use the static one
-        return torch.export.export(model, (example,)).module(), len(example)
+        graph, batch = torch.export.export(model, (example,)).module(), len(example)
+    functionalize_inplace(graph)
+    fold_hardsigmoid(graph)
+    return graph, batch
 
 
 @contextmanager
@@ -495,19 +343,65 @@ def _float_io(content: bytes) -> bytes:
     return _pack(model)
 
 
-def _float_twin(model: Any, graph: Any, index: int) -> int:
-    """A float32 tensor shaped like tensor `index`, taking over its name; returns the new tensor's index."""
+def _float_hardswish(content: bytes) -> bytes:
+    """Run every int8 HARD_SWISH as DEQUANTIZE -> float HARD_SWISH -> QUANTIZE.
+
+    XNNPACK delegates float HARD_SWISH and both conversions, but not the int8 HARD_SWISH (ai-edge-litert 2.3):
+    MobileNetV3-Small's 19 ran on TFLite's reference kernels and cut the int8 graph into 20 XNNPACK
+    partitions; its int8 file ran 6x slower than the fp32 one (3.3 against 0.52 ms, 2 threads, AVX-512 VNNI),
+    and as one partition runs as fast as it (0.51 ms). The values are hard-swish's own, computed in float and
+    quantised with the output's scale, as the int8 kernel's lookup does.
+    """
     from ai_edge_litert import schema_py_generated as schema
 
-    quantized = graph.tensors[index]
-    twin = schema.TensorT()
-    twin.shape, twin.shapeSignature, twin.name = quantized.shape, quantized.shapeSignature, quantized.name
-    twin.type = schema.TensorType.FLOAT32
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    graph = model.subgraphs[0]
+    int8_swishes = [
+        op
+        for op in graph.operators
+        if codes[op.opcodeIndex] == schema.BuiltinOperator.HARD_SWISH
+        and graph.tensors[op.inputs[0]].type == schema.TensorType.INT8
+    ]
+    if not int8_swishes or any(buffer.offset for buffer in model.buffers or []):
+        return content
+    operators = []
+    for op in graph.operators:
+        if op in int8_swishes:
+            (source,), (destination,) = op.inputs, op.outputs
+            op.inputs, op.outputs = [_float_tensor(model, graph, source)], [_float_tensor(model, graph, destination)]
+            operators += [
+                _operator(model, schema.BuiltinOperator.DEQUANTIZE, source, op.inputs[0]),
+                op,
+                _operator(model, schema.BuiltinOperator.QUANTIZE, op.outputs[0], destination),
+            ]
+        else:
+            operators.append(op)
+    graph.operators = operators
+    return _pack(model)
+
+
+def _float_tensor(model: Any, graph: Any, index: int) -> int:
+    """A new float32 tensor shaped like tensor `index`; returns its index."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    like = graph.tensors[index]
+    tensor = schema.TensorT()
+    tensor.shape, tensor.shapeSignature = like.shape, like.shapeSignature
+    tensor.name = (like.name or b"") + b"_float"
+    tensor.type = schema.TensorType.FLOAT32
     model.buffers.append(schema.BufferT())
-    twin.buffer = len(model.buffers) - 1
-    quantized.name = (quantized.name or b"") + b"_int8"
-    graph.tensors.append(twin)
+    tensor.buffer = len(model.buffers) - 1
+    graph.tensors.append(tensor)
     return len(graph.tensors) - 1
+
+
+def _float_twin(model: Any, graph: Any, index: int) -> int:
+    """A float32 tensor shaped like tensor `index`, taking over its name; returns the new tensor's index."""
+    twin = _float_tensor(model, graph, index)
+    quantized = graph.tensors[index]
+    graph.tensors[twin].name, quantized.name = quantized.name, (quantized.name or b"") + b"_int8"
+    return twin
 
 
 def _operator(model: Any, code: int, source: int, destination: int) -> Any:
