@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torchvision
@@ -64,16 +66,32 @@ for _name, _builder in DETECTORS.items():  # SSDLite cores, see compress/detecto
 
 
 def _import_builder(arch: str) -> Builder:
-    module_name, _, function_name = arch.partition(":")
+    module_name, _, function_name = arch.rpartition(":")
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError, ValueError, TypeError) as error:  # ':f' and '.relative:f' too
+        module = _module_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+        function = getattr(module, function_name)
+    except (ImportError, AttributeError, ValueError, TypeError, OSError) as error:  # ':f' and '.relative:f' too
         raise EdgecompError(f"cannot import model builder {arch!r}: {error}") from None
     return lambda spec, num_classes: function(num_classes=num_classes)
 
 
+def _module_file(path: str) -> ModuleType:
+    """The Python file at `path` (relative to the working directory), imported by its name with its folder put
+    on ``sys.path``: export workers, spawned with this process's path, import it again to unpickle the model."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file {file}")
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
+    module = importlib.import_module(file.stem)
+    if Path(module.__file__ or "").resolve() != file:
+        raise ImportError(f"the name {file.stem!r} is already taken by {module.__file__}: rename {file.name}")
+    return module
+
+
 def parse_arch(arch: str, registry: Registry[Builder] = MODELS) -> Builder:
-    """The builder for `arch`: a registered name or ``pkg.module:function(num_classes=...)``."""
+    """The builder for `arch`: a registered name, ``pkg.module:function`` or ``path/to/file.py:function``, called
+    as ``function(num_classes=...)``."""
     if ":" in arch:
         return _import_builder(arch)
     return registry.get(arch)

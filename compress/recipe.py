@@ -33,7 +33,7 @@ class Spec(BaseModel):
 
 
 class ModelSpec(Spec):
-    arch: str = Field(description="a name in `edgecomp models`")
+    arch: str = Field(description="a name in `edgecomp models`, pkg.module:function or path/to/file.py:function")
     num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
     width_mult: float = Field(1.0, gt=0.0, le=4.0)
     small_input: bool = Field(False, description="stride-1 stem, for 32x32-class inputs")
@@ -54,6 +54,18 @@ class DataSpec(Spec):
     root: str | None = Field(None, description="where the data set's files are (data sets that need files)")
     train_subset: Annotated[int, Field(gt=0)] | None = Field(
         None, description="use a stratified subset of the training split"
+    )
+    normalize: Literal["dataset", "imagenet", "tf", "none"] = Field(
+        "dataset",
+        description="input convention the model was trained with: the data set's own statistics, ImageNet's "
+        "mean/std, tf = [-1, 1] (TF-slim, Keras MobileNets), none = [0, 1]",
+    )
+    crop_pct: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="imagefolder: resize the shorter side to image_size / crop_pct and centre-crop image_size "
+        "(torchvision's and timm's evaluation transform, 0.875 for ImageNet models); unset: squash to a square",
     )
 
 

@@ -179,6 +179,45 @@ def test_imagefolder(tmp_path) -> None:
         DATASETS.get("imagefolder")(DataSpec(dataset="imagefolder", root=str(empty)))
 
 
+def test_imagefolder_reads_photos_as_a_pretrained_model_expects(tmp_path) -> None:
+    """`normalize` picks the input convention and `crop_pct` the evaluation transform of torchvision and timm:
+    shorter side to size / crop_pct, centre crop; the same pixels `read_photos` gives."""
+    from PIL import Image
+
+    from compress.data.photos import read_photos
+
+    rng = np.random.default_rng(0)
+    photos = {"a": rng.integers(0, 255, (30, 50, 3), dtype=np.uint8), "b": rng.integers(0, 255, (40, 20, 3), np.uint8)}
+    for split in ("train", "val", "test"):
+        for label, pixels in photos.items():
+            (tmp_path / split / label).mkdir(parents=True)
+            Image.fromarray(pixels).save(tmp_path / split / label / "photo.png")
+    spec = DataSpec(dataset="imagefolder", root=str(tmp_path), image_size=16, normalize="tf", crop_pct=0.8)
+    data = DATASETS.get("imagefolder")(spec)
+    read = [data.test[i] for i in range(len(data.test))] + [data.train[i] for i in range(len(data.train))]
+    expected = read_photos([tmp_path / "test" / label / "photo.png" for label in photos], 16, "tf", 0.8)
+    assert len(read) == 4
+    for x, y in read:
+        np.testing.assert_allclose(x.numpy(), expected[y], atol=1e-6)
+    assert (data.mean, data.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert min(float(x.min()) for x, _ in read) >= -1.0 and max(float(x.max()) for x, _ in read) <= 1.0
+    with pytest.raises(EdgecompError, match="crop_pct is for photo folders"):
+        DATASETS.get("digits")(DataSpec(dataset="digits", crop_pct=0.875))
+
+
+def test_a_model_builder_can_be_a_python_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))  # the folder goes on sys.path: undo it after the test
+    (tmp_path / "my_net_file.py").write_text(
+        "import torch\ndef build(num_classes):\n    return torch.nn.Linear(4, num_classes)\n"
+    )
+    model = build_model(ModelSpec(arch=f"{tmp_path / 'my_net_file.py'}:build"), 3)
+    assert model.out_features == 3
+    with pytest.raises(EdgecompError, match=r"cannot import model builder .*no such file"):
+        build_model(ModelSpec(arch=f"{tmp_path / 'missing.py'}:build"), 3)
+    with pytest.raises(EdgecompError, match="has no attribute 'nothing'"):
+        build_model(ModelSpec(arch=f"{tmp_path / 'my_net_file.py'}:nothing"), 3)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_optimizers_step_with_one_fused_kernel_and_keep_decay_off_norms(optimizer: str) -> None:
     from compress.recipe import TrainSpec

@@ -53,3 +53,54 @@ def test_int8_of_a_real_mobilenet_v2_agrees_with_fp32(
     targets.get_target(target).export(mobilenet_v2, torch.zeros(1, 3, 224, 224), "int8", path, calibration, {})
     logits = targets.load_runner(path, threads=2).predict(held_out)[0]
     assert np.mean(logits.argmax(1) == reference) >= MIN_AGREEMENT
+
+
+def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_close(
+    mobilenet_v2: torch.nn.Module, photos: np.ndarray, tmp_path: Path
+) -> None:
+    """`edgecomp run` of a PTQ-only recipe (no training, no stages, no baselines) on the real MobileNetV2, built
+    from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`), on an imagefolder of COCO128 photos labelled with
+    the fp32 model's own top-1 (so top-1 is agreement with fp32) read with `normalize: tf` and `crop_pct`:
+    every fp32 row gets all test photos right (the data pipeline feeds what the builder's preprocessing
+    does), and every target's int8 row stays within reach of it."""
+    import shutil
+
+    import yaml
+
+    from compress.pipeline import Pipeline
+    from compress.recipe import load_recipe
+
+    with torch.no_grad():
+        labels = torch.cat([mobilenet_v2(torch.from_numpy(b)) for b in np.split(photos, 8)]).argmax(1).numpy()
+    paths = sorted((REAL / "coco128" / "train2017").glob("*.jpg"))
+    for split, indices in {"train": range(0, 64, 2), "val": range(1, 32, 2), "test": range(33, 128, 2)}.items():
+        for c in range(1000):  # every class folder, so that class index = folder order = ImageNet's
+            (tmp_path / "photos" / split / f"c{c:03d}").mkdir(parents=True)
+        for i in indices:
+            shutil.copy(paths[i], tmp_path / "photos" / split / f"c{labels[i]:03d}" / paths[i].name)
+    recipe = {
+        "name": "real-ptq",
+        "model": {"arch": f"{REAL / 'tf_mobilenet.py'}:mobilenet_v2", "num_classes": 1000},
+        "data": {
+            "dataset": "imagefolder",
+            "root": str(tmp_path / "photos"),
+            "image_size": 224,
+            "normalize": "tf",
+            "crop_pct": 0.875,
+            "batch_size": 16,
+        },
+        "train": {"epochs": 0},
+        "stages": [],
+        "baselines": {"scratch": []},
+        "exports": [
+            {"target": target, "precision": ["fp32", "int8"], "calibration_samples": 32}
+            for target in ("tflite", "openvino", "onnx")
+        ],
+        "bench": {"threads": [1], "warmup": 1, "runs": 2},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    results = Pipeline(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", export_processes=1).run()
+    accuracy = {(row["target"], row["precision"]): row["accuracy"] for row in results["rows"]}
+    assert results["failed"] == [] and len(accuracy) == 7
+    assert all(value == 1.0 for (_, precision), value in accuracy.items() if precision == "fp32"), accuracy
+    assert all(value >= 0.85 for (_, precision), value in accuracy.items() if precision == "int8"), accuracy

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from compress.recipe import DataSpec
 from compress.registry import Registry
+from targets.base import EdgecompError
 
 SPLIT_SEED = 20190101  # fixed: splits must not move with the recipe's training seed
 
@@ -96,8 +97,21 @@ def subset_train(dataset: Dataset, labels: np.ndarray, size: int | None) -> Data
 Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images, int labels
 
 
+def normalization(spec: DataSpec, mean: tuple, std: tuple) -> tuple[tuple, tuple]:
+    """The (mean, std) inputs are normalised with: the recipe's `data.normalize` preset, or the data set's own."""
+    from compress.data.photos import NORMALIZE
+
+    return (mean, std) if spec.normalize == "dataset" else NORMALIZE[spec.normalize]
+
+
 def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays) -> DataSplits:
     """DataSplits from in-memory arrays, with the recipe's image size and training subset applied."""
+
+    mean, std = normalization(spec, mean, std)
+    if spec.crop_pct is not None:
+        raise EdgecompError(
+            f"data.crop_pct is for photo folders (imagefolder); {spec.dataset}'s images are already square: unset it"
+        )
 
     def part(arrays: Arrays) -> ImageArrayDataset:
         return ImageArrayDataset(arrays[0], arrays[1], spec.image_size, mean, std)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,21 +30,31 @@ def read_photos(
 ) -> np.ndarray:
     """Float32 NCHW batch of RGB photos: shorter side to round(size / crop_pct) (bilinear), centre crop of
     `size`, then (x / 255 - mean) / std with `normalize`'s preset."""
-    from PIL import Image
-
     if normalize not in NORMALIZE:
         raise EdgecompError(f"unknown normalize {normalize!r}; known: {', '.join(NORMALIZE)}")
     mean, std = (np.array(v, np.float32).reshape(3, 1, 1) for v in NORMALIZE[normalize])
-    resize = round(size / crop_pct)
     batch = np.empty((len(paths), 3, size, size), np.float32)
     for i, path in enumerate(paths):
         try:
-            image = Image.open(path).convert("RGB")
+            from PIL import Image
+
+            with Image.open(path) as image:
+                pixels = centre_crop(image.convert("RGB"), size, crop_pct)
         except OSError as e:
             raise EdgecompError(f"{path}: not an image Pillow can read ({e})") from e
-        scale = resize / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32)
-        batch[i] = (pixels.transpose(2, 0, 1) / 255 - mean) / std
+        batch[i] = (pixels.transpose(2, 0, 1).astype(np.float32) / 255 - mean) / std
     return batch
+
+
+def centre_crop(image: Any, size: int, crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
+    """A Pillow RGB image's uint8 HWC pixels: shorter side to round(size / crop_pct) (bilinear), centre crop
+    of `size` x `size`."""
+    from PIL import Image
+
+    resize = round(size / crop_pct)
+    scale = resize / min(image.size)
+    image = image.resize(
+        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BILINEAR
+    )
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
