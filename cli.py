@@ -110,6 +110,13 @@ def run(
         return
     console.print(results_table(results))
     console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
+    if results.get("failed"):
+        from compress.report import failed_lines
+
+        errors.print(f"[red]{len(results['failed'])} export(s) failed[/red]; the others were measured:")
+        for line in failed_lines(results):
+            errors.print(f"  {line}", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 def results_table(results: dict) -> Table:

@@ -8,13 +8,17 @@ even-numbered COCO128 photos (64), and prints per file: top-1 agreement with the
 ratio, and the layers kept in float; next to the vendor's own uint8 .tflite file of the same weights.
 Photos: shorter side 256, centre crop 224 (`compress.data.photos`). One photo is 0.78 points of 128.
 
-    python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...]
+With ``--ac``, int8_ac rows too: accuracy control holding agreement on the 64 calibration photos to `AC_BAR`
+(held-out agreement says whether that generalises), the layers it kept in float listed.
+
+    python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...] [--ac]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -30,6 +34,7 @@ from rich.table import Table
 
 import targets
 from compress.data.photos import read_photos
+from targets.base import AccuracyControl
 from targets.bench import benchmark
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
@@ -42,6 +47,9 @@ VENDOR = {
 # every other block < 0.035): MobileNetV3-Small's last inverted residual, whose 576-channel expand output
 # spans [-46, 26] in one per-tensor range.
 KEEP_FLOAT = {"mobilenet_v2": [], "mobilenet_v3_small": ["features.11"]}
+# With --ac: int8_ac rows, whose accuracy control holds top-1 agreement with fp32 on the 64 calibration photos
+# to these percentages (issue #16's bars), keeping the costliest layer groups in float.
+AC_BAR = {"mobilenet_v2": 94.0, "mobilenet_v3_small": 85.0}
 console = Console(width=160)  # the table is read in logs and CI output too, not only in a terminal
 
 
@@ -55,6 +63,7 @@ class Row:
     p50_ms: float
     fp32_p50_ms: float
     export_s: float
+    kept: str = ""  # layers kept in float
 
 
 def real_model(real: Path, name: str) -> torch.nn.Module:
@@ -82,19 +91,46 @@ def model_rows(name: str, x: np.ndarray, args: argparse.Namespace, folder: Path)
         reference = torch.cat([model(torch.from_numpy(b)) for b in np.split(x, 8)]).argmax(1).numpy()
     rows = []
     for target in args.targets:
-        fp32_logits, fp32_ms, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
+        fp32_logits, fp32_ms, _, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
         rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference), fp32_ms, fp32_ms, 0.0))
         settings = {"int8": []} | (
             {f"int8 keep_float={KEEP_FLOAT[name]}": KEEP_FLOAT[name]} if KEEP_FLOAT[name] else {}
         )
         for setting, keep in settings.items():
-            logits, ms, seconds = export_and_measure(model, target, "int8", x, x[::2], keep, args, folder)
-            rows.append(Row(name, target, setting, *agreement(logits, reference), ms, fp32_ms, seconds))
+            logits, ms, seconds, _ = export_and_measure(model, target, "int8", x, x[::2], keep, args, folder)
+            agree = agreement(logits, reference)
+            rows.append(Row(name, target, setting, *agree, ms, fp32_ms, seconds, ", ".join(keep)))
             console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
+        if args.ac and "int8_ac" in targets.TARGETS[target].precisions:
+            rows.append(ac_row(name, model, target, x, reference, fp32_ms, args, folder))
     # The vendor file takes NHWC; its runner quantises our [-1, 1] floats with the file's own input scale.
     vendor_logits, vendor_ms = measure(args.real / "tflite" / VENDOR[name], x, args.threads, args.runs, nhwc=True)
     vendor = agreement(vendor_logits[:, 1:], reference)  # its output 0 is TF's background class
     return [*rows, Row(name, "vendor .tflite", "uint8 (TF QAT)", *vendor, vendor_ms, float("nan"), 0.0)]
+
+
+def ac_row(
+    name: str,
+    model: torch.nn.Module,
+    target: str,
+    x: np.ndarray,
+    reference: np.ndarray,
+    fp32_ms: float,
+    args: argparse.Namespace,
+    folder: Path,
+) -> Row:
+    """int8_ac holding agreement with fp32 on the calibration photos to `AC_BAR`."""
+    calibrated = reference[::2]
+
+    def score(outputs: list[np.ndarray], indices: np.ndarray) -> float:
+        return float((outputs[0].argmax(1) == calibrated[indices]).mean())
+
+    control = AccuracyControl(list(x[::2]), score, 100 - AC_BAR[name])
+    logits, ms, seconds, kept = export_and_measure(model, target, "int8_ac", x, x[::2], [], args, folder, control)
+    setting = f"int8_ac (>= {AC_BAR[name]:g}% on the calibration photos)"
+    row = Row(name, target, setting, *agreement(logits, reference), ms, fp32_ms, seconds, kept)
+    console.print(f"{name} {target} {setting}: {row.agree_all:.1%} ({seconds:.0f} s), float: {kept}")
+    return row
 
 
 def export_and_measure(
@@ -106,14 +142,20 @@ def export_and_measure(
     keep_float: list[str],
     args: argparse.Namespace,
     folder: Path,
-) -> tuple[np.ndarray, float, float]:
-    """Logits on `x`, p50 ms and export seconds of one file."""
+    control: AccuracyControl | None = None,
+) -> tuple[np.ndarray, float, float, str]:
+    """Logits on `x`, p50 ms, export seconds of one file, and the layers it keeps in float."""
     path = folder / f"{target}-{precision}-{len(keep_float)}{targets.TARGETS[target].suffix}"
-    options = {"keep_float": keep_float} if keep_float else {}
+    options = ({"keep_float": keep_float} if keep_float else {}) | ({"accuracy_control": control} if control else {})
+    module = targets.get_target(target)
     started = time.perf_counter()
-    targets.get_target(target).export(model, torch.from_numpy(x[:1]), precision, path, calibration, {}, **options)
+    module.export(model, torch.from_numpy(x[:1]), precision, path, calibration, {}, **options)
     seconds = time.perf_counter() - started
-    return *measure(path, x, args.threads, args.runs), seconds
+    metadata = module.read_metadata(path)
+    kept = ", ".join(json.loads(metadata["keep_float"])) if "keep_float" in metadata else ""
+    if precision == "int8_ac" and "keep_float" not in metadata:
+        kept = "(NNCF's choice, not listed)"
+    return *measure(path, x, args.threads, args.runs), seconds, kept
 
 
 def main() -> int:
@@ -122,6 +164,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--models", nargs="+", default=list(VENDOR))
+    parser.add_argument("--ac", action="store_true", help="add int8_ac rows (AC_BAR; ~5 min per model and target)")
     parser.add_argument(
         "--targets", nargs="+", default=[t for t, s in targets.TARGETS.items() if "int8" in s.precisions]
     )
@@ -152,7 +195,8 @@ def print_table(rows: list[Row], threads: int) -> None:
     flags = Path("/proc/cpuinfo").read_text()
     isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else platform.machine()
     table = Table(title=f"int8 on real ImageNet networks, COCO128 photos (224 px), {cpu} ({isa}), {threads} threads")
-    for column in ("model", "target", "setting", "agree (128)", "agree (held-out 64)", "p50 ms", "vs fp32", "export s"):
+    columns = ("model", "target", "setting", "agree (128)", "agree (held-out 64)", "p50 ms", "vs fp32", "export s")
+    for column in (*columns, "kept in float"):
         table.add_column(column, justify="left" if column in ("model", "target", "setting") else "right")
     for r in rows:
         ratio = "" if np.isnan(r.fp32_p50_ms) or r.setting == "fp32" else f"{r.p50_ms / r.fp32_p50_ms:.2f}x"
@@ -165,6 +209,7 @@ def print_table(rows: list[Row], threads: int) -> None:
             f"{r.p50_ms:.2f}",
             ratio,
             f"{r.export_s:.0f}" if r.export_s else "",
+            r.kept,
         )
     console.print(table)
 

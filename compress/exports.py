@@ -82,20 +82,31 @@ def worker_count(jobs: int, processes: int | None = None) -> int:
 
 
 def make_files(
-    jobs: Sequence[ExportJob], processes: int | None = None, done: Callable[[ExportJob, float], None] | None = None
+    jobs: Sequence[ExportJob],
+    processes: int | None = None,
+    done: Callable[[ExportJob, float], None] | None = None,
+    failed: Callable[[ExportJob, EdgecompError], None] | None = None,
 ) -> None:
     """Write every job's file, in `worker_count(len(jobs), processes)` worker processes; with one
     process, or one job, in this process. `done(job, seconds)` is called as each file is written.
 
-    On the first failure (or Ctrl-C) the jobs not yet started are dropped, the running ones are stopped and
-    their temporaries deleted (files are written atomically: none is left half-written), and the failure
-    is raised as the worker raised it.
+    An export that fails with an `EdgecompError` (a converter refusing the model: its one-line reason) goes
+    to `failed(job, error)` and the other jobs go on; without `failed` it is raised. On any other failure
+    (or Ctrl-C) the jobs not yet started are dropped, the running ones are stopped and their temporaries
+    deleted (files are written atomically: none is left half-written), and the failure is raised as the
+    worker raised it.
     """
     processes = worker_count(len(jobs), processes)
     if processes <= 1:
         for job in jobs:
             started = time.perf_counter()
-            job.run()
+            try:
+                job.run()
+            except EdgecompError as e:
+                if failed is None:
+                    raise
+                failed(job, e)
+                continue
             if done:
                 done(job, time.perf_counter() - started)
         return
@@ -110,6 +121,11 @@ def make_files(
                 job = pending.pop(future)
                 try:
                     seconds = future.result()  # raises the worker's exception
+                except EdgecompError as e:
+                    if failed is None:
+                        raise
+                    failed(job, e)
+                    continue
                 except BrokenProcessPool:  # every unfinished job fails so: which one killed it is not known
                     raise EdgecompError(
                         f"an export process died (killed, e.g. out of memory, or a converter crashed) while "

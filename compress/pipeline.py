@@ -139,6 +139,7 @@ class Pipeline:
         self.console = Console(stderr=True, quiet=True) if quiet else console or Console(stderr=True)
         self.task = TASKS.get(recipe.task)
         self.manifest: dict[str, dict] = {}
+        self.failures: list[dict] = []  # exports or measurements that failed: the run goes on without their rows
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -417,11 +418,12 @@ class Pipeline:
         plans = [plan for candidate in candidates for plan in self._plans(candidate)]
         saved = [self._saved_rows(plan) for plan in plans]
         jobs = [plan.job() for plan, rows in zip(plans, saved, strict=True) if rows is None and plan.job is not None]
+        unmade: dict[str, str] = {}  # export path -> why the export failed
         if jobs:
             processes = worker_count(len(jobs), self.export_processes)
             self.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
-            make_files(jobs, processes, done=self._made)
-        return [row for plan, rows in zip(plans, saved, strict=True) for row in rows or self._measured(plan)]
+            make_files(jobs, processes, done=self._made, failed=lambda job, e: unmade.setdefault(str(job.path), str(e)))
+        return [row for plan, rows in zip(plans, saved, strict=True) for row in rows or self._measured(plan, unmade)]
 
     def _made(self, job: ExportJob, seconds: float) -> None:
         self.console.log(f"made {job.path.relative_to(self.run_dir)} ({seconds:.0f} s)")
@@ -533,9 +535,22 @@ class Pipeline:
             return saved["rows"]
         return None
 
-    def _measured(self, plan: _Rows) -> list[dict]:
+    def _measured(self, plan: _Rows, unmade: dict[str, str]) -> list[dict]:
+        """`plan`'s rows, measured and recorded; none when its export or measurement failed (the failure is
+        kept in `self.failures` for results.json and the report, and a later run tries it again)."""
         started = time.perf_counter()
-        rows = plan.measure()
+        reason = next((unmade[f] for f in plan.files if f in unmade), None)
+        if reason is None:
+            try:
+                rows = plan.measure()
+            except EdgecompError as e:
+                reason = str(e)
+        if reason is not None:
+            self.failures.append(
+                {"candidate": plan.candidate, "target": plan.target, "precision": plan.precision, "reason": reason}
+            )
+            self.console.log(f"[red]{plan.candidate} {plan.target} {plan.precision} failed[/red]: {reason}")
+            return []
         write_json(plan.record, {"key": plan.key, "inputs": plan.inputs, "files": plan.files, "rows": rows})
         self.console.log(
             f"{plan.candidate} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f}, "
@@ -591,7 +606,8 @@ class Pipeline:
         job.options["accuracy_control"] = self._accuracy_control(max_drop)
         job.run()
         rows = self._file_rows(candidate, job.target, job.precision, job.io)
-        return [{**row, "max_accuracy_drop": max_drop} for row in rows]
+        fields = {"max_accuracy_drop": max_drop, **_accuracy_control_fields(targets.get_target(job.target), job.path)}
+        return [{**row, **fields} for row in rows]
 
     def _file_rows(
         self, candidate: Candidate, target: str, precision: str, io: str = "float", label: str | None = None
@@ -683,6 +699,7 @@ class Pipeline:
             "git_commit": report.source_commit(),
             "device": {**device_info(), "runtimes": runtime_versions()},
             "rows": rows,
+            "failed": self.failures,
         }
         write_json(
             self.run_dir / "manifest.json",
@@ -703,6 +720,18 @@ def _export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
     if export.keep_float and precision in CALIBRATED_PRECISIONS:
         options["keep_float"] = list(export.keep_float)
     return options
+
+
+def _accuracy_control_fields(module: Any, path: Path) -> dict[str, Any]:
+    """What an int8_ac file's metadata says the search kept in float, and each layer group's metric when kept
+    alone in float (`targets.accuracy_control`; OpenVINO's NNCF search writes neither)."""
+    metadata = module.read_metadata(path)
+    fields: dict[str, Any] = {}
+    if "keep_float" in metadata:
+        fields["keep_float"] = json.loads(metadata["keep_float"])
+    if "accuracy_control" in metadata:
+        fields["sensitivity"] = json.loads(metadata["accuracy_control"])
+    return fields
 
 
 def _with_fields(measure: Callable[[], list[dict]], fields: dict[str, Any]) -> list[dict]:

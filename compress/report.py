@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compress.int8_findings import int8_lines
 from targets.base import EdgecompError
 from targets.fileio import atomic_path
 
@@ -78,7 +79,13 @@ def write_report(results: dict[str, Any], out_dir: Path, spec: ReportSpec | None
     out_dir = Path(out_dir)
     pairs = _pairs(results)
     table = [computed for _, computed in pairs]
-    findings = Findings(scratch_verdicts(results), recommend(table, spec), _constraint_text(table, spec))
+    findings = Findings(
+        scratch_verdicts(results),
+        recommend(table, spec),
+        _constraint_text(table, spec),
+        int8_lines(table, _metric(results)),
+        failed_lines(results),
+    )
     png = _plot_png(results, table)
     contents = {
         "md": ("report.md", _markdown(results, table, findings).encode("utf-8")),
@@ -157,10 +164,15 @@ def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "task": runs[0].get("task"),
         "metric": runs[0].get("metric"),
         "runs": [
-            {key: value for key, value in run.items() if key != "rows"} | {"label": label}
+            {key: value for key, value in run.items() if key not in ("rows", "failed")} | {"label": label}
             for run, label in zip(runs, labels, strict=True)
         ],
         "rows": [row | {"run": label} for run, label in zip(runs, labels, strict=True) for row in _rows(run)],
+        "failed": [
+            failure | {"run": label}
+            for run, label in zip(runs, labels, strict=True)
+            for failure in run.get("failed") or []
+        ],
     }
 
 
@@ -515,6 +527,18 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def failed_lines(results: dict[str, Any]) -> list[str]:
+    """One line per failed export or measurement of a run: what failed and why (the run measured the rest)."""
+    failed = results.get("failed") or []
+    if not isinstance(failed, list) or not all(isinstance(f, dict) and "reason" in f for f in failed):
+        raise EdgecompError("results 'failed' must be a list of objects with a reason (one per failed export)")
+    return [
+        (f"{f['run']}: " if f.get("run") else "")
+        + f"{f.get('candidate', '?')} {f.get('target', '?')} {f.get('precision', '?')}: {f['reason']}"
+        for f in failed
+    ]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -578,6 +602,8 @@ def _computed(row: dict[str, Any], dense_accuracy: float | None, dense_p50: floa
         "map_pct": _scaled((row.get("scores") or {}).get("map"), 100),  # a detector's mAP@[.5:.95]
         "postprocess_ms": row.get("postprocess_ms_p50"),  # a detector's numpy NMS step, apart from the model
         "max_accuracy_drop": row.get("max_accuracy_drop"),  # int8_ac's allowed drop, points
+        "keep_float": row.get("keep_float"),  # layer groups an int8 file keeps in float
+        "sensitivity": row.get("sensitivity"),  # int8_ac's search (TFLite, ONNX): each group's metric alone in float
         "front": False,
     }
 
@@ -616,6 +642,8 @@ class Findings:
     verdicts: list[str]
     picks: list[Recommendation]
     constraints: str
+    int8: list[str]  # int8 files slower than their fp32 twin; layers kept in float (`compress.int8_findings`)
+    failed: list[str]  # exports or measurements that failed, with their one-line reasons
 
 
 def _fmt(spec: str) -> Callable[[Any], str]:
@@ -806,6 +834,10 @@ def _markdown(results: dict[str, Any], table: list[dict[str, Any]], findings: Fi
     lines += [f"- {_md(line)}" for line in _pick_lines(findings)]
     lines += ["", f"![{PLOT_ALT}](plot.png)", "", "## Scratch baselines", ""]
     lines += [f"- {_md(v)}" for v in findings.verdicts] or [NO_VERDICT]
+    if findings.failed:
+        lines += ["", "## Failed", ""] + [f"- {_md(line)}" for line in findings.failed]
+    if findings.int8:
+        lines += ["", "## int8", ""] + [f"- {_md(line)}" for line in findings.int8]
     lines += ["", "## Results", "", "| " + " | ".join(_md(c.header) for c in columns) + " |"]
     lines.append("|" + "|".join("---:" if c.fmt else "---" for c in columns) + "|")
     lines += ["| " + " | ".join(_md(c.text(row)) for c in columns) + " |" for row in table]
@@ -922,6 +954,8 @@ def _html(results: dict[str, Any], table: list[dict[str, Any]], findings: Findin
             f'<figure id="plot"><img src="data:image/png;base64,{image}" alt="{html.escape(PLOT_ALT)}"></figure>',
             "<h2>Scratch baselines</h2>",
             _html_list(findings.verdicts) if findings.verdicts else f"<p>{NO_VERDICT}</p>",
+            *(["<h2>Failed</h2>", _html_list(findings.failed)] if findings.failed else []),
+            *(["<h2>int8</h2>", _html_list(findings.int8)] if findings.int8 else []),
             "<h2>Results</h2>",
             _html_table(table, _columns(_metric(results), _several(results), table), picked),
             f'<p class="note">{html.escape(_table_note(table))} Highlighted: recommended.</p>',

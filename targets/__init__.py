@@ -49,10 +49,15 @@ class TargetSpec:
 
 TARGETS: dict[str, TargetSpec] = {
     "tflite": TargetSpec(
-        "tflite", "targets.tflite", ".tflite", ("fp32", "fp16", "int8", "int8_dynamic"), ("float", "int8"), qat=True
+        "tflite",
+        "targets.tflite",
+        ".tflite",
+        ("fp32", "fp16", "int8", "int8_ac", "int8_dynamic"),
+        ("float", "int8"),
+        qat=True,
     ),
     "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8", "int8_ac"), qat=True),
-    "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8")),
+    "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8", "int8_ac")),
 }
 
 

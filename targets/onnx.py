@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS
+from targets import TARGETS, get_target
+from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
+    AccuracyControl,
     EdgecompError,
     check_export_args,
     export_failed,
@@ -59,13 +61,21 @@ def export(
     metadata: dict[str, str],
     io: str = "float",
     keep_float: Sequence[str] = (),
+    accuracy_control: AccuracyControl | None = None,
 ) -> Path:
     """Export `model` (static input shape of `example`) to an .onnx file at `out`, written atomically.
 
     `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
+    ``int8_ac`` needs `accuracy_control` (`targets.accuracy_control`: int8 that keeps the costliest layer groups in
+    float).
     """
     spec = TARGETS["onnx"]
     check_export_args("onnx", precision, spec.precisions, calibration, io, spec.io)
+    if precision == "int8_ac":
+        control = require_control(accuracy_control, "onnx")
+        return export_accuracy_controlled(
+            get_target("onnx"), model, example, out, calibration, metadata, control, io=io, keep_float=keep_float
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # as every other export does (atomic_path)
     fp32 = temp_sibling(out.with_name(f"fp32-{out.name}"))

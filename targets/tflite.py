@@ -42,8 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS
+from targets import TARGETS, get_target
+from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
+    AccuracyControl,
     EdgecompError,
     check_export_args,
     export_failed,
@@ -76,14 +78,21 @@ def export(
     metadata: dict[str, str],
     io: str = "float",
     keep_float: Sequence[str] = (),
+    accuracy_control: AccuracyControl | None = None,
 ) -> Path:
     """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically.
 
     `io="int8"` keeps a full-int8 file's int8 input and output tensors (see the module doc). `keep_float`:
-    module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
+    module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float. ``int8_ac``
+    needs `accuracy_control` (`targets.accuracy_control`: int8 that keeps the costliest layer groups in float).
     """
     spec = TARGETS["tflite"]
     check_export_args("tflite", precision, spec.precisions, calibration, io, spec.io)
+    if precision == "int8_ac":
+        control = require_control(accuracy_control, "tflite")
+        return export_accuracy_controlled(
+            get_target("tflite"), model, example, out, calibration, metadata, control, io=io, keep_float=keep_float
+        )
     model.eval()  # before export: a graph from torch.export refuses .eval()
     try:
         with _quiet_progress():

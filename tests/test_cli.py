@@ -90,3 +90,29 @@ def test_openmp_waits_passively_unless_the_user_chose_otherwise() -> None:
             env["OMP_WAIT_POLICY"] = given
         out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
         assert out.stdout.strip() == expected, out.stderr
+
+
+def test_run_with_a_failed_export_exits_1_after_reporting_the_rest(tmp_path: Path, monkeypatch) -> None:
+    """The pipeline measured what it could (its own test makes an export fail); the command prints the table,
+    the report's path and every failure, and its exit status says one failed."""
+    from typer.testing import CliRunner
+
+    import cli
+    import compress.pipeline
+
+    row = {"candidate": "dense", "kind": "dense", "target": "pytorch", "precision": "fp32", "accuracy": 0.9}
+    row |= {"threads": 1, "latency_ms_p50": 1.0, "latency_ms_p90": 1.1, "macs": 10**6, "size_bytes": None}
+    failure = {"candidate": "dense", "target": "tflite", "precision": "int8", "reason": "tflite int8 export failed: X"}
+
+    class Finished:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def run(self) -> dict:
+            return {"schema": 1, "recipe": "quickstart", "metric": "top1", "rows": [row], "failed": [failure]}
+
+    monkeypatch.setattr(compress.pipeline, "Pipeline", Finished)
+    done = CliRunner().invoke(cli.app, ["run", "quickstart", "--runs-dir", str(tmp_path / "runs")])
+    assert done.exit_code == 1, done.output
+    assert "1 export(s) failed" in done.output and "dense tflite int8: tflite int8 export failed: X" in done.output
+    assert "Report:" in done.output

@@ -89,3 +89,21 @@ def test_a_worker_that_dies_is_one_error_that_says_what_to_do(tiny_net: nn.Modul
     with pytest.raises(EdgecompError, match=r"export process died .* making one of .*onnx-fp32.onnx.*--export-jobs 1"):
         make_files([dies, *jobs(tiny_net, tmp_path, [("openvino", "fp32")])], processes=2)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_with_a_failed_callback_one_failed_export_does_not_stop_the_others(
+    tiny_net: nn.Module, tmp_path: Path, processes: int
+) -> None:
+    pairs = [("onnx", "fp32"), ("tflite", "int8"), ("openvino", "fp32")]  # tflite int8 without calibration fails
+    failed: list[tuple[str, str]] = []
+    made: list[str] = []
+    make_files(
+        jobs(tiny_net, tmp_path, pairs),
+        processes=processes,
+        done=lambda job, seconds: made.append(job.path.name),
+        failed=lambda job, error: failed.append((job.path.name, str(error))),
+    )
+    assert sorted(made) == ["onnx-fp32.onnx", "openvino-fp32.xml"]
+    assert [name for name, _ in failed] == ["tflite-int8.tflite"] and "calibration" in failed[0][1]
+    assert not (tmp_path / "tflite-int8.tflite").exists() and not list(tmp_path.glob(".tmp-*"))

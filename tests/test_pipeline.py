@@ -174,3 +174,37 @@ def test_a_macs_target_that_lands_far_under_says_so(tmp_path) -> None:
     said = console.export_text()
     assert "prune: macs=0.3 landed at 0.256 of the dense macs" in said
     assert "round_to=8: a smaller one gives finer steps" in said
+
+
+@pytest.mark.slow
+def test_a_failed_export_is_recorded_and_the_rest_is_measured(quickstart, tmp_path, monkeypatch) -> None:
+    """A new tflite fp16 export fails for every candidate: results.json and the report say which and why, every
+    other row is still there, and nothing of the failure is cached (a later run tries again)."""
+    from targets import tflite
+    from targets.base import EdgecompError
+
+    results, run_dir = quickstart
+    copied = tmp_path / "quickstart"
+    shutil.copytree(run_dir, copied)
+    original = tflite.export
+
+    def export(model, example, precision, out, *args, **kwargs):
+        if precision == "fp16":
+            raise EdgecompError("tflite fp16 export failed: RuntimeError: no fp16 today")
+        return original(model, example, precision, out, *args, **kwargs)
+
+    monkeypatch.setattr(tflite, "export", export)
+    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.0.precision=[fp32, int8, fp16]"])
+    again = Pipeline(recipe, copied, export_processes=1, console=Console(quiet=True)).run()
+
+    assert {(r["kind"], r["target"], r["precision"]) for r in again["rows"]} == {
+        (r["kind"], r["target"], r["precision"]) for r in results["rows"]
+    }
+    assert sorted(f["candidate"] for f in again["failed"]) == sorted({r["candidate"] for r in results["rows"]})
+    assert {(f["target"], f["precision"], f["reason"]) for f in again["failed"]} == {
+        ("tflite", "fp16", "tflite fp16 export failed: RuntimeError: no fp16 today")
+    }
+    assert json.loads((copied / "results.json").read_text())["failed"] == again["failed"]
+    report = (copied / "report.md").read_text()
+    assert "## Failed" in report and report.count("no fp16 today") == len(again["failed"])
+    assert not list(copied.rglob("tflite-fp16.*"))

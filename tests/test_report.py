@@ -579,3 +579,45 @@ def test_reproduce_block_has_commit_seed_versions_and_command(results: dict[str,
     md = write_report(results | {"git_commit": "0123abc"}, tmp_path)["md"].read_text()
     assert "- git commit: 0123abc" in md and "- seed: 0" in md and "torch 2.14.1" in md
     assert "```\nedgecomp run recipes/quickstart.yaml\n```" in md
+
+
+# ---------------------------------------------------------------------------------------------- int8
+
+
+def test_int8_section_flags_int8_slower_than_its_fp32_twin_and_says_what_stayed_float(tmp_path: Path) -> None:
+    search = {"reference": 0.9, "int8": 0.7, "final": 0.85, "ranking": [["features.11", 0.8], ["features.3", 0.72]]}
+    rows = [
+        timed("dense", "dense", "tflite", "fp32", 0.9, 1.0),
+        timed("dense", "dense", "tflite", "int8", 0.7, 1.5),  # slower: flagged
+        {
+            **timed("dense", "dense", "tflite", "int8_ac", 0.85, 0.8),
+            "keep_float": ["features.11"],
+            "sensitivity": search,
+        },
+        timed("dense", "dense", "tflite", "int8_dynamic", 0.9, 3.0),  # slower, with its known reason
+        timed("dense", "dense", "openvino", "fp32", 0.9, 1.0),
+        timed("dense", "dense", "openvino", "int8", 0.89, 0.5),  # faster: not flagged
+        timed("pruned", "finetune", "tflite", "int8", 0.6, 1.2),  # no fp32 twin of its own: not flagged
+    ]
+    results = {"schema": 1, "recipe": "t", "metric": "top1", "rows": rows}
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("## int8\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert lines[0] == "- dense tflite int8: p50 1.5 ms, 1.50x its fp32 twin's 1 ms"
+    assert lines[1].startswith("- dense tflite int8_dynamic: p50 3 ms, 3.00x") and "XNNPACK" in lines[1]
+    assert lines[2] == (
+        "- dense tflite int8_ac: kept in float: features.11; search on the val split: float 90.0, all int8 70.0, "
+        "chosen 85.0 (top-1 %); most sensitive groups (top-1 % with the group alone in float): features.11 80.0, "
+        "features.3 72.0"
+    )
+    assert len(lines) == 3
+    assert "<h2>int8</h2>" in (tmp_path / "report.html").read_text()
+
+
+def test_no_int8_section_without_anything_to_say(results: dict[str, Any], tmp_path: Path) -> None:
+    for row in results["rows"]:
+        if row["precision"].startswith("int8"):
+            row["latency_ms_p50"] = 1e-3  # faster than any fp32 twin
+    write_report(results, tmp_path)
+    assert "## int8" not in (tmp_path / "report.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -74,7 +75,9 @@ def test_metadata_is_embedded_and_size_counts_every_file(
 ) -> None:
     path = exported(target, precision)
     module = targets.get_target(target)
-    assert module.read_metadata(path) == {"candidate": "tiny", "precision": precision}
+    metadata = module.read_metadata(path)
+    assert metadata.items() >= {"candidate": "tiny", "precision": precision}.items()
+    assert set(metadata) - {"candidate", "precision"} <= {"keep_float", "accuracy_control"}  # int8_ac's search
     written = list(path.parent.glob(f"{path.stem}.*"))  # OpenVINO: the .xml and its .bin
     assert module.size_bytes(path) == sum(f.stat().st_size for f in written)
     assert not list(path.parent.glob(".tmp-*"))
@@ -409,18 +412,61 @@ def test_openvino_int8_ac_keeps_layers_in_float_until_the_drop_is_met(
     assert drop(strict) <= 0.5 + 0.01  # NNCF's own float run differs from PyTorch's by ~1e-4 pts
 
 
-def test_openvino_int8_ac_needs_its_validation_and_metric(
-    tiny_net: nn.Module, calibration: np.ndarray, tmp_path: Path
+AC_TARGETS = [name for name, spec in targets.TARGETS.items() if "int8_ac" in spec.precisions]
+
+
+@pytest.mark.parametrize("target", AC_TARGETS)
+def test_int8_ac_needs_its_validation_and_metric(
+    target: str, tiny_net: nn.Module, calibration: np.ndarray, tmp_path: Path
 ) -> None:
-    module = targets.get_target("openvino")
+    module, out = targets.get_target(target), tmp_path / f"m{targets.TARGETS[target].suffix}"
     with pytest.raises(EdgecompError, match="int8_ac needs accuracy_control"):
-        module.export(tiny_net, torch.zeros(INPUT_SHAPE), "int8_ac", tmp_path / "m.xml", calibration, {})
+        module.export(tiny_net, torch.zeros(INPUT_SHAPE), "int8_ac", out, calibration, {})
     empty = AccuracyControl(np.zeros((0, 3, 32, 32), np.float32), lambda outputs, indices: 1.0, 1.0)
     with pytest.raises(EdgecompError, match="needs validation samples"):
-        module.export(
-            tiny_net, torch.zeros(INPUT_SHAPE), "int8_ac", tmp_path / "m.xml", calibration, {}, accuracy_control=empty
-        )
+        module.export(tiny_net, torch.zeros(INPUT_SHAPE), "int8_ac", out, calibration, {}, accuracy_control=empty)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", [name for name in AC_TARGETS if name != "openvino"])
+def test_int8_ac_search_keeps_the_most_sensitive_groups_in_float_until_the_drop_holds(
+    target: str, trained_net: nn.Module, digits: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """TFLite and ONNX have no accuracy control of their own: `targets.accuracy_control` ranks the layer
+    groups by the metric with each alone in float (through the target's own int8 export), then keeps them in
+    float in that order until the drop holds, and writes what it did into the file's metadata."""
+    from targets.accuracy_control import layer_groups
+
+    samples = digits["test"][:64]
+    with torch.no_grad():
+        reference = trained_net(torch.from_numpy(samples)).numpy()
+
+    def closeness(outputs: list[np.ndarray], indices: np.ndarray) -> float:
+        return float(np.exp(-np.abs(outputs[0] - reference[indices]).mean() / np.abs(reference).mean()))
+
+    module, example, calibration = targets.get_target(target), torch.zeros(INPUT_SHAPE), digits["calibration"]
+    suffix = targets.TARGETS[target].suffix
+
+    def controlled(max_drop: float) -> tuple[Path, dict]:
+        control = AccuracyControl(samples, closeness, max_drop)
+        out = tmp_path / f"ac{max_drop:g}{suffix}"
+        path = module.export(trained_net, example, "int8_ac", out, calibration, {}, accuracy_control=control)
+        return path, module.read_metadata(path)
+
+    loose, loose_meta = controlled(max_drop=50)
+    assert json.loads(loose_meta["keep_float"]) == []
+    plain_drop = 100 * (1 - json.loads(loose_meta["accuracy_control"])["int8"])
+    assert plain_drop > 0.3
+    strict, meta = controlled(max_drop=plain_drop / 3)
+    search = json.loads(meta["accuracy_control"])
+    kept = json.loads(meta["keep_float"])
+    ranking = [group for group, _ in search["ranking"]]
+    assert sorted(ranking) == sorted(layer_groups(trained_net)) and kept == ranking[: len(kept)] and kept
+    assert [value for _, value in search["ranking"]] == sorted((v for _, v in search["ranking"]), reverse=True)
+    achieved = closeness(targets.load_runner(strict, threads=2).predict(samples), np.arange(len(samples)))
+    assert achieved == pytest.approx(search["final"], abs=1e-4)
+    assert 100 * (1 - achieved) <= plain_drop / 3 + 1e-6 or len(kept) == len(ranking)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([loose.name, strict.name])  # no probe left
 
 
 class _TwoScaleHeads(nn.Module):
@@ -543,7 +589,7 @@ def _recipe(export: dict) -> dict:
         (
             {"target": "tflite", "precision": ["int4"]},
             "tflite does not support precision 'int4' (did you mean 'int8'?); "
-            "supported: fp32, fp16, int8, int8_dynamic",
+            "supported: fp32, fp16, int8, int8_ac, int8_dynamic",
         ),
         (
             {"target": "openvino", "precision": ["int8"], "io": "int8"},
@@ -552,7 +598,7 @@ def _recipe(export: dict) -> dict:
         ({"target": "onnx", "precision": ["fp16"]}, "onnx does not support precision 'fp16'"),
         ({"target": "tflite", "precision": ["fp32"], "io": "int8"}, "io 'int8' goes with precision [int8] only"),
         ({"target": "tflight", "precision": ["fp32"]}, "did you mean 'tflite'"),
-        ({"target": "tflite", "precision": ["int8_ac"]}, "tflite does not support precision 'int8_ac'"),
+        ({"target": "onnx", "precision": ["int8_dynamic"]}, "onnx does not support precision 'int8_dynamic'"),
         (
             {"target": "openvino", "precision": ["int8"], "max_accuracy_drop": 0.5},
             "max_accuracy_drop goes with precision int8_ac",

@@ -1,0 +1,69 @@
+"""What the report says about int8 files beyond the table: those slower than their fp32 twin, and the layers
+kept in float (by a recipe's `keep_float` or by int8_ac's search) with what the search measured.
+
+Reads the report's table rows (`compress.report._computed`): run, candidate, target, precision, threads,
+p50_ms, keep_float, sensitivity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INT8_PRECISIONS = ("int8", "int8_ac", "int8-qat", "int8_dynamic")
+# Why a target's int8 kind runs slower than fp32, where it is known and not in the file itself.
+KNOWN_REASONS = {
+    ("tflite", "int8_dynamic"): (
+        "XNNPACK leaves dynamic-range int8 convolutions, depthwise above all, to TFLite's own slower kernels"
+    ),
+}
+RANKED_GROUPS_SHOWN = 5
+
+
+def int8_lines(table: list[dict[str, Any]], metric: str) -> list[str]:
+    """The report's int8 section: slower int8 files first, then the layers kept in float."""
+    return slower_int8(table) + kept_float(table, metric)
+
+
+def slower_int8(table: list[dict[str, Any]]) -> list[str]:
+    """One line per int8 row whose p50 exceeds its fp32 twin's (same run, candidate, target and threads)."""
+    fp32 = {_twin_key(row): row["p50_ms"] for row in table if row["precision"] == "fp32" and row.get("p50_ms")}
+    lines = []
+    for row in table:
+        twin = fp32.get(_twin_key(row))
+        if row["precision"] not in INT8_PRECISIONS or twin is None or not row.get("p50_ms") or row["p50_ms"] <= twin:
+            continue
+        reason = KNOWN_REASONS.get((row["target"], row["precision"]))
+        lines.append(
+            f"{_name(row)}: p50 {row['p50_ms']:.3g} ms, {row['p50_ms'] / twin:.2f}x its fp32 twin's {twin:.3g} ms"
+            + (f" ({reason})" if reason else "")
+        )
+    return lines
+
+
+def kept_float(table: list[dict[str, Any]], metric: str) -> list[str]:
+    """One line per row with layers kept in float: which, and for int8_ac the search's own figures."""
+    lines = []
+    for row in table:
+        keep = row.get("keep_float")
+        search = row.get("sensitivity")
+        if not keep and not search:
+            continue
+        line = f"{_name(row)}: " + (f"kept in float: {', '.join(keep)}" if keep else "all layers in int8")
+        if search:
+            ranked = ", ".join(f"{group} {100 * value:.1f}" for group, value in search["ranking"][:RANKED_GROUPS_SHOWN])
+            line += (
+                f"; search on the val split: float {100 * search['reference']:.1f}, all int8 "
+                f"{100 * search['int8']:.1f}, chosen {100 * search['final']:.1f} ({metric} %)"
+                + (f"; most sensitive groups ({metric} % with the group alone in float): {ranked}" if ranked else "")
+            )
+        lines.append(line)
+    return lines
+
+
+def _twin_key(row: dict[str, Any]) -> tuple:
+    return (row.get("run"), row["candidate"], row["target"], row.get("threads"))
+
+
+def _name(row: dict[str, Any]) -> str:
+    run = f"{row['run']}: " if row.get("run") else ""
+    return f"{run}{row['candidate']} {row['target']} {row['precision']}"

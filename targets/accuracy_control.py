@@ -1,0 +1,162 @@
+"""int8 with accuracy control for targets whose quantizer has none of its own (TFLite, ONNX).
+
+The same search NNCF's ``quantize_with_accuracy_control`` runs for OpenVINO, measured through the target's
+own quantizer and runtime: export int8 and score it with the task's metric; if it is more than
+``max_drop`` points below the float model, rank the model's layer groups by how much the metric recovers
+when that group alone stays in float (one int8 export each: the sensitivity analysis), then keep groups in
+float in that order until the drop holds. Each probe is a whole export, so groups are blocks, not single
+layers (`layer_groups`).
+
+>>> path = export_accuracy_controlled(targets.get_target("tflite"), model, example, out, calibration, {}, control)
+>>> json.loads(read_metadata(path)["accuracy_control"])["ranking"]  # each group's metric when alone in float
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from targets.base import AccuracyControl, EdgecompError, Runner, predict_in_batches
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+MIN_GROUPS = 8  # the shallowest module depth with at least this many weighted groups names the groups
+_MAX_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the search found, written into the exported file's metadata (`as_metadata`)."""
+
+    reference: float  # the float model's metric on the control samples
+    int8: float  # all of the model in int8
+    final: float  # with `keep_float` in float
+    keep_float: tuple[str, ...]
+    ranking: tuple[tuple[str, float], ...]  # (group, metric with that group alone in float), best first
+
+    def as_metadata(self) -> dict[str, str]:
+        return {
+            "keep_float": json.dumps(list(self.keep_float)),
+            "accuracy_control": json.dumps(
+                {
+                    "reference": round(self.reference, 6),
+                    "int8": round(self.int8, 6),
+                    "final": round(self.final, 6),
+                    "ranking": [[group, round(score, 6)] for group, score in self.ranking],
+                }
+            ),
+        }
+
+
+def require_control(control: AccuracyControl | None, target: str) -> AccuracyControl:
+    """`control`, refused with one clear message when an int8_ac export has none or no samples in it."""
+    if control is None:
+        raise EdgecompError(f"{target} int8_ac needs accuracy_control: validation samples, a metric and a max drop")
+    if len(control.samples) == 0:
+        raise EdgecompError(f"{target} int8_ac needs validation samples to score the int8 model on; got none")
+    return control
+
+
+def layer_groups(model: torch.nn.Module) -> list[str]:
+    """The model's layer groups: name prefixes of its conv and linear layers at the shallowest depth that gives at
+    least `MIN_GROUPS` of them (MobileNetV2: ``features.0`` .. ``features.18``, ``classifier``), in model order."""
+    import torch
+
+    weighted = [
+        name for name, module in model.named_modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    groups: list[str] = []
+    for depth in range(1, _MAX_DEPTH + 1):
+        groups = list(dict.fromkeys(".".join(name.split(".")[:depth]) for name in weighted))
+        if len(groups) >= MIN_GROUPS:
+            break
+    return groups
+
+
+def score(runner: Runner, control: AccuracyControl) -> float:
+    """The control's metric on a runner's outputs for all of its samples."""
+    samples = np.stack([np.asarray(control.samples[i], np.float32) for i in range(len(control.samples))])
+    return float(control.score(predict_in_batches(runner, samples), np.arange(len(samples))))
+
+
+def export_accuracy_controlled(
+    target: ModuleType,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    calibration: np.ndarray,
+    metadata: dict[str, str],
+    control: AccuracyControl,
+    **options: Any,
+) -> Path:
+    """`target`'s int8 file of `model` at `out`, with the groups the search chose in float (besides any
+    `keep_float` in `options`) and the search written into its metadata."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    user_float = list(options.pop("keep_float", ()))
+
+    def export_int8(keep: Sequence[str], path: Path) -> Runner:
+        target.export(model, example, "int8", path, calibration, metadata, keep_float=[*user_float, *keep], **options)
+        return target.load(path)
+
+    try:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8_ac-") as folder:
+            search = accuracy_controlled(model, control, export_int8, Path(folder), out.suffix)
+        kept = {**metadata, **search.as_metadata(), "keep_float": json.dumps([*user_float, *search.keep_float])}
+        return target.export(
+            model, example, "int8", out, calibration, kept, keep_float=[*user_float, *search.keep_float], **options
+        )
+    except EdgecompError as e:  # "tflite int8 export failed: ..." is this int8_ac export's failure
+        raise EdgecompError(str(e).replace(" int8 export failed", " int8_ac export failed", 1)) from e
+
+
+def accuracy_controlled(
+    model: torch.nn.Module,
+    control: AccuracyControl,
+    export_int8: Callable[[Sequence[str], Path], Runner],
+    folder: Path,
+    suffix: str,
+) -> Search:
+    """Search the groups to keep in float (see the module doc). `export_int8(keep_float, path)` writes an
+    int8 file with those module-name globs in float into `folder` and returns its runner."""
+    import torch
+
+    samples = np.stack([np.asarray(control.samples[i], np.float32) for i in range(len(control.samples))])
+    with torch.no_grad():
+        outputs = model.eval()(torch.from_numpy(samples))
+    outputs = [o.numpy() for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    reference = float(control.score(outputs, np.arange(len(samples))))
+
+    def probe(keep: Sequence[str], name: str) -> float:
+        value = score(export_int8(keep, folder / f"{name}{suffix}"), control)
+        log.info("int8 with %s in float: %.2f (float %.2f)", list(keep) or "nothing", 100 * value, 100 * reference)
+        return value
+
+    int8 = probe((), "int8")
+    if _holds(reference, int8, control.max_drop):
+        return Search(reference, int8, int8, (), ())
+    alone = {group: probe([group], f"alone-{i}") for i, group in enumerate(layer_groups(model))}
+    ranking = tuple(sorted(alone.items(), key=lambda item: -item[1]))
+    keep: list[str] = []
+    final = int8
+    for group, _ in ranking:
+        keep.append(group)
+        final = probe(keep, f"keep-{len(keep)}")
+        if _holds(reference, final, control.max_drop):
+            break
+    return Search(reference, int8, final, tuple(keep), ranking)
+
+
+def _holds(reference: float, value: float, max_drop: float) -> bool:
+    return 100 * (reference - value) <= max_drop + 1e-9
