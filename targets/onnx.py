@@ -125,8 +125,13 @@ class _Calibration:
 
 
 def _quantize_int8(path: Path, calibration: np.ndarray, keep_float: Sequence[str] = ()) -> None:
-    """Quantise the fp32 file at `path` in place (QDQ, per-channel int8 weights, uint8 activations)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    """Quantise the fp32 file at `path` in place (QDQ, per-channel int8 weights, uint8 activations).
+
+    Activation ranges are onnxruntime's percentile calibration (99.999%), weight scales from `_weight_scales`. On the
+    real TF-slim MobileNetV2 / V3-Small (agreement with fp32 on 128 COCO128 photos, 64 calibration), min-max
+    with onnxruntime's own weight scales gave 90.6% / 57.8%, percentile alone 89.1% / 66.4%, both 93.0% / 67.2%.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantized = path.with_name(f"int8-{path.name}")
     try:
@@ -139,10 +144,39 @@ def _quantize_int8(path: Path, calibration: np.ndarray, keep_float: Sequence[str
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=_nodes_in(path, keep_float),
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"TensorQuantOverrides": _weight_scales(path)},
         )
         os.replace(quantized, path)
     finally:
         quantized.unlink(missing_ok=True)
+
+
+def _weight_scales(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-channel scales of every Conv weight and (transposed) Gemm weight from `targets.weights.mse_scales`,
+    as onnxruntime's TensorQuantOverrides: its own max|w| / 127 misses the grid QAT-trained weights sit on
+    (as in TFLite's int8, see `targets.tflite`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from targets.weights import mse_scales
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in graph.node:
+        transposed = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        if node.op_type == "Gemm" and not transposed:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]])
+        scales = mse_scales(w, axis=0)
+        overrides[node.input[1]] = [
+            {"scale": np.float32(scale), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
+            for i, scale in enumerate(scales)
+        ]
+    return overrides
 
 
 def _nodes_in(path: Path, patterns: Sequence[str]) -> list[str]:

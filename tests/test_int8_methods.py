@@ -246,3 +246,31 @@ def test_tflite_int8_runs_a_mobilenet_v3_block_in_one_int8_graph(tmp_path: Path)
         expected = model(torch.from_numpy(calibration)).numpy()
     logits = targets.load_runner(path, threads=1).predict(calibration)[0]
     assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.98
+
+
+def test_onnx_int8_weights_take_the_fitted_scales(tmp_path: Path) -> None:
+    """onnxruntime's own max|w| / 127 misses the grid QAT-trained weights sit on; the file's weight scales are
+    `mse_scales`' (through its TensorQuantOverrides), so such weights come back exactly."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = ReLU6Net().eval()
+    rng = np.random.default_rng(0)
+    levels = rng.integers(-100, 101, size=model.expand.weight.shape)
+    levels[:, 0, 0, 0] = rng.integers(20, 120, size=len(levels))  # every channel's max on another level
+    with torch.no_grad():
+        model.expand.weight.copy_(torch.from_numpy(levels * 0.013))
+    calibration = rng.uniform(-1, 1, (16, *INPUT_SHAPE[1:])).astype(np.float32)
+    path = targets.get_target("onnx").export(
+        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.onnx", calibration, {}
+    )
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weight = model.expand.weight.detach().numpy()
+    dequantized = [
+        (constants[n.input[0]].astype(np.float64) * constants[n.input[1]].reshape(-1, 1, 1, 1))
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in constants and constants[n.input[0]].shape == weight.shape
+    ]
+    assert len(dequantized) == 1
+    np.testing.assert_allclose(dequantized[0], weight, atol=1e-6)
