@@ -190,6 +190,55 @@ def bench(
 
 
 @app.command()
+def sensitivity(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a shipped recipe.")],
+    target: Annotated[str, typer.Option("--target", help="The int8 target to measure through (tflite, ...).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=5 (repeatable).")
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="A layer group (module-name glob) to rank; repeatable (default: the blocks)."),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories go.")] = Path("runs"),
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the ranking as JSON here.")] = None,
+) -> None:
+    """Rank the recipe's dense model's layer groups by what int8 costs them on one target: each group alone
+    kept in float, exported through the target's own int8, scored on the val split (one export per group).
+    The dense model comes from the run's cache (runs/<name>/) when `edgecomp run` made it."""
+    from compress.pipeline import Pipeline
+    from compress.recipe import load_recipe
+    from compress.runlock import run_lock
+    from targets.fileio import write_json
+
+    parsed = load_recipe(_recipe_path(recipe), overrides=set_ or [])
+    run_dir = runs_dir / parsed.name
+    pipeline = Pipeline(parsed, run_dir, console=errors)
+    with run_lock(run_dir):
+        search = pipeline.sensitivity(target, group)
+    metric = pipeline.task.metric
+    table = Table(
+        title=f"{parsed.name}: int8 sensitivity on {target}, val split (float {100 * search.reference:.2f}, "
+        f"all int8 {100 * search.int8:.2f})"
+    )
+    for column in ("layer group", f"{metric} % with it alone in float", "recovered pts"):
+        table.add_column(column, justify="left" if column == "layer group" else "right")
+    for name, value in search.ranking:
+        table.add_row(name, f"{100 * value:.2f}", f"{100 * (value - search.int8):+.2f}")
+    console.print(table)
+    if out is not None:
+        write_json(
+            out,
+            {
+                "target": target,
+                "reference": search.reference,
+                "int8": search.int8,
+                "ranking": [list(pair) for pair in search.ranking],
+            },
+        )
+
+
+@app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/<name>), one or more.")],
     out: Annotated[

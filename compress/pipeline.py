@@ -51,6 +51,7 @@ from compress.quantize import quantization_aware
 from compress.recipe import Branch, DistillSpec, ExportSpec, PruneSpec, Recipe, Spec, dump_recipe
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
+from targets.accuracy_control import Search, export_sensitivity
 from targets.base import CALIBRATED_PRECISIONS, AccuracyControl, EdgecompError, Runner
 from targets.bench import benchmark
 from targets.device import device_info, runtime_versions
@@ -677,6 +678,29 @@ class Pipeline:
                 scratched.add(pruned.arch)
                 candidates += self.scratch(pruned, dense, branch)
         return candidates
+
+    def sensitivity(self, target: str, groups: list[str] | None = None) -> Search:
+        """The dense model's layer groups ranked by what int8 costs them on `target`: each group alone kept in
+        float, exported through the target's own int8 and scored on the val split with the task's metric
+        (`targets.accuracy_control.export_sensitivity`). Calibration and keep_float come from the recipe's
+        export of that target (default 256 samples)."""
+        int8 = [name for name, spec in targets.TARGETS.items() if "int8" in spec.precisions]
+        if target not in int8:
+            raise EdgecompError(f"no int8 on target {target!r}: sensitivity runs on {', '.join(int8)}")
+        self._prepare()
+        dense = self.dense()
+        export = next((e for e in self.recipe.exports if e.target == target), None)
+        count = export.calibration_samples if export else ExportSpec.model_fields["calibration_samples"].default
+        keep = list(export.keep_float) if export and export.keep_float else []
+        return export_sensitivity(
+            targets.get_target(target),
+            dense.model,
+            self.example,
+            self._calibration(count),
+            self._accuracy_control(0.0),
+            groups,
+            keep_float=keep,
+        )
 
     def run(self) -> dict | None:
         """Train every candidate (on every worker), then on rank 0 alone export, measure and report; the

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from targets import TARGETS
 from targets.base import AccuracyControl, EdgecompError, Runner, predict_in_batches
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_CHUNK = 64  # samples read and run at once while scoring
 MIN_GROUPS = 8  # the shallowest module depth with at least this many weighted groups names the groups
 _MAX_DEPTH = 4
 
@@ -86,8 +88,28 @@ def layer_groups(model: torch.nn.Module) -> list[str]:
 
 def score(runner: Runner, control: AccuracyControl) -> float:
     """The control's metric on a runner's outputs for all of its samples."""
-    samples = np.stack([np.asarray(control.samples[i], np.float32) for i in range(len(control.samples))])
-    return float(control.score(predict_in_batches(runner, samples), np.arange(len(samples))))
+    return _scored(lambda x: predict_in_batches(runner, x), control)
+
+
+def _scored(predict: Callable[[np.ndarray], list[np.ndarray]], control: AccuracyControl) -> float:
+    """The control's metric on `predict`'s outputs for all its samples, read and run `_CHUNK` at a time."""
+    chunks = []
+    for start in range(0, len(control.samples), _CHUNK):
+        indices = range(start, min(start + _CHUNK, len(control.samples)))
+        chunks.append(predict(np.stack([np.asarray(control.samples[i], np.float32) for i in indices])))
+    outputs = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    return float(control.score(outputs, np.arange(len(control.samples))))
+
+
+def _torch_predict(model: torch.nn.Module) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import torch
+
+    def predict(x: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            outputs = model.eval()(torch.from_numpy(x))
+        return [o.numpy() for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+
+    return predict
 
 
 def export_accuracy_controlled(
@@ -105,11 +127,7 @@ def export_accuracy_controlled(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     user_float = list(options.pop("keep_float", ()))
-
-    def export_int8(keep: Sequence[str], path: Path) -> Runner:
-        target.export(model, example, "int8", path, calibration, metadata, keep_float=[*user_float, *keep], **options)
-        return target.load(path)
-
+    export_int8 = _int8_exporter(target, model, example, calibration, metadata, user_float, options)
     try:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8_ac-") as folder:
             search = accuracy_controlled(model, control, export_int8, Path(folder), out.suffix)
@@ -121,6 +139,40 @@ def export_accuracy_controlled(
         raise EdgecompError(str(e).replace(" int8 export failed", " int8_ac export failed", 1)) from e
 
 
+def export_sensitivity(
+    target: ModuleType,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    calibration: np.ndarray,
+    control: AccuracyControl,
+    groups: Sequence[str] | None = None,
+    **options: Any,
+) -> Search:
+    """`sensitivity` through `target`'s own int8 export and runtime (any target whose int8 takes
+    ``keep_float``); the probe files are deleted."""
+    user_float = list(options.pop("keep_float", ()))
+    export_int8 = _int8_exporter(target, model, example, calibration, {}, user_float, options)
+    suffix = next(spec.suffix for spec in TARGETS.values() if spec.module == target.__name__)
+    with tempfile.TemporaryDirectory(prefix="edgecomp-sensitivity-") as folder:
+        return sensitivity(model, control, export_int8, Path(folder), suffix, groups)
+
+
+def _int8_exporter(
+    target: ModuleType,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    calibration: np.ndarray,
+    metadata: dict[str, str],
+    user_float: list[str],
+    options: dict[str, Any],
+) -> Callable[[Sequence[str], Path], Runner]:
+    def export_int8(keep: Sequence[str], path: Path) -> Runner:
+        target.export(model, example, "int8", path, calibration, metadata, keep_float=[*user_float, *keep], **options)
+        return target.load(path)
+
+    return export_int8
+
+
 def accuracy_controlled(
     model: torch.nn.Module,
     control: AccuracyControl,
@@ -130,32 +182,60 @@ def accuracy_controlled(
 ) -> Search:
     """Search the groups to keep in float (see the module doc). `export_int8(keep_float, path)` writes an
     int8 file with those module-name globs in float into `folder` and returns its runner."""
-    import torch
-
-    samples = np.stack([np.asarray(control.samples[i], np.float32) for i in range(len(control.samples))])
-    with torch.no_grad():
-        outputs = model.eval()(torch.from_numpy(samples))
-    outputs = [o.numpy() for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
-    reference = float(control.score(outputs, np.arange(len(samples))))
-
-    def probe(keep: Sequence[str], name: str) -> float:
-        value = score(export_int8(keep, folder / f"{name}{suffix}"), control)
-        log.info("int8 with %s in float: %.2f (float %.2f)", list(keep) or "nothing", 100 * value, 100 * reference)
-        return value
-
-    int8 = probe((), "int8")
-    if _holds(reference, int8, control.max_drop):
-        return Search(reference, int8, int8, (), ())
-    alone = {group: probe([group], f"alone-{i}") for i, group in enumerate(layer_groups(model))}
-    ranking = tuple(sorted(alone.items(), key=lambda item: -item[1]))
+    probe = _Probe(model, control, export_int8, folder, suffix)
+    int8 = probe(())
+    if _holds(probe.reference, int8, control.max_drop):
+        return Search(probe.reference, int8, int8, (), ())
+    ranking = probe.ranking(layer_groups(model))
     keep: list[str] = []
     final = int8
     for group, _ in ranking:
         keep.append(group)
-        final = probe(keep, f"keep-{len(keep)}")
-        if _holds(reference, final, control.max_drop):
+        final = probe(keep)
+        if _holds(probe.reference, final, control.max_drop):
             break
-    return Search(reference, int8, final, tuple(keep), ranking)
+    return Search(probe.reference, int8, final, tuple(keep), ranking)
+
+
+def sensitivity(
+    model: torch.nn.Module,
+    control: AccuracyControl,
+    export_int8: Callable[[Sequence[str], Path], Runner],
+    folder: Path,
+    suffix: str,
+    groups: Sequence[str] | None = None,
+) -> Search:
+    """The sensitivity analysis alone: the float and all-int8 metric, and every group's (default
+    `layer_groups`) with it alone in float, best first; nothing kept in float."""
+    probe = _Probe(model, control, export_int8, folder, suffix)
+    int8 = probe(())
+    return Search(probe.reference, int8, int8, (), probe.ranking(groups or layer_groups(model)))
+
+
+class _Probe:
+    """Scores int8 files of `model` with some groups in float, each written to a new file in `folder`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        control: AccuracyControl,
+        export_int8: Callable[[Sequence[str], Path], Runner],
+        folder: Path,
+        suffix: str,
+    ) -> None:
+        self.control, self.export_int8, self.folder, self.suffix = control, export_int8, folder, suffix
+        self.reference = _scored(_torch_predict(model), control)
+        self.count = 0
+
+    def __call__(self, keep: Sequence[str]) -> float:
+        self.count += 1
+        value = score(self.export_int8(keep, self.folder / f"probe-{self.count}{self.suffix}"), self.control)
+        log.info("int8 with %s in float: %.2f (float %.2f)", list(keep) or "nothing", 100 * value, 100 * self.reference)
+        return value
+
+    def ranking(self, groups: Sequence[str]) -> tuple[tuple[str, float], ...]:
+        alone = {group: self([group]) for group in groups}
+        return tuple(sorted(alone.items(), key=lambda item: -item[1]))
 
 
 def _holds(reference: float, value: float, max_drop: float) -> bool:

@@ -208,3 +208,23 @@ def test_a_failed_export_is_recorded_and_the_rest_is_measured(quickstart, tmp_pa
     report = (copied / "report.md").read_text()
     assert "## Failed" in report and report.count("no fp16 today") == len(again["failed"])
     assert not list(copied.rglob("tflite-fp16.*"))
+
+
+@pytest.mark.slow
+def test_sensitivity_ranks_the_dense_models_groups_through_the_targets_int8(quickstart, tmp_path) -> None:
+    """`edgecomp sensitivity`'s work: the cached dense model, the val split and the task's metric, each group
+    alone in float through the target's own int8 export, best first."""
+    from targets.base import EdgecompError
+
+    _, run_dir = quickstart
+    copied = tmp_path / "quickstart"
+    shutil.copytree(run_dir, copied)
+    pipeline = Pipeline(load_recipe(QUICKSTART, REDUCED), copied, console=Console(quiet=True))
+    search = pipeline.sensitivity("onnx", ["features.1*", "classifier*"])
+    dense_val = pipeline.task.score(pipeline._reference(pipeline.dense()), pipeline.labels["val"])["top1"]
+    assert search.reference == pytest.approx(dense_val)
+    assert sorted(group for group, _ in search.ranking) == ["classifier*", "features.1*"]
+    assert search.ranking[0][1] >= search.ranking[1][1] and all(0 <= v <= 1 for _, v in search.ranking)
+    assert search.keep_float == () and search.final == search.int8
+    with pytest.raises(EdgecompError, match="no int8 on target 'pytorch'"):
+        pipeline.sensitivity("pytorch")
