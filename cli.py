@@ -25,7 +25,12 @@ from targets.base import EdgecompError
 # wait, and when another process holds a core they spin against a descheduled partner. One detector
 # training step with 2 threads took 14.6 s instead of 0.58 s on this 2-core machine while another
 # training run was busy. Passive waiting costs little when the machine is quiet; users may still set it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# PyTorch eager rows are timed in a process without it (`compress.eager.benchmark_eager`): passive threads made
+# small models' eager inference 5-6x slower. The marker says the policy is edgecomp's, not the user's.
+# A process spawned to time PyTorch eager re-imports this module: it says so with EDGECOMP_DEFAULT_OMP.
+if "OMP_WAIT_POLICY" not in os.environ and not os.environ.get("EDGECOMP_DEFAULT_OMP"):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["EDGECOMP_SET_OMP_WAIT_POLICY"] = "1"
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 

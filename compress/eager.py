@@ -1,14 +1,25 @@
 """PyTorch eager as a runner, so the reference rows go through the same evaluation and benchmark code
-as the exported files."""
+as the exported files, and `benchmark_eager`, which times it the way a user's process would run it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from targets.bench import BenchResult, benchmark
+
+# Set by the CLI when it, not the user, chose OpenMP's passive wait policy (see cli.py); DEFAULT_OMP tells a
+# spawned process, which imports the parent's main module (the CLI) again, not to choose it.
+PASSIVE_BY_EDGECOMP = "EDGECOMP_SET_OMP_WAIT_POLICY"
+DEFAULT_OMP = "EDGECOMP_DEFAULT_OMP"
 
 
 class TorchRunner:
@@ -47,3 +58,45 @@ class TorchRunner:
 
 def _as_list(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def benchmark_eager(
+    model: nn.Module, input_shape: tuple[int, ...], threads: int, warmup: int, runs: int
+) -> BenchResult:
+    """`targets.bench.benchmark` of `model` in PyTorch eager, in a fresh (spawned) process with OpenMP's
+    default wait policy, unless the user set one.
+
+    The CLI makes OpenMP's threads wait passively (training beside another busy process stalled 25x with
+    spinning threads); OpenMP reads that once, when torch loads it. Passive threads sleep between the
+    parallel regions of every op, so eager inference of small models, hundreds of tiny ops, timed in the CLI's
+    process read 5-6x slow: the quickstart's MobileNetV2 x0.5 at 32 px 11.3-13.3 ms there against 1.9-2.6 ms
+    in a plain process (2 threads, AVX-512 VNNI). The exported files' runtimes have thread pools of their own
+    and are unaffected.
+    """
+    context = multiprocessing.get_context("spawn")
+    with _default_wait_policy(), ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_benchmark_here, model, tuple(input_shape), threads, warmup, runs).result()
+
+
+def _benchmark_here(
+    model: nn.Module, input_shape: tuple[int, ...], threads: int, warmup: int, runs: int
+) -> BenchResult:
+    return benchmark(TorchRunner(model, input_shape, threads), warmup=warmup, runs=runs)
+
+
+@contextmanager
+def _default_wait_policy() -> Iterator[None]:
+    """The environment a spawned process inherits, without the wait policy edgecomp (not the user) chose."""
+    saved = {key: os.environ.get(key) for key in ("OMP_WAIT_POLICY", PASSIVE_BY_EDGECOMP, DEFAULT_OMP)}
+    if os.environ.get(PASSIVE_BY_EDGECOMP):
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop(PASSIVE_BY_EDGECOMP, None)
+        os.environ[DEFAULT_OMP] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -35,7 +35,7 @@ import targets
 from compress import distributed, report
 from compress.data import DATASETS, DataSplits, as_numpy, make_loader
 from compress.distill import Distillation
-from compress.eager import TorchRunner
+from compress.eager import TorchRunner, benchmark_eager
 from compress.exports import ExportJob, make_files, worker_count
 from compress.measure import count
 from compress.models import (
@@ -357,7 +357,12 @@ class Pipeline:
         rows = []
         bench = self.recipe.bench
         for threads in bench.threads:
-            timing = benchmark(self._reload(runner, threads), warmup=bench.warmup, runs=bench.runs)
+            if isinstance(runner, TorchRunner):  # in a process of its own: see compress.eager.benchmark_eager
+                timing = benchmark_eager(runner.model, runner.input_shape, threads, bench.warmup, bench.runs)
+            else:
+                timing = benchmark(
+                    targets.load_runner(runner.path, threads=threads), warmup=bench.warmup, runs=bench.runs
+                )
             rows.append(
                 {
                     "candidate": candidate.name,
@@ -402,11 +407,6 @@ class Pipeline:
         outputs = collect(TorchRunner(before.eval(), self.splits.input_shape), self.splits.test)
         accuracy = round(self.task.score(outputs, self.labels["test"])[self.task.metric], 6)
         return [{**row, "pruned_accuracy": accuracy} for row in rows]
-
-    def _reload(self, runner: Runner, threads: int) -> Runner:
-        if isinstance(runner, TorchRunner):
-            return TorchRunner(runner.model, runner.input_shape, threads)
-        return targets.load_runner(runner.path, threads=threads)
 
     def deploy(self, candidates: list[Candidate]) -> list[dict]:
         """Rows of every candidate: PyTorch eager, then every export, each measured in its own runtime.
