@@ -53,8 +53,6 @@ def centre_crop(image: Any, size: int, crop_pct: float = DEFAULT_CROP_PCT) -> np
 
     resize = round(size / crop_pct)
     scale = resize / min(image.size)
-    image = image.resize(
-        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BILINEAR
-    )
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
