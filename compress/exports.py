@@ -7,15 +7,16 @@ processes that share the cores out, and only then loads and measures the files o
 where nothing else of ours runs: no latency is timed beside a conversion.
 
 Workers are spawned, not forked (the parent has torch's, JAX's and OpenVINO's threads running), and each
-gets its model as bytes from ``torch.save``. A worker's failure is raised here as it was raised there:
+loads its model from the candidate's checkpoint, tensors only (``weights_only=True``): no job carries a
+pickled module. A worker's failure is raised here as it was raised there:
 a converter's refusal stays the one-line `EdgecompError` that names the op.
 
->>> make_files([ExportJob("tflite", model, (1, 3, 224, 224), "fp32", Path("m.tflite"), None, {})], processes=2)
+>>> job = ExportJob("tflite", Checkpoint(Path("runs/q/dense/model.pt")), (1, 3, 224, 224), "fp32", Path("m.tflite"))
+>>> make_files([job], processes=2)
 """
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import signal
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 import targets
+from compress.models import load_checkpoint
+from compress.recipe import ModelSpec
 from compress.train import cpu_threads
 from targets.base import EdgecompError
 from targets.fileio import temp_prefix
@@ -41,38 +45,57 @@ from targets.fileio import temp_prefix
 MAX_PROCESSES = 4  # each worker holds torch, a converter and a model: ~1.5 GB resident for SSDLite
 
 
-@dataclass
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model saved by `compress.models.save_checkpoint`: tensors only, so a worker loads it with
+    ``weights_only=True`` (`load_checkpoint`); `spec` rebuilds its architecture (default: the saved one)."""
+
+    path: Path
+    spec: ModelSpec | None = None
+
+    def load(self) -> nn.Module:
+        return load_checkpoint(self.path, self.spec)
+
+
+@dataclass(eq=False)
 class ExportJob:
-    """One file to write: `targets.<target>.export(model, zeros(input_shape), precision, path, ...)`."""
+    """One file to write: `targets.<target>.export(model, zeros(input_shape), precision, path, ...)`.
+
+    `model` is a `Checkpoint` (what a run's candidates are: a worker process loads it) or a module in memory,
+    which only this process can export: a job is not pickled with a whole module (unpickling one runs code).
+    """
 
     target: str
-    model: nn.Module
+    model: nn.Module | Checkpoint
     input_shape: tuple[int, ...]
     precision: str
     path: Path
-    calibration: np.ndarray | None
+    calibration: np.ndarray | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     io: str = "float"
     options: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the target's export
 
     def run(self) -> Path:
-        example = torch.zeros(self.input_shape)
+        model = self.model.load() if isinstance(self.model, Checkpoint) else self.model
         module = targets.get_target(self.target)
         return module.export(
-            self.model, example, self.precision, self.path, self.calibration, self.metadata, io=self.io, **self.options
+            model.eval(),
+            torch.zeros(self.input_shape),
+            self.precision,
+            self.path,
+            self.calibration,
+            self.metadata,
+            io=self.io,
+            **self.options,
         )
 
     def __getstate__(self) -> dict:
-        # The whole module (any architecture a recipe can build), saved by torch: tensors go as bytes, not
-        # as shared-memory handles a worker would have to map.
-        buffer = io.BytesIO()
-        torch.save(self.model, buffer)
-        return {**self.__dict__, "model": buffer.getvalue()}
-
-    def __setstate__(self, state: dict) -> None:
-        # Bytes this run's own process wrote a moment ago, not a user's file: unpickling them is safe.
-        model = torch.load(io.BytesIO(state["model"]), map_location="cpu", weights_only=False)
-        self.__dict__.update({**state, "model": model})
+        if not isinstance(self.model, Checkpoint):
+            raise TypeError(
+                f"{self.path.name}: a job of an in-memory model runs in this process only; give it a Checkpoint "
+                "to make it in a worker"
+            )
+        return self.__dict__
 
 
 def worker_count(jobs: int, processes: int | None = None) -> int:
@@ -87,8 +110,9 @@ def make_files(
     done: Callable[[ExportJob, float], None] | None = None,
     failed: Callable[[ExportJob, EdgecompError], None] | None = None,
 ) -> None:
-    """Write every job's file, in `worker_count(len(jobs), processes)` worker processes; with one
-    process, or one job, in this process. `done(job, seconds)` is called as each file is written.
+    """Write every job's file: jobs of a `Checkpoint` in `worker_count(len(jobs), processes)` worker processes
+    (with one process, or one job, in this process), jobs of an in-memory model in this process first.
+    `done(job, seconds)` is called as each file is written.
 
     An export that fails with an `EdgecompError` (a converter refusing the model: its one-line reason) goes
     to `failed(job, error)` and the other jobs go on; without `failed` it is raised. On any other failure
@@ -96,20 +120,41 @@ def make_files(
     deleted (files are written atomically: none is left half-written), and the failure is raised as the
     worker raised it.
     """
-    processes = worker_count(len(jobs), processes)
+    here = [job for job in jobs if not isinstance(job.model, Checkpoint)]  # in-memory models: see ExportJob
+    in_workers = [job for job in jobs if isinstance(job.model, Checkpoint)]
+    processes = worker_count(len(in_workers), processes)
     if processes <= 1:
-        for job in jobs:
-            started = time.perf_counter()
-            try:
-                job.run()
-            except EdgecompError as e:
-                if failed is None:
-                    raise
-                failed(job, e)
-                continue
-            if done:
-                done(job, time.perf_counter() - started)
+        here, in_workers = list(jobs), []
+    for job in here:
+        _settle(job, partial(_run, job), done, failed)
+    if in_workers:
+        _make_in_workers(in_workers, processes, done, failed)
+
+
+def _settle(
+    job: ExportJob,
+    result: Callable[[], float],
+    done: Callable[[ExportJob, float], None] | None,
+    failed: Callable[[ExportJob, EdgecompError], None] | None,
+) -> None:
+    """Wait for `job`'s `result` (its seconds) and tell `done`, or `failed` of an `EdgecompError`."""
+    try:
+        seconds = result()
+    except EdgecompError as e:
+        if failed is None:
+            raise
+        failed(job, e)
         return
+    if done:
+        done(job, seconds)
+
+
+def _make_in_workers(
+    jobs: Sequence[ExportJob],
+    processes: int,
+    done: Callable[[ExportJob, float], None] | None,
+    failed: Callable[[ExportJob, EdgecompError], None] | None,
+) -> None:
     threads = max(1, cpu_threads() // processes)  # calibration runs the model: the cores are shared out
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), threads))
@@ -120,20 +165,13 @@ def make_files(
             for future in finished:
                 job = pending.pop(future)
                 try:
-                    seconds = future.result()  # raises the worker's exception
-                except EdgecompError as e:
-                    if failed is None:
-                        raise
-                    failed(job, e)
-                    continue
+                    _settle(job, future.result, done, failed)  # raises the worker's exception
                 except BrokenProcessPool:  # every unfinished job fails so: which one killed it is not known
                     raise EdgecompError(
                         f"an export process died (killed, e.g. out of memory, or a converter crashed) while "
                         f"making one of {_names([job, *pending.values()])}: make fewer files at once with "
                         "--export-jobs 1, or drop the export that crashes"
                     ) from None
-                if done:
-                    done(job, seconds)
     except BaseException:  # a failed export, Ctrl-C: stop the others now rather than after their conversions
         _stop(pool, {job.path.parent for job in jobs})
         raise

@@ -13,11 +13,21 @@ from conftest import INPUT_SHAPE
 from torch import nn
 
 import targets
-from compress.exports import ExportJob, make_files
+from compress.exports import Checkpoint, ExportJob, make_files
+from compress.models import save_checkpoint
+from compress.recipe import ModelSpec
 from targets.base import EdgecompError
 
 
-def jobs(model: nn.Module, folder: Path, pairs: list[tuple[str, str]]) -> list[ExportJob]:
+def checkpoint(model: nn.Module, folder: Path, arch: str = "TinyNet") -> Checkpoint:
+    """`model` saved as a run saves a candidate; `arch` names its class in this folder's files."""
+    file = "conftest.py" if arch == "TinyNet" else Path(__file__).name
+    spec = ModelSpec(arch=f"{Path(__file__).parent / file}:{arch}")
+    save_checkpoint(model, folder / f"{arch}.pt", spec, num_classes=10)
+    return Checkpoint(folder / f"{arch}.pt", spec)
+
+
+def jobs(model: nn.Module | Checkpoint, folder: Path, pairs: list[tuple[str, str]]) -> list[ExportJob]:
     return [
         ExportJob(
             target,
@@ -36,7 +46,7 @@ def test_workers_make_the_files_this_process_would(
     tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pairs = [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "fp16")]
-    here = jobs(tiny_net, tmp_path / "here", pairs)
+    here = jobs(tiny_net, tmp_path / "here", pairs)  # in memory: made in this process
     make_files(here, processes=1)
 
     # Spawned workers import their own ExportJob: if this process made a file now, the test would fail.
@@ -45,7 +55,7 @@ def test_workers_make_the_files_this_process_would(
 
     monkeypatch.setattr(ExportJob, "run", not_here)
     made: list[str] = []
-    there = jobs(tiny_net, tmp_path / "there", pairs)
+    there = jobs(checkpoint(tiny_net, tmp_path), tmp_path / "there", pairs)
     make_files(there, processes=2, done=lambda job, seconds: made.append(job.path.name))
 
     assert sorted(made) == sorted(job.path.name for job in there)
@@ -60,34 +70,42 @@ def test_workers_make_the_files_this_process_would(
 def test_a_workers_failure_is_raised_here_as_it_was_there_and_leaves_no_temporaries(
     tiny_net: nn.Module, tmp_path: Path
 ) -> None:
-    bad = jobs(tiny_net, tmp_path, [("onnx", "fp32"), ("tflite", "int8"), ("openvino", "fp32")])
+    bad = jobs(checkpoint(tiny_net, tmp_path), tmp_path, [("onnx", "fp32"), ("tflite", "int8"), ("openvino", "fp32")])
     with pytest.raises(EdgecompError, match="calibration"):  # int8 without calibration images
         make_files(bad, processes=2)
     assert not list(tmp_path.glob(".tmp-*"))
     assert not (tmp_path / "tflite-int8.tflite").exists()
 
 
-def test_a_job_pickles_its_model_by_value(tiny_net: nn.Module, tmp_path: Path) -> None:
+def test_a_job_crosses_to_a_worker_as_a_checkpoint_path_never_as_a_pickled_module(
+    tiny_net: nn.Module, tmp_path: Path
+) -> None:
     import pickle
 
-    (job,) = jobs(tiny_net, tmp_path, [("onnx", "fp32")])
+    (job,) = jobs(checkpoint(tiny_net, tmp_path), tmp_path, [("onnx", "fp32")])
     copy = pickle.loads(pickle.dumps(job))
-    assert copy.model is not tiny_net and copy.path == job.path and copy.metadata == job.metadata
-    for a, b in zip(tiny_net.state_dict().values(), copy.model.state_dict().values(), strict=True):
+    assert copy.model == job.model and copy.path == job.path and copy.metadata == job.metadata
+    for a, b in zip(tiny_net.state_dict().values(), copy.model.load().state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    (in_memory,) = jobs(tiny_net, tmp_path, [("onnx", "fp32")])
+    with pytest.raises(TypeError, match="in this process only"):
+        pickle.dumps(in_memory)
 
 
 class DiesWhenTraced(nn.Module):
     """A model whose process dies when an exporter runs it, as under the OOM killer or a converter's crash."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         os._exit(9)
 
 
 def test_a_worker_that_dies_is_one_error_that_says_what_to_do(tiny_net: nn.Module, tmp_path: Path) -> None:
-    (dies,) = jobs(DiesWhenTraced(), tmp_path, [("onnx", "fp32")])
+    (dies,) = jobs(checkpoint(DiesWhenTraced(), tmp_path, "DiesWhenTraced"), tmp_path, [("onnx", "fp32")])
     with pytest.raises(EdgecompError, match=r"export process died .* making one of .*onnx-fp32.onnx.*--export-jobs 1"):
-        make_files([dies, *jobs(tiny_net, tmp_path, [("openvino", "fp32")])], processes=2)
+        make_files([dies, *jobs(checkpoint(tiny_net, tmp_path), tmp_path, [("openvino", "fp32")])], processes=2)
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -99,7 +117,7 @@ def test_with_a_failed_callback_one_failed_export_does_not_stop_the_others(
     failed: list[tuple[str, str]] = []
     made: list[str] = []
     make_files(
-        jobs(tiny_net, tmp_path, pairs),
+        jobs(checkpoint(tiny_net, tmp_path), tmp_path, pairs),
         processes=processes,
         done=lambda job, seconds: made.append(job.path.name),
         failed=lambda job, error: failed.append((job.path.name, str(error))),
