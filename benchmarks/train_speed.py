@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-import compress.pipeline as pipeline_module
+import compress.candidates as pipeline_module
 import compress.train as train_module
+from compress.candidates import CandidateBuilder
 from compress.data import make_loader
 from compress.pipeline import Pipeline
 from compress.recipe import load_recipe
@@ -83,15 +84,15 @@ def run_mode(recipe_path: str, overrides: list[str], device: str, mode: str) -> 
     try:
         with tempfile.TemporaryDirectory() as run_dir:
             pipe = Pipeline(recipe, Path(run_dir), force=True)
-            pipe._prepare()
+            context = pipe.context
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
-            dense = pipe.dense()
+            dense = CandidateBuilder(context, pipe.stages).dense()
             stage_seconds = time.perf_counter() - started
-            metrics = pipe.manifest["dense"]
-            test = pipe.task.score(*predict(dense.model, pipe.splits.test))
-            data_s = data_epoch_seconds(pipe.splits.train, recipe.data.batch_size)
+            metrics = pipe.stages.manifest["dense"]
+            test = pipe.task.score(*predict(dense.model, context.splits.test))
+            data_s = data_epoch_seconds(context.splits.train, recipe.data.batch_size)
     finally:
         train_module._epoch_batches, pipeline_module.fit = real_batches, real_fit
     epochs = [round(b - a, 4) for a, b in itertools.pairwise(marks)]

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.candidates import scratch_b_epochs
 from compress.data import DATASETS
 from compress.detectors import BUILDERS as DETECTORS
 from compress.distill import Distillation, kd_loss
 from compress.measure import count
 from compress.models import MODELS, build_model, load_checkpoint, reinitialize, save_checkpoint
-from compress.pipeline import scratch_b_epochs
 from compress.prune import IMPORTANCE, prune
 from compress.recipe import DataSpec, ModelSpec, PruneSpec
 from targets.base import EdgecompError

@@ -150,7 +150,7 @@ def test_int8_exports_a_model_with_preprocessing_inside(
 
 
 def test_recipe_keep_float_reaches_the_export_and_its_rows() -> None:
-    from compress.pipeline import _export_options
+    from compress.deploy import export_options as _export_options
     from compress.recipe import parse_recipe
 
     recipe = {

@@ -155,12 +155,11 @@ def test_feature_kd_names_are_checked() -> None:
 
 
 def test_teacher_from_checkpoint(tmp_path) -> None:
-    from compress.pipeline import Pipeline
+    from compress.candidates import Training
     from compress.recipe import DistillSpec
 
     teacher = fresh()
     save_checkpoint(teacher, tmp_path / "teacher.pt", SPEC, 10)
-    pipeline = Pipeline.__new__(Pipeline)
-    loaded, key = pipeline._teacher(DistillSpec(teacher=str(tmp_path / "teacher.pt")), dense=None)
+    loaded, key = Training.teacher(DistillSpec(teacher=str(tmp_path / "teacher.pt")), dense=None)
     assert torch.equal(loaded(X), teacher(X)) and len(key) == 16
     assert FinetuneSpec(distill=DistillSpec(teacher=str(tmp_path / "teacher.pt"))).distill.teacher.endswith(".pt")

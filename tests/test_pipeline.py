@@ -129,19 +129,18 @@ def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_pa
     shutil.copytree(run_dir, copied)
     recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.1.precision=[int8_ac]", "exports.1.max_accuracy_drop=100"])
     pipeline = Pipeline(recipe, copied)
-    pipeline._prepare()
+    context = pipeline.context
     dense = pipeline.candidates()[0]
 
-    control = pipeline._accuracy_control(100.0)
-    assert len(control.samples) == len(pipeline.labels["val"]) and control.max_drop == 100.0
-    outputs = pipeline._reference(dense)
+    control = context.accuracy_control(100.0)
+    assert len(control.samples) == len(context.labels["val"]) and control.max_drop == 100.0
+    outputs = dense.outputs_on(context.splits.val)
     whole = control.score(outputs, np.arange(len(control.samples)))
-    assert whole == pipeline.task.score(outputs, pipeline.labels["val"])["top1"]
-    assert control.score([outputs[0][:7]], np.arange(7)) == np.mean(
-        outputs[0][:7].argmax(1) == pipeline.labels["val"][:7]
-    )
+    assert whole == context.score(outputs, "val")["top1"]
+    first = outputs[0][:7]
+    assert control.score([first], np.arange(7)) == np.mean(first.argmax(1) == context.labels["val"][:7])
 
-    rows = [row for row in pipeline.deploy([dense]) if row["precision"] == "int8_ac"]
+    rows = [row for row in pipeline.deployment.rows([dense]) if row["precision"] == "int8_ac"]
     assert [(row["target"], row["max_accuracy_drop"]) for row in rows] == [("openvino", 100.0)]
     path = copied / "exports" / "dense" / "openvino-int8_ac.xml"
     assert targets.get_target("openvino").read_metadata(path)["max_accuracy_drop"] == "100"
@@ -151,7 +150,7 @@ def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_pa
 def test_an_exports_key_holds_only_what_changes_its_file() -> None:
     """Calibration size and int8_ac's drop are in the rows' cache key of the precisions they shape, so a new
     calibration size re-exports int8 files and leaves fp32 ones cached."""
-    from compress.pipeline import _export_options
+    from compress.deploy import export_options as _export_options
     from compress.recipe import ExportSpec
 
     export = ExportSpec(target="openvino", precision=["fp32", "int8", "int8_ac"], calibration_samples=64)
@@ -221,10 +220,49 @@ def test_sensitivity_ranks_the_dense_models_groups_through_the_targets_int8(quic
     shutil.copytree(run_dir, copied)
     pipeline = Pipeline(load_recipe(QUICKSTART, REDUCED), copied, console=Console(quiet=True))
     search = pipeline.sensitivity("onnx", ["features.1*", "classifier*"])
-    dense_val = pipeline.task.score(pipeline._reference(pipeline.dense()), pipeline.labels["val"])["top1"]
+    dense = pipeline.candidates()[0]
+    dense_val = pipeline.context.score(dense.outputs_on(pipeline.context.splits.val), "val")["top1"]
     assert search.reference == pytest.approx(dense_val)
     assert sorted(group for group, _ in search.ranking) == ["classifier*", "features.1*"]
     assert search.ranking[0][1] >= search.ranking[1][1] and all(0 <= v <= 1 for _, v in search.ranking)
     assert search.keep_float == () and search.final == search.int8
     with pytest.raises(EdgecompError, match="no int8 on target 'pytorch'"):
         pipeline.sensitivity("pytorch")
+
+
+def record_times(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in (run_dir / "exports").rglob("*.json")}
+
+
+def test_rows_measured_on_another_device_or_runtime_version_are_measured_again(tmp_path, monkeypatch) -> None:
+    """A resumed run reuses trained stages anywhere, but not latencies: a row's record is keyed by the device
+    and the converter and runtime versions it was measured with."""
+    import compress.cache
+
+    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
+    recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
+    run_dir = tmp_path / "q"
+    Pipeline(recipe, run_dir).run()
+    stages, records = stage_times(run_dir), record_times(run_dir)
+    assert len(records) == 2  # dense and pruned-kd, PyTorch rows
+
+    Pipeline(recipe, run_dir).run()
+    assert record_times(run_dir) == records  # same machine: every row from its record
+
+    other = {"cpu": "Ampere Altra", "cores": 4, "machine": "aarch64"}
+    monkeypatch.setattr(compress.cache, "device_info", lambda: other)
+    Pipeline(recipe, run_dir).run()
+    moved = record_times(run_dir)
+    assert stage_times(run_dir) == stages
+    assert all(moved[name] != records[name] for name in records)
+    assert (
+        json.loads((run_dir / "exports" / "dense" / "pytorch-fp32.json").read_text())["inputs"]["measured_with"][
+            "device"
+        ]
+        == other
+    )
+
+    monkeypatch.setattr(compress.cache, "runtime_versions", lambda: {"onnxruntime": "99.0"})
+    Pipeline(recipe, run_dir).run()
+    assert all(t != moved[name] for name, t in record_times(run_dir).items())
+    assert stage_times(run_dir) == stages

@@ -1,0 +1,289 @@
+"""The models a run compares: dense -> prune -> fine-tune / distill, and the pruned architecture trained from
+scratch with the dense model's epochs (Scratch-E) and compute (Scratch-B), after Liu et al., "Rethinking the
+Value of Network Pruning" (ICLR 2019). Each is a cached stage (`compress.cache.StageCache`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from compress import distributed
+from compress.cache import StageCache
+from compress.data import make_loader
+from compress.distill import Distillation
+from compress.measure import count
+from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
+from compress.prune import prune
+from compress.recipe import Branch, DistillSpec, PruneSpec, Spec
+from compress.run_context import RunContext
+from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
+
+
+@dataclass
+class Candidate:
+    """A trained model and how it was made: one report row per target x precision x threads."""
+
+    name: str
+    kind: str  # dense | finetune | kd | scratch_e | scratch_b
+    lineage: list[str]
+    model: nn.Module
+    key: str
+    epochs: int
+    checkpoint: Path | None  # where `model` is saved (export workers load it); None for a model trained in place
+    macs: int = 0
+    params: int = 0
+    arch: str = ""  # identifies the layer shapes: equal for candidates that share a pruned architecture
+    reference: list[np.ndarray] | None = None  # PyTorch outputs on the validation split
+    qat: bool = False  # the recipe's qat stage applies to it: int8-qat rows beside its int8 ones
+    pruned_from: Path | None = None  # the pruned checkpoint it was fine-tuned from (its accuracy is reported too)
+
+    def outputs_on(self, split) -> list[np.ndarray]:
+        """PyTorch's outputs on the validation split, the parity reference; computed once, when first needed."""
+        if self.reference is None:
+            self.reference, _ = predict(self.model, split)
+        return self.reference
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """The pruned architecture with its inherited weights: the parent of fine-tune and scratch stages."""
+
+    key: str
+    step: str  # its lineage entry
+    macs: int
+    checkpoint: Path
+    arch: str  # architecture_id: criteria that prune to the same channel counts share scratch baselines
+
+
+def dump(spec: Spec | None) -> dict | None:
+    return None if spec is None else spec.model_dump(mode="json")
+
+
+def tagged(name: str, tag: str) -> str:
+    return f"{name}-{tag}" if tag else name
+
+
+class Training:
+    """How a run trains a model: its data, optimizer settings and losses (labels, or KD from a teacher)."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+
+    def fit(self, model: nn.Module, epochs: int, lr: float, criterion, label: str) -> dict:
+        context = self.context
+        job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label)
+        metrics = fit(model, context.splits.train, context.recipe.data.batch_size, context.recipe.train, job)
+        # Sharded over the workers and gathered: the same number a single process computes on these weights.
+        scores = context.task.score(*predict_sharded(model, context.splits.val))
+        metrics[f"val_{context.task.metric}"] = round(scores[context.task.metric], 6)
+        return metrics
+
+    def inputs(self) -> dict:
+        """What of the training setup changes a trained stage: not the device (a run resumes on another one),
+        but the worker count (it changes the data order and the batch statistics)."""
+        inputs = {k: v for k, v in dump(self.context.recipe.train).items() if k != "device"}
+        return {**inputs, "workers": distributed.world_size()} if distributed.world_size() > 1 else inputs
+
+    def criterion(self, model: nn.Module, distill: DistillSpec | None = None, teacher: nn.Module | None = None):
+        """The labels, or KD from `teacher` mixed with them."""
+        context = self.context
+        label_loss = context.task.loss(model, context.recipe.train.label_smoothing)
+        if distill is None:
+            return supervised(label_loss)
+        return Distillation(
+            teacher,
+            label_loss,
+            distill.alpha,
+            distill.temperature,
+            distill.features,
+            model,
+            context.example,
+            output_kd=context.task.distill,
+        )
+
+    @staticmethod
+    def teacher(distill: DistillSpec, dense: Candidate | None) -> tuple[nn.Module, str]:
+        """The teacher model and a key that changes when it does."""
+        if distill.teacher == "dense":
+            return dense.model, dense.key
+        path = Path(distill.teacher).expanduser()
+        return load_checkpoint(path), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def describe_distill(distill: DistillSpec | None) -> str:
+    """How a fine-tune learned, for the lineage: 'labels' or 'KD a=0.7 T=4'."""
+    if distill is None:
+        return "labels"
+    return f"KD a={distill.alpha:g} T={distill.temperature:g}" + " +features" * bool(distill.features)
+
+
+def scratch_b_epochs(dense_epochs: int, dense_macs: int, pruned_macs: int, max_epochs: int | None = None) -> int:
+    """Epochs that give the pruned model the dense model's training compute (Liu et al.'s Scratch-B)."""
+    epochs = round(dense_epochs * dense_macs / max(pruned_macs, 1))
+    return min(epochs, max_epochs) if max_epochs else epochs
+
+
+class CandidateBuilder:
+    """Builds (or loads from the stage cache) every candidate of a recipe."""
+
+    def __init__(self, context: RunContext, stages: StageCache) -> None:
+        self.context = context
+        self.stages = stages
+        self.training = Training(context)
+
+    def all(self) -> list[Candidate]:
+        """Dense, then per branch (one without a sweep) the pruned candidate and, once per distinct pruned
+        architecture, its scratch baselines (named after the first branch that produced it)."""
+        recipe = self.context.recipe
+        dense = self.dense()
+        candidates = [dense]
+        scratched: set[str] = set()
+        quantized = recipe.qat is not None
+        dense.qat = quantized and not recipe.branches()  # QAT applies to what the last stage made
+        for branch in recipe.branches():
+            pruned = self.pruned(dense, branch)
+            finetuned = self.finetuned(pruned, dense, branch)
+            finetuned.qat = quantized
+            candidates.append(finetuned)
+            if pruned.arch not in scratched:
+                scratched.add(pruned.arch)
+                candidates += self.scratch(pruned, dense, branch)
+        return candidates
+
+    def dense(self) -> Candidate:
+        recipe = self.context.recipe
+        inputs = {"model": dump(recipe.model), "data": dump(recipe.data), "train": self.training.inputs()}
+
+        def build() -> tuple[nn.Module, dict]:
+            seed_everything(recipe.train.seed)
+            model = build_model(recipe.model, self.context.num_classes)
+            if recipe.model.weights:
+                load_pretrained(model, recipe.model.weights, recipe.model.arch)
+            criterion = self.training.criterion(model)
+            return model, self.training.fit(model, recipe.train.epochs, recipe.train.lr, criterion, "dense")
+
+        model, _, key = self.stages.stage("dense", inputs, build)
+        lineage = [f"dense({recipe.model.arch} x{recipe.model.width_mult:g}, {recipe.train.epochs} ep)"]
+        return self._candidate("dense", "dense", lineage, model, key, recipe.train.epochs, "dense")
+
+    def pruned(self, dense: Candidate, branch: Branch) -> Pruned:
+        spec = branch.prune
+        kind, value = spec.target
+        context = self.context
+
+        def build() -> tuple[nn.Module, dict]:
+            model = load_checkpoint(self.stages.checkpoint("dense"), context.recipe.model)
+            seed_everything(context.recipe.train.seed)
+            loss = context.task.loss(model, 0.0)
+            prune(model, context.example, spec, self._gradient_batches, loss, self._between_steps(spec))
+            macs, params = count(model, context.example)
+            self._warn_below_target(spec, {"macs": macs / dense.macs, "params": params / dense.params}.get(kind))
+            arch = architecture_id(model)
+            return model, {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
+
+        name = tagged("prune", branch.prune_tag)
+        _, metrics, key = self.stages.stage(name, {"parent": dense.key, "prune": dump(spec)}, build)
+        steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
+        if spec.finetune_epochs_per_step:
+            steps += f" +{spec.finetune_epochs_per_step} ep each"
+        step = f"prune({spec.importance}, {kind}={value:g}, {steps})"
+        return Pruned(key, step, metrics["macs"], self.stages.checkpoint(name), metrics["arch"])
+
+    def _warn_below_target(self, spec: PruneSpec, reached: float | None) -> None:
+        """A target is a budget: pruning stops at or below it. Coarse channel steps can stop well below."""
+        kind, value = spec.target
+        if reached is not None and reached < 0.95 * value:
+            hint = f" (round_to={spec.round_to}: a smaller one gives finer steps)" if spec.round_to else ""
+            self.context.console.log(
+                f"[yellow]prune: {kind}={value:g} landed at {reached:.3f} of the dense {kind}: its last step "
+                f"removed channels from many layers at once{hint}[/yellow]"
+            )
+
+    def _between_steps(self, spec: PruneSpec) -> Callable[[nn.Module], None] | None:
+        """Iterative pruning's fine-tune between steps: labels only, the dense run's optimizer."""
+        if not spec.finetune_epochs_per_step:
+            return None
+        epochs, lr = spec.finetune_epochs_per_step, self.context.recipe.train.lr
+        return lambda model: self.training.fit(model, epochs, lr, self.training.criterion(model), "prune step")
+
+    def _gradient_batches(self):
+        recipe = self.context.recipe
+        loader = make_loader(self.context.splits.train, recipe.data.batch_size, shuffle=True, seed=recipe.train.seed)
+        return (batch for batch, _ in zip(loader, range(4), strict=False))
+
+    def finetuned(self, pruned: Pruned, dense: Candidate, branch: Branch) -> Candidate:
+        spec = branch.finetune
+        if spec is None:
+            model = load_checkpoint(pruned.checkpoint, self.context.recipe.model)
+            name = tagged("pruned", branch.tag)
+            lineage = [*dense.lineage, pruned.step]
+            return self._candidate(name, "finetune", lineage, model, pruned.key, 0, checkpoint=pruned.checkpoint)
+        lr = spec.lr or self.context.recipe.train.lr / 10
+        distill = spec.distill
+        teacher, teacher_key = self.training.teacher(distill, dense) if distill else (None, None)
+        inputs = {"parent": pruned.key, "teacher": teacher_key, "finetune": dump(spec), "train": self.training.inputs()}
+
+        def build() -> tuple[nn.Module, dict]:
+            model = load_checkpoint(pruned.checkpoint, self.context.recipe.model)
+            criterion = self.training.criterion(model, distill, teacher)
+            return model, self.training.fit(model, spec.epochs, lr, criterion, "finetune" + " (KD)" * bool(distill))
+
+        stage = tagged("finetune", branch.tag)
+        model, _, key = self.stages.stage(stage, inputs, build)
+        kind = "kd" if distill else "finetune"
+        lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, lr {lr:g}, {describe_distill(distill)})"]
+        candidate = self._candidate(tagged(f"pruned-{kind}", branch.tag), kind, lineage, model, key, spec.epochs, stage)
+        candidate.pruned_from = pruned.checkpoint
+        return candidate
+
+    def scratch(self, pruned: Pruned, dense: Candidate, branch: Branch) -> list[Candidate]:
+        """Liu et al. (2019): the pruned architecture trained from a fresh init with the same epochs as the
+        dense model (Scratch-E) and with the same compute (Scratch-B: epochs x dense MACs / pruned MACs)."""
+        recipe = self.context.recipe
+        epochs = {
+            "E": recipe.train.epochs,
+            "B": scratch_b_epochs(recipe.train.epochs, dense.macs, pruned.macs, recipe.baselines.max_epochs),
+        }
+        candidates = []
+        for variant in recipe.baselines.scratch:
+            kind = f"scratch_{variant.lower()}"
+            inputs = {  # a fresh init inherits nothing but the architecture from its parent
+                "arch": pruned.arch,
+                "model": dump(recipe.model),
+                "epochs": epochs[variant],
+                "train": self.training.inputs(),
+                "data": dump(recipe.data),
+            }
+
+            def build(n=epochs[variant], label=kind) -> tuple[nn.Module, dict]:
+                seed_everything(recipe.train.seed)
+                model = reinitialize(load_checkpoint(pruned.checkpoint, recipe.model))
+                return model, self.training.fit(model, n, recipe.train.lr, self.training.criterion(model), label)
+
+            stage = tagged(kind, branch.prune_tag)
+            model, _, key = self.stages.stage(stage, inputs, build)
+            lineage = [*dense.lineage, pruned.step, f"scratch-{variant}({epochs[variant]} ep, random init)"]
+            name = tagged(f"scratch-{variant.lower()}", branch.prune_tag)
+            candidates.append(self._candidate(name, kind, lineage, model, key, epochs[variant], stage))
+        return candidates
+
+    def _candidate(
+        self,
+        name: str,
+        kind: str,
+        lineage: list[str],
+        model: nn.Module,
+        key: str,
+        epochs: int,
+        stage: str | None = None,
+        checkpoint: Path | None = None,
+    ) -> Candidate:
+        macs, params = count(model, self.context.example)
+        checkpoint = checkpoint or self.stages.checkpoint(stage)
+        arch = architecture_id(model)
+        return Candidate(name, kind, lineage, model.eval(), key, epochs, checkpoint, macs, params, arch)

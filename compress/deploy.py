@@ -1,0 +1,262 @@
+"""Every candidate through every target and precision: the plan of rows, the files they need, their
+measurement, and the rows of quantization-aware training (``int8-qat``, see `compress.quantize`).
+
+Rows whose record still holds (`compress.cache.RowRecord`: same file inputs, device and versions) come from
+it. The files the others need are made first, in worker processes (`compress.exports`: converters are mostly
+single-threaded), then each row is measured in turn, so no latency is timed beside a conversion. int8_ac
+files (scored on the val split while they are made) and QAT rows (training first) are made where they are
+measured. An export or measurement that fails is kept in `failures` and the run goes on without its rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import targets
+from compress.cache import RowRecord, measurement_context
+from compress.candidates import Candidate, Training, describe_distill, dump
+from compress.exports import Checkpoint, ExportJob, make_files, worker_count
+from compress.quantize import quantization_aware
+from compress.recipe import ExportSpec
+from compress.rows import Measurer
+from compress.run_context import RunContext
+from compress.train import predict
+from targets.base import CALIBRATED_PRECISIONS, EdgecompError
+
+QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
+
+
+@dataclass
+class RowPlan:
+    """One record of rows (a candidate on one target in one precision): where it is kept, how to measure it,
+    and the file to make before that when it is not recorded."""
+
+    candidate: str
+    target: str
+    precision: str
+    record: RowRecord
+    measure: Callable[[], list[dict]]
+    job: Callable[[], ExportJob] | None = None  # made when the rows are not recorded: calibration reads images
+
+
+class Deployment:
+    def __init__(self, context: RunContext, export_processes: int | None = None) -> None:
+        self.context = context
+        self.export_processes = export_processes  # None: one per core (`compress.exports.worker_count`)
+        self.measurer = Measurer(context)
+        self.failures: list[dict] = []  # exports or measurements that failed: the run goes on without their rows
+        self._measured_with = measurement_context()
+
+    def rows(self, candidates: list[Candidate]) -> list[dict]:
+        """Rows of every candidate: PyTorch eager, then every export, each measured in its own runtime."""
+        plans = [plan for candidate in candidates for plan in self.plans(candidate, candidates[0])]
+        saved = [plan.record.load(self.context.force) for plan in plans]
+        jobs = [plan.job() for plan, rows in zip(plans, saved, strict=True) if rows is None and plan.job is not None]
+        unmade: dict[str, str] = {}  # export path -> why the export failed
+        if jobs:
+            processes = worker_count(len(jobs), self.export_processes)
+            self.context.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
+            make_files(jobs, processes, done=self._made, failed=lambda job, e: unmade.setdefault(str(job.path), str(e)))
+        return [row for plan, rows in zip(plans, saved, strict=True) for row in rows or self._measured(plan, unmade)]
+
+    def _made(self, job: ExportJob, seconds: float) -> None:
+        self.context.console.log(f"made {job.path.relative_to(self.context.run_dir)} ({seconds:.0f} s)")
+
+    def plans(self, candidate: Candidate, dense: Candidate) -> list[RowPlan]:
+        """The records of one candidate's rows, in report order; `dense` is the QAT stage's default teacher."""
+        extra = {"pruned_accuracy": "adaptive BN"} if candidate.pruned_from else None
+        plans = [self._plan(candidate, "pytorch", "fp32", partial(self.measurer.torch_rows, candidate), extra=extra)]
+        qat_targets = self.context.recipe.qat_targets() if candidate.qat else []
+        for export in self.context.recipe.exports:
+            for precision in export.precision:
+                plans.append(self._export_plan(candidate, export, precision))
+                if precision == "int8" and export.target in qat_targets:
+                    plans.append(self._qat_plan(candidate, export, dense))
+        return plans
+
+    def _export_plan(self, candidate: Candidate, export: ExportSpec, precision: str) -> RowPlan:
+        options = export_options(export, precision)  # what else makes the file: in its rows' key too
+        target, io, keep = export.target, export.io, options.get("keep_float", [])
+        job = partial(self.export_job, candidate, target, precision, io, options.get("calibration", 0), keep)
+        if precision == "int8_ac":  # made while measured: the search needs the metric, which stays here
+            measure = partial(self._accuracy_controlled_rows, candidate, job, options["max_accuracy_drop"])
+            job = None
+        else:
+            path = self.export_path(candidate, target, precision, io)
+            measure = partial(self.measurer.file_rows, candidate, target, precision, path)
+        if keep:  # the rows say which layers stayed float
+            measure = partial(_with_fields, measure, {"keep_float": keep})
+        return self._plan(candidate, target, precision, measure, io, options, job)
+
+    def _plan(
+        self,
+        candidate: Candidate,
+        target: str,
+        precision: str,
+        measure: Callable[[], list[dict]],
+        io: str = "float",
+        extra: dict | None = None,
+        job: Callable[[], ExportJob] | None = None,
+    ) -> RowPlan:
+        inputs = {
+            "candidate": candidate.key,
+            "target": target,
+            "precision": precision,
+            "bench": dump(self.context.recipe.bench),
+            "measured_with": self._measured_with,
+            **(extra or {}),
+        }
+        if io != "float":  # float I/O keeps the names of runs made before `io` existed
+            inputs["io"] = io
+        path = self.export_path(candidate, target, precision, io)
+        files = [str(path)] if target != "pytorch" else []
+        record = RowRecord(path.with_suffix(".json"), inputs, files)
+        return RowPlan(candidate.name, target, precision, record, measure, job)
+
+    def _measured(self, plan: RowPlan, unmade: dict[str, str]) -> list[dict]:
+        """`plan`'s rows, measured and recorded; none when its export or measurement failed (the failure is
+        kept in `self.failures` for results.json and the report, and a later run tries it again)."""
+        started = time.perf_counter()
+        reason = next((unmade[f] for f in plan.record.files if f in unmade), None)
+        if reason is None:
+            try:
+                rows = plan.measure()
+            except EdgecompError as e:
+                reason = str(e)
+        console = self.context.console
+        if reason is not None:
+            failure = {"candidate": plan.candidate, "target": plan.target, "precision": plan.precision}
+            self.failures.append({**failure, "reason": reason})
+            console.log(f"[red]{plan.candidate} {plan.target} {plan.precision} failed[/red]: {reason}")
+            return []
+        plan.record.save(rows)
+        console.log(
+            f"{plan.candidate} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f}, "
+            f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)"
+        )
+        return rows
+
+    def export_path(self, candidate: Candidate, target: str, precision: str, io: str = "float") -> Path:
+        suffix = targets.TARGETS[target].suffix if target in targets.TARGETS else ""
+        name = f"{target}-{precision}" + ("" if io == "float" else f"-io{io}")
+        return self.context.run_dir / "exports" / candidate.name / f"{name}{suffix}"
+
+    def export_job(
+        self,
+        candidate: Candidate,
+        target: str,
+        precision: str,
+        io: str,
+        calibration: int = 0,
+        keep_float: list[str] | None = None,
+        label: str | None = None,
+    ) -> ExportJob:
+        """The file of `candidate` on `target` in `precision`; `calibration` is the sample count of calibrated
+        precisions; `label` names the rows' precision when it is not the export's (int8-qat: an int8 export
+        of a QAT model)."""
+        label = label or precision
+        lineage = " > ".join(candidate.lineage)
+        metadata = {"recipe": self.context.recipe.name, "candidate": candidate.name, "precision": label, "io": io}
+        model = Checkpoint(candidate.checkpoint, self.context.recipe.model) if candidate.checkpoint else candidate.model
+        return ExportJob(
+            target,
+            model,
+            tuple(self.context.splits.input_shape),
+            precision,
+            self.export_path(candidate, target, label, io),
+            self.context.calibration(calibration) if calibration else None,
+            {**metadata, "lineage": lineage},
+            io,
+            {"keep_float": keep_float} if keep_float else {},
+        )
+
+    def _accuracy_controlled_rows(
+        self, candidate: Candidate, make_job: Callable[[], ExportJob], max_drop: float
+    ) -> list[dict]:
+        """Make an int8_ac file (the search scores layers on the val split with the task's metric), then
+        measure it like any other."""
+        job = make_job()
+        job.metadata["max_accuracy_drop"] = f"{max_drop:g}"
+        job.options["accuracy_control"] = self.context.accuracy_control(max_drop)
+        job.run()
+        rows = self.measurer.file_rows(candidate, job.target, job.precision, job.path)
+        fields = {"max_accuracy_drop": max_drop, **_accuracy_control_fields(targets.get_target(job.target), job.path)}
+        return [{**row, **fields} for row in rows]
+
+    # -- quantization-aware training ------------------------------------------------------------
+
+    def _qat_plan(self, candidate: Candidate, export: ExportSpec, dense: Candidate) -> RowPlan:
+        spec = self.context.recipe.qat
+        training = Training(self.context)
+        teacher_key = training.teacher(spec.distill, dense)[1] if spec.distill else None
+        options = export_options(export, "int8")
+        inputs = {**options, "qat": dump(spec), "teacher": teacher_key, "train": training.inputs()}
+        measure = partial(self._qat_rows, candidate, export.target, export.io, options["calibration"], dense)
+        return self._plan(candidate, export.target, QAT_PRECISION, measure, export.io, inputs)
+
+    def _qat_rows(self, candidate: Candidate, target: str, io: str, calibration: int, dense: Candidate) -> list[dict]:
+        """Fine-tune `candidate` with `target`'s fake quantization, then export and measure it like int8."""
+        context, spec = self.context, self.context.recipe.qat
+        training = Training(context)
+        lr = spec.lr or context.recipe.train.lr / 100
+        teacher = training.teacher(spec.distill, dense)[0] if spec.distill else None
+
+        def train(model: nn.Module) -> dict:
+            label = f"QAT {target}" + " (KD)" * bool(spec.distill)
+            return training.fit(model, spec.epochs, lr, training.criterion(model, spec.distill, teacher), label)
+
+        started, how = time.perf_counter(), describe_distill(spec.distill)
+        samples = context.calibration(calibration)
+        model, metrics = quantization_aware(candidate.model, target, context.example, samples, train)
+        metrics = {**metrics, "lr": lr, "seconds": round(time.perf_counter() - started, 1)}
+        trained = dataclasses.replace(
+            candidate,
+            model=model,
+            checkpoint=None,  # a fake-quantized graph: exported from memory, in this process
+            lineage=[*candidate.lineage, f"qat({target}, {spec.epochs} ep, lr {lr:g}, {how})"],
+            epochs=candidate.epochs + spec.epochs,
+            # Parity is against the fake-quant model the file comes from, taken before the export: converting a
+            # PT2E graph rewrites it in place.
+            reference=predict(model, context.splits.val)[0],
+        )
+        job = self.export_job(trained, target, "int8", io, calibration, label=QAT_PRECISION)
+        job.run()
+        rows = self.measurer.file_rows(trained, target, "int8", job.path, label=QAT_PRECISION)
+        return [{**row, "qat": metrics} for row in rows]
+
+
+def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
+    """The settings besides target, precision and io that one export of `export` depends on."""
+    options: dict[str, Any] = {}
+    if precision in CALIBRATED_PRECISIONS:
+        options["calibration"] = export.calibration_samples
+    if precision == "int8_ac":
+        options["max_accuracy_drop"] = export.max_accuracy_drop
+    if export.keep_float and precision in CALIBRATED_PRECISIONS:
+        options["keep_float"] = list(export.keep_float)
+    return options
+
+
+def _accuracy_control_fields(module: Any, path: Path) -> dict[str, Any]:
+    """What an int8_ac file's metadata says the search kept in float, and each layer group's metric when kept
+    alone in float (`targets.accuracy_control`; OpenVINO's NNCF search writes neither)."""
+    metadata = module.read_metadata(path)
+    fields: dict[str, Any] = {}
+    if "keep_float" in metadata:
+        fields["keep_float"] = json.loads(metadata["keep_float"])
+    if "accuracy_control" in metadata:
+        fields["sensitivity"] = json.loads(metadata["accuracy_control"])
+    return fields
+
+
+def _with_fields(measure: Callable[[], list[dict]], fields: dict[str, Any]) -> list[dict]:
+    return [{**row, **fields} for row in measure()]

@@ -1,0 +1,97 @@
+"""What every part of a run shares, made once from the recipe: the data splits and their labels, the task,
+the run directory, the console. Frozen: no part of a run works only because another ran first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from compress import distributed
+from compress.data import DATASETS, DataSplits, as_numpy
+from compress.recipe import Recipe, dump_recipe
+from compress.tasks import TASKS, Task
+from targets.base import AccuracyControl, EdgecompError
+from targets.fileio import write_text
+
+
+@dataclass(frozen=True)
+class RunContext:
+    recipe: Recipe
+    run_dir: Path
+    task: Task
+    splits: DataSplits
+    labels: dict[str, np.ndarray]  # "val" and "test": every label of the split, in order
+    console: Console
+    force: bool = False  # rerun every stage and row, cached or not
+    _calibration_sets: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def create(cls, recipe: Recipe, run_dir: Path, console: Console, force: bool = False) -> RunContext:
+        """Load the recipe's data, check it fits the task, and (on rank 0) write the resolved recipe into the
+        run directory."""
+        task = TASKS.get(recipe.task)
+        splits: DataSplits = DATASETS.get(recipe.data.dataset)(recipe.data)
+        if splits.task != task.name:
+            raise EdgecompError(
+                f"data set {recipe.data.dataset!r} is labelled for {splits.task}, but the recipe's task "
+                f"is {task.name}: set task: {splits.task}, or pick a {task.name} data set"
+            )
+        labels = {split: np.concatenate([y for _, y in as_numpy(getattr(splits, split))]) for split in ("val", "test")}
+        run_dir = Path(run_dir)
+        if distributed.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "recipe.resolved.yaml", dump_recipe(recipe))
+        return cls(recipe, run_dir, task, splits, labels, console, force)
+
+    @property
+    def num_classes(self) -> int:
+        return self.recipe.model.num_classes or self.splits.num_classes
+
+    @property
+    def example(self) -> torch.Tensor:
+        """A zero batch of the model's input shape (for tracing, counting MACs and exporting)."""
+        return torch.zeros(self.splits.input_shape)
+
+    def score(self, outputs: list[np.ndarray], split: str = "test") -> dict[str, float]:
+        """The task's metrics of `outputs` on the whole of `split`."""
+        return self.task.score(outputs, self.labels[split])
+
+    def calibration(self, count: int) -> np.ndarray:
+        """`count` train images, the same ones for every export that asks for as many."""
+        if count not in self._calibration_sets:
+            self._calibration_sets[count] = calibration_samples(self.splits, count, self.recipe.train.seed)
+        return self._calibration_sets[count]
+
+    def accuracy_control(self, max_drop: float) -> AccuracyControl:
+        """The validation split and the task's headline metric, for an export that may lose `max_drop` points."""
+        labels, task = self.labels["val"], self.task
+
+        def score(outputs: list[np.ndarray], indices: np.ndarray) -> float:
+            return task.score(outputs, labels[indices])[task.metric]
+
+        return AccuracyControl(SplitImages(self.splits.val), score, max_drop)
+
+
+def calibration_samples(splits: DataSplits, n: int, seed: int) -> np.ndarray:
+    """A fixed random subset of training images for int8 calibration (never the test split)."""
+    rng = np.random.default_rng(seed)
+    index = rng.choice(len(splits.train), size=min(n, len(splits.train)), replace=False)
+    images = SplitImages(splits.train)
+    return np.stack([images[i] for i in sorted(index)])
+
+
+class SplitImages:
+    """A split's images as numpy arrays, read one at a time (a sequence, not a copy of the split)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.dataset[int(index)][0].numpy()
