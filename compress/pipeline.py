@@ -49,6 +49,7 @@ from compress.models import (
 from compress.prune import prune
 from compress.quantize import quantization_aware
 from compress.recipe import Branch, DistillSpec, ExportSpec, PruneSpec, Recipe, Spec, dump_recipe
+from compress.results import RESULTS_SCHEMA
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
 from targets.accuracy_control import Search, export_sensitivity
@@ -57,7 +58,6 @@ from targets.bench import benchmark
 from targets.device import device_info, runtime_versions
 from targets.fileio import write_json, write_text
 
-RESULTS_SCHEMA = 1
 ADAPTIVE_BN_SAMPLES = 1024  # training images that re-estimate a pruned model's BN statistics before it is scored
 QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
 VERSIONED_PACKAGES = ("edgecomp", "torch", "torchvision", "torch-pruning", "litert-torch", "torchao", "nncf")
