@@ -1,5 +1,6 @@
 """results.json as types: every committed file loads and writes back byte for byte, and every way a file can
-be wrong is one clear user error."""
+be wrong is one clear user error; the report reads the typed rows and regenerates the committed reports as
+they are."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from compress.recipe import load_recipe
+from compress.report import write_report
 from compress.results import RESULTS_SCHEMA, Results, Row
 from targets.base import EdgecompError
 
@@ -34,6 +37,17 @@ def test_committed_results_round_trip_byte_for_byte(path: Path, tmp_path: Path) 
     assert loaded.write(tmp_path / "results.json").read_bytes() == path.read_bytes()
 
 
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
+def test_committed_reports_regenerate_unchanged(path: Path, tmp_path: Path) -> None:
+    """report.md and results.csv from the committed results.json (plot.png and report.html, which embeds it,
+    depend on matplotlib's version and fonts, so they are left to the eye)."""
+    recipe = ROOT / "recipes" / f"{path.parent.name}.yaml"
+    spec = load_recipe(recipe).report if recipe.is_file() else None
+    paths = write_report(Results.load(path), tmp_path, spec)
+    for key in ("md", "csv"):
+        assert paths[key].read_bytes() == (path.parent / paths[key].name).read_bytes(), key
+
+
 def test_set_keys_stay_and_unset_ones_stay_out(results: dict[str, Any]) -> None:
     """An explicit null is kept, an absent key stays absent, an int stays an int: the file round-trips."""
     dumped = Results.parse(results).dump()
@@ -41,6 +55,13 @@ def test_set_keys_stay_and_unset_ones_stay_out(results: dict[str, Any]) -> None:
     assert dumped["rows"][0]["parity"] is None and "failed" not in dumped and "git_commit" not in dumped
     assert isinstance(dumped["rows"][0]["threads"], int) and isinstance(dumped["rows"][0]["accuracy"], float)
     assert list(dumped) == list(results) and list(dumped["rows"][0]) == list(results["rows"][0])
+
+
+def test_a_dict_and_its_results_make_the_same_report(results: dict[str, Any], tmp_path: Path) -> None:
+    from_dict = write_report(results, tmp_path / "dict")
+    from_typed = write_report(Results.parse(results), tmp_path / "typed")
+    for key in ("md", "csv", "html", "plot"):
+        assert from_dict[key].read_bytes() == from_typed[key].read_bytes(), key
 
 
 def test_schema_is_defined_once_and_a_wrong_one_is_one_clear_error(results: dict[str, Any], tmp_path: Path) -> None:
