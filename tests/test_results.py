@@ -1,6 +1,5 @@
 """results.json as types: every committed file loads and writes back byte for byte, and every way a file can
-be wrong is one clear user error; the report reads the typed rows and regenerates the committed reports as
-they are."""
+be wrong is one clear user error; the report and the CLI table read the same typed rows."""
 
 from __future__ import annotations
 
@@ -10,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from compress.recipe import load_recipe
 from compress.report import write_report
-from compress.results import RESULTS_SCHEMA, Results, Row
+from compress.results import KB, RESULTS_SCHEMA, Results, Row
 from targets.base import EdgecompError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,3 +106,15 @@ def test_unreadable_files_are_user_errors(tmp_path: Path, text: str | None, mess
         path.write_text(text)
     with pytest.raises(EdgecompError, match=message):
         Results.load(path)
+
+
+def test_sizes_are_in_kb_of_1000_bytes_in_the_report_and_the_cli_table(results: dict[str, Any]) -> None:
+    from cli import results_table
+
+    typed = Results.parse(results)
+    row = next(row for row in typed.rows if row.size_bytes)
+    assert KB == 1000 and row.size_kb == pytest.approx(row.size_bytes / 1000)
+    console = Console(width=300, record=True)
+    console.print(results_table(typed))
+    assert f" {row.size_kb:.0f} " in console.export_text()
+    assert f" {row.size_bytes / 1024:.0f} " not in console.export_text()
