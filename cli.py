@@ -12,7 +12,7 @@ import shlex
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from targets.base import EdgecompError
+
+if TYPE_CHECKING:
+    from compress.results import Results
 
 # Before torch loads its OpenMP runtime (nothing above imports torch): OpenMP's threads spin while they
 # wait, and when another process holds a core they spin against a descheduled partner. One detector
@@ -113,49 +116,54 @@ def run(
         ).run()
     if results is None:  # a worker other than rank 0: it trained its share; rank 0 reports
         return
-    console.print(results_table(results))
-    console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
-    if results.get("failed"):
-        from compress.report import failed_lines
+    from compress.report import failed_lines
+    from compress.results import Results
 
-        errors.print(f"[red]{len(results['failed'])} export(s) failed[/red]; the others were measured:")
-        for line in failed_lines(results):
+    typed = Results.parse(results)
+    console.print(results_table(typed))
+    console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
+    if typed.failed:
+        errors.print(f"[red]{len(typed.failed)} export(s) failed[/red]; the others were measured:")
+        for line in failed_lines(typed):
             errors.print(f"  {line}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 
-def results_table(results: dict) -> Table:
+def results_table(results: Results) -> Table:
     from compress.report import KIND_LABELS
 
-    table = Table(title=f"{results['recipe']}: {results['metric']} on the test split, measured in each runtime")
+    table = Table(title=f"{results.recipe}: {results.metric} on the test split, measured in each runtime")
     for column in (
         "candidate",
         "kind",
         "target",
         "precision",
         "threads",
-        results["metric"],
+        str(results.metric),
         "p50 ms",
         "p90 ms",
         "MMACs",
         "size KB",
     ):
         table.add_column(column, justify="left" if column in ("candidate", "kind", "target", "precision") else "right")
-    for row in results["rows"]:
-        size = f"{row['size_bytes'] / 1024:.0f}" if row.get("size_bytes") else "-"
+    for row in results.rows:
         table.add_row(
-            row["candidate"],
-            KIND_LABELS.get(row["kind"], row["kind"]),
-            row["target"],
-            row["precision"],
-            str(row["threads"]),
-            f"{100 * row['accuracy']:.2f}%",
-            f"{row['latency_ms_p50']:.3f}",
-            f"{row['latency_ms_p90']:.3f}",
-            f"{row['macs'] / 1e6:.2f}",
-            size,
+            row.candidate,
+            KIND_LABELS.get(row.kind, row.kind),
+            row.target,
+            row.precision,
+            str(row.threads),
+            f"{100 * row.accuracy:.2f}%",
+            _number(row.latency_ms_p50, ".3f"),
+            _number(row.latency_ms_p90, ".3f"),
+            _number(row.macs and row.macs / 1e6, ".2f"),
+            _number(row.size_kb, ".0f"),  # KB = 1000 bytes, as in the report
         )
     return table
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 @app.command()

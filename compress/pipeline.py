@@ -28,14 +28,13 @@ from compress.cache import StageCache, package_versions
 from compress.candidates import Candidate, CandidateBuilder
 from compress.deploy import Deployment
 from compress.recipe import ExportSpec, Recipe
+from compress.results import RESULTS_SCHEMA, Results
 from compress.run_context import RunContext
 from compress.tasks import TASKS
 from targets.accuracy_control import Search, export_sensitivity
 from targets.base import EdgecompError
 from targets.device import device_info, runtime_versions
 from targets.fileio import write_json
-
-RESULTS_SCHEMA = 1
 
 
 class Pipeline:
@@ -100,28 +99,31 @@ class Pipeline:
 
     def run(self) -> dict | None:
         """Train every candidate (on every worker), then on rank 0 alone export, measure and report; the
-        results, or None on the other workers, which are done once the training is."""
+        results (results.json's object, written through `compress.results.Results`), or None on the other
+        workers, which are done once the training is."""
         started = time.perf_counter()
         candidates = self.candidates()
         if not distributed.is_main():
             return None
         rows = self.deployment.rows(candidates)
-        results = {
-            "schema": RESULTS_SCHEMA,
-            "recipe": self.recipe.name,
-            "task": self.task.name,
-            "metric": self.task.metric,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": self.command,
-            "seed": self.recipe.train.seed,
-            "versions": package_versions(),
-            "git_commit": report.source_commit(),
-            "device": {**device_info(), "runtimes": runtime_versions()},
-            "rows": rows,
-            "failed": self.deployment.failures,
-        }
+        results = Results.parse(
+            {
+                "schema": RESULTS_SCHEMA,
+                "recipe": self.recipe.name,
+                "task": self.task.name,
+                "metric": self.task.metric,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "command": self.command,
+                "seed": self.recipe.train.seed,
+                "versions": package_versions(),
+                "git_commit": report.source_commit(),
+                "device": {**device_info(), "runtimes": runtime_versions()},
+                "rows": rows,
+                "failed": self.deployment.failures,
+            }
+        )
         manifest = {"stages": self.stages.manifest, "seconds": round(time.perf_counter() - started, 1)}
         write_json(self.run_dir / "manifest.json", manifest)
-        write_json(self.run_dir / "results.json", results)
+        results.write(self.run_dir / "results.json")
         report.write_report(results, self.run_dir, self.recipe.report)
-        return results
+        return results.dump()

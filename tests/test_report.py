@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from compress import report
 from compress.recipe import ReportSpec
 from compress.report import pareto_front, plot_points, scratch_verdicts, table_rows, write_report
+from compress.report.plot import figure
+from compress.results import Results
 from targets.base import EdgecompError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_quickstart.json"
@@ -267,10 +269,10 @@ def test_plot_is_a_non_blank_png(results: dict[str, Any], tmp_path: Path) -> Non
 
 
 def test_plot_has_a_panel_per_target_and_one_for_macs(results: dict[str, Any]) -> None:
-    figure = report._figure(results, table_rows(results))
-    titles = [axes.get_title(loc="left") for axes in figure.axes if axes.get_visible()]
+    drawing = figure(Results.parse(results), table_rows(results))
+    titles = [axes.get_title(loc="left") for axes in drawing.axes if axes.get_visible()]
     assert titles == ["pytorch, 2 threads", "tflite, 2 threads", "openvino, 2 threads", "all targets: against MACs"]
-    assert all(axes.get_xscale() == "linear" for axes in figure.axes)  # each target spans less than 10x
+    assert all(axes.get_xscale() == "linear" for axes in drawing.axes)  # each target spans less than 10x
 
 
 def test_plot_uses_log_axis_for_a_wide_latency_range(results: dict[str, Any]) -> None:
@@ -278,8 +280,8 @@ def test_plot_uses_log_axis_for_a_wide_latency_range(results: dict[str, Any]) ->
     for row in wide["rows"]:
         if row["target"] == "tflite" and row["kind"] == "dense":
             row["latency_ms_p50"] *= 100
-    figure = report._figure(wide, table_rows(wide))
-    scales = {axes.get_title(loc="left"): axes.get_xscale() for axes in figure.axes}
+    drawing = figure(Results.parse(wide), table_rows(wide))
+    scales = {axes.get_title(loc="left"): axes.get_xscale() for axes in drawing.axes}
     assert scales["tflite, 2 threads"] == "log" and scales["openvino, 2 threads"] == "linear"
 
 
@@ -297,7 +299,7 @@ def test_no_file_left_when_plotting_raises(results: dict[str, Any], tmp_path: Pa
     def broken(*args: Any) -> bytes:
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(report, "_plot_png", broken)
+    monkeypatch.setattr(report, "plot_png", broken)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_report(results, tmp_path / "new")
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
@@ -494,7 +496,7 @@ def test_combined_runs_get_a_run_column_and_compare_within_a_run(results: dict[s
 
 def test_same_recipe_same_machine_runs_are_numbered(results: dict[str, Any]) -> None:
     combined = report.combine_runs([results, copy.deepcopy(results)])
-    assert [run["label"] for run in combined["runs"]] == [
+    assert [run.label for run in combined.runs] == [
         "quickstart @ AMD EPYC 7B13, 2 cores #1",
         "quickstart @ AMD EPYC 7B13, 2 cores #2",
     ]

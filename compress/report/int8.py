@@ -1,8 +1,8 @@
 """What the report says about int8 files beyond the table: those slower than their fp32 twin, and the layers
 kept in float (by a recipe's `keep_float` or by int8_ac's search) with what the search measured.
 
-Reads the report's table rows (`compress.report._computed`): run, candidate, target, precision, threads,
-p50_ms, keep_float, sensitivity.
+Reads the report's table rows (`compress.report.table.table_rows`): run, candidate, target, precision, threads,
+p50_ms, keep_float, sensitivity (a `compress.results.Sensitivity`).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def kept_float(table: list[dict[str, Any]], metric: str) -> list[str]:
             continue
         line = f"{_name(row)}: " + (f"kept in float: {', '.join(keep)}" if keep else "all layers in int8")
         if search:
-            ranked = ", ".join(f"{group} {100 * value:.1f}" for group, value in search["ranking"][:RANKED_GROUPS_SHOWN])
+            ranked = ", ".join(f"{group} {100 * value:.1f}" for group, value in search.ranking[:RANKED_GROUPS_SHOWN])
             line += (
-                f"; search on the val split: float {100 * search['reference']:.1f}, all int8 "
-                f"{100 * search['int8']:.1f}, chosen {100 * search['final']:.1f} ({metric} %)"
+                f"; search on the val split: float {100 * search.reference:.1f}, all int8 "
+                f"{100 * search.int8:.1f}, chosen {100 * search.final:.1f} ({metric} %)"
                 + (f"; most sensitive groups ({metric} % with the group alone in float): {ranked}" if ranked else "")
             )
         lines.append(line)

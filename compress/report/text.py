@@ -1,0 +1,140 @@
+"""What the markdown and the html say alike: the table's columns, its note, the run's provenance, the
+candidates' lineage. Each writer only escapes and lays it out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from compress.report.fmt import NONE, count, fmt, ms, signed
+from compress.report.recommend import Recommendation
+from compress.results import RESULTS_SCHEMA, Results, RunInfo
+
+METRIC_LABELS = {"top1": "top-1", "map50": "mAP@.5", "map": "mAP@[.5:.95]"}
+NO_VERDICT = "No scratch baseline shares an architecture with a pruned candidate here."
+PLOT_ALT = "accuracy against p50 latency, one panel per target with its Pareto front, and accuracy against MACs"
+TABLE_NOTE = (
+    "Δ pts: against the dense model on the same target and precision (int8 for int8-qat). "
+    "speedup: dense p50 / p50 on the same target, precision and threads (int8 for int8-qat). KB = 1000 bytes. "
+    "parity: the exported file against PyTorch eager on the same inputs (largest output difference, "
+    "top-1 agreement). front: on the accuracy-latency Pareto front of its target and thread count."
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column; `fmt` set means numeric (right-aligned, sorted by value in the html)."""
+
+    header: str
+    key: str
+    fmt: Callable[[Any], str] | None = None
+
+    def text(self, row: dict[str, Any]) -> str:
+        value = row[self.key]
+        if value is None:
+            return NONE
+        return self.fmt(value) if self.fmt else str(value)
+
+
+def columns(results: Results, table: list[dict[str, Any]]) -> list[Column]:
+    """The table's columns; a detector's extra ones (mAP@[.5:.95], post-processing time) when some row has them."""
+
+    def present(*columns: Column) -> list[Column]:
+        return [column for column in columns if any(row.get(column.key) is not None for row in table)]
+
+    return ([Column("run", "run")] if several(results) else []) + [
+        Column("candidate", "candidate"),
+        Column("lineage", "label"),
+        Column("target", "target"),
+        Column("precision", "precision"),
+        Column("threads", "threads", fmt("g")),
+        Column(f"{metric_label(results)} %", "accuracy_pct", fmt(".1f")),
+        Column("Δ pts", "delta_pts", signed),
+        *present(Column(f"{METRIC_LABELS['map']} %", "map_pct", fmt(".1f"))),
+        Column("p50 ms", "p50_ms", ms),
+        Column("p90 ms", "p90_ms", ms),
+        *present(Column("post-process p50 ms", "postprocess_ms", ms)),
+        Column("speedup", "speedup", lambda v: f"{v:.2f}×"),
+        Column("MACs (M)", "macs_m", fmt(".2f")),
+        Column("params", "params", count),
+        Column("size (KB)", "size_kb", fmt(".0f")),
+        Column("parity max abs diff", "parity_max_abs_diff", fmt(".2g")),
+        Column("parity top-1 %", "parity_top1_pct", fmt(".1f")),
+        Column("front", "front", lambda v: "yes" if v else ""),
+    ]
+
+
+def table_note(table: list[dict[str, Any]]) -> str:
+    drops = sorted({row["max_accuracy_drop"] for row in table if row.get("max_accuracy_drop") is not None})
+    if not drops:
+        return TABLE_NOTE
+    allowed = " or ".join(f"{drop:g}" for drop in drops)
+    return (
+        f"{TABLE_NOTE} int8_ac: int8 with accuracy control, the layers that cost most kept in float until the "
+        f"int8 model is at most {allowed} pts below the float one on the val split."
+    )
+
+
+def several(results: Results) -> bool:
+    return bool(results.runs)
+
+
+def metric_label(run: RunInfo) -> str:
+    metric = str(run.metric or "accuracy")
+    return METRIC_LABELS.get(metric.lower(), metric)
+
+
+def title(results: Results) -> str:
+    return f"edgecomp report: {results.recipe or 'unnamed recipe'}"
+
+
+def runs(results: Results) -> list[tuple[str | None, RunInfo]]:
+    """(label, run provenance) per run; a single run has no label."""
+    return [(run.label, run) for run in results.runs] if results.runs else [(None, results)]
+
+
+def meta_lines(results: Results) -> list[str]:
+    return [f"{label}: {_meta_line(run)}" if label else _meta_line(run) for label, run in runs(results)]
+
+
+def _meta_line(run: RunInfo) -> str:
+    """'2026-11-22 · classification, top-1 · AMD EPYC, 2 cores, x86_64 · runtimes: openvino 2026.4.1'."""
+    device = run.device
+    machine = [device.cpu] if device and device.cpu else []
+    machine += [f"{device.cores} cores"] if device and device.cores else []
+    architecture = device and (device.machine or device.arch)
+    machine += [architecture] if architecture else []
+    runtimes = ", ".join(f"{name} {version}" for name, version in ((device and device.runtimes) or {}).items())
+    parts = [
+        run.created[:10] if run.created else "",
+        ", ".join(p for p in (run.task, metric_label(run)) if p),
+        ", ".join(machine),
+        f"runtimes: {runtimes}" if runtimes else "",
+    ]
+    return " · ".join(p for p in parts if p)
+
+
+def pick_lines(picks: list[Recommendation]) -> list[str]:
+    return [f"{pick.run}, {pick.target}: {pick.text}" if pick.run else f"{pick.target}: {pick.text}" for pick in picks]
+
+
+def candidates(table: list[dict[str, Any]]) -> list[str]:
+    """'pruned-kd (pruned+KD): dense → prune(l2, ratio=0.5) → finetune(kd); 10 epochs', once per candidate."""
+    seen: dict[str, str] = {}
+    for row in table:
+        if row["candidate"] not in seen:
+            how = " → ".join(str(step) for step in row["lineage"]) or NONE
+            epochs = f"; {row['epochs']} epochs" if row["epochs"] is not None else ""
+            seen[row["candidate"]] = f"{row['candidate']} ({row['label']}): {how}{epochs}"
+    return list(seen.values())
+
+
+def repro_lines(run: RunInfo) -> list[str]:
+    versions = ", ".join(f"{name} {version}" for name, version in (run.versions or {}).items())
+    return [
+        f"seed: {NONE if run.seed is None else run.seed}",
+        f"git commit: {run.git_commit or NONE}",
+        f"versions: {versions or NONE}",
+        f"results: schema {run.schema_version or RESULTS_SCHEMA}, created {run.created or NONE}",
+    ]
