@@ -48,7 +48,8 @@ from compress.models import (
 )
 from compress.prune import prune
 from compress.quantize import quantization_aware
-from compress.recipe import Branch, DistillSpec, ExportSpec, PruneSpec, Recipe, Spec, dump_recipe
+from compress.recipe import dump_recipe
+from compress.schema import Branch, DistillSpec, ExportSpec, PruneSpec, Recipe, Spec
 from compress.tasks import TASKS
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
 from targets.accuracy_control import Search, export_sensitivity

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
 SCHEMA = 1
 REQUIRED = ("candidate", "kind", "target", "precision", "accuracy")
@@ -193,7 +193,7 @@ def _run_labels(runs: list[dict[str, Any]]) -> list[str]:
 def _spec(**constraints: float | None) -> ReportSpec:
     from pydantic import ValidationError
 
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
     try:
         return ReportSpec(**constraints)
