@@ -1,14 +1,16 @@
 """Reading a recipe: YAML, ``--set`` overrides, the schema (`compress.schema`), then registry names.
 
 Names that live in registries (models, data sets, tasks, importance criteria) are checked here, so a run
-never starts, or creates its run directory, on a recipe that would fail half-way.
+never starts, or creates its run directory, on a recipe that would fail half-way. A recipe is a file, or the
+name of one shipped in the package (`compress.shipped`, `edgecomp recipes`).
 
->>> recipe = load_recipe("recipes/quickstart.yaml", overrides=["train.epochs=2"])
+>>> recipe = load_recipe("quickstart", overrides=["train.epochs=2"])  # or a file: "my-recipe.yaml"
 """
 
 from __future__ import annotations
 
 import re
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from compress.data import DATASETS
 from compress.models import MODELS, parse_arch
 from compress.prune import IMPORTANCE
 from compress.schema import Recipe
+from compress.shipped import shipped_recipes
 from compress.tasks import TASKS
 from targets import TARGETS
 from targets.base import EdgecompError, did_you_mean
@@ -156,11 +159,22 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{where}: {' '.join(str(getattr(error, 'problem', None) or error).split())}"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``--set`` overrides, and validate it."""
-    path = Path(path)
+def find_recipe(recipe: str | Path) -> Path | Traversable:
+    """The recipe's file: the path given when it is a file, else the shipped recipe of that name."""
+    path = Path(recipe)
+    return path if path.is_file() else shipped_recipes().get(str(recipe), path)
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (a file's path, or a shipped recipe's name), apply ``--set`` overrides, validate it.
+
+    >>> load_recipe("quickstart", overrides=["train.epochs=2"]).train.epochs
+    2
+    """
+    path = find_recipe(recipe)
     if not path.is_file():
-        raise EdgecompError(f"{path}: no such recipe file (shipped recipes: `edgecomp recipes`)")
+        hint = did_you_mean(str(recipe), shipped_recipes())
+        raise EdgecompError(f"{recipe}: no such recipe file or shipped recipe{hint} (shipped: `edgecomp recipes`)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
