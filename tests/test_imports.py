@@ -105,6 +105,10 @@ def shortest_cycle(graph: dict[str, set[str]], start: str) -> list[str]:
 def test_the_graph_sees_function_level_and_submodule_imports() -> None:
     tree = ast.parse("def f():\n    from compress.data import photos\n    import targets.base\n")
     assert imported("compress.models", tree) == {"compress.data.photos", "targets.base"}
+    relative = ast.parse("from .photos import NORMALIZE\nfrom .. import registry\nfrom . import digits\n")
+    expected = {"compress.data.photos", "compress.registry", "compress.data.digits"}
+    assert imported("compress.data._base", relative) == expected
+    assert imported("compress.data", ast.parse("from ._base import DATASETS\n")) == {"compress.data._base"}
     graph = {"a": {"b"}, "b": {"c", "a"}, "c": {"a"}, "d": {"a"}}
     assert tangles(graph) == [{"a", "b", "c"}]
     assert shortest_cycle(graph, "a") == ["a", "b", "a"]
