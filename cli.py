@@ -1,6 +1,6 @@
 """edgecomp's command line: parse, call the library, print. No logic lives here.
 
-edgecomp run recipes/quickstart.yaml            # compress, export, measure, report
+edgecomp run quickstart                         # compress, export, measure, report (a shipped name, or a file)
 edgecomp bench model.tflite --threads 2 --json  # latency of any .tflite or OpenVINO .xml
 edgecomp recipes | models | datasets            # what is shipped and registered
 """
@@ -35,8 +35,6 @@ if "OMP_WAIT_POLICY" not in os.environ and not os.environ.get("EDGECOMP_DEFAULT_
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["EDGECOMP_SET_OMP_WAIT_POLICY"] = "1"
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -52,14 +50,6 @@ state = {"debug": False}
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
     state["debug"] = debug
-
-
-def _recipe_path(recipe: str) -> Path:
-    """A path, or the name of a shipped recipe (`quickstart`)."""
-    path = Path(recipe)
-    if not path.exists() and (RECIPES_DIR / f"{recipe}.yaml").is_file():
-        return RECIPES_DIR / f"{recipe}.yaml"
-    return path
 
 
 @app.command()
@@ -96,7 +86,7 @@ def run(
     from compress.runlock import run_lock
 
     overrides = [*(set_ or []), *([f"train.device={device}"] if device else [])]
-    parsed = load_recipe(_recipe_path(recipe), overrides=overrides)  # a bad recipe fails here, once
+    parsed = load_recipe(recipe, overrides=overrides)  # a bad recipe fails here, once
     run_dir = runs_dir / parsed.name
     if nproc > 1 and not distributed.launched_by_torchrun():
         distributed.check_global_batch(parsed.data.batch_size, nproc)  # once here, not once per worker
@@ -224,7 +214,7 @@ def sensitivity(
     from compress.runlock import run_lock
     from targets.fileio import write_json
 
-    parsed = load_recipe(_recipe_path(recipe), overrides=set_ or [])
+    parsed = load_recipe(recipe, overrides=set_ or [])
     run_dir = runs_dir / parsed.name
     pipeline = Pipeline(parsed, run_dir, console=errors)
     with run_lock(run_dir):
@@ -277,10 +267,13 @@ def recipes() -> None:
     """List the shipped recipes (run one with `edgecomp run NAME`)."""
     import yaml
 
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        first = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-        name = yaml.safe_load(path.read_text()).get("name", path.stem)
-        console.print(f"[bold]{path.stem}[/bold]  {first}" + (f"  (name: {name})" if name != path.stem else ""))
+    from compress.shipped import shipped_recipes
+
+    for stem, file in shipped_recipes().items():
+        text = file.read_text(encoding="utf-8")
+        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+        name = yaml.safe_load(text).get("name", stem)
+        console.print(f"[bold]{stem}[/bold]  {first}" + (f"  (name: {name})" if name != stem else ""))
 
 
 @app.command()

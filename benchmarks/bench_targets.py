@@ -39,7 +39,7 @@ import targets
 from compress.eager import TorchRunner
 from compress.models import build_model
 from compress.prune import prune
-from compress.recipe import ModelSpec, PruneSpec
+from compress.schema import ModelSpec, PruneSpec
 from targets.bench import BenchResult, benchmark
 
 INPUT_SHAPE = (1, 3, 224, 224)

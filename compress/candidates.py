@@ -19,8 +19,8 @@ from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
 from compress.prune import prune
-from compress.recipe import Branch, DistillSpec, PruneSpec, Spec
 from compress.run_context import RunContext
+from compress.schema import Branch, DistillSpec, PruneSpec, Spec
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
 
 

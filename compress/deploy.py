@@ -26,9 +26,9 @@ from compress.cache import RowRecord, measurement_context
 from compress.candidates import Candidate, Training, describe_distill, dump
 from compress.exports import Checkpoint, ExportJob, make_files, worker_count
 from compress.quantize import quantization_aware
-from compress.recipe import ExportSpec
 from compress.rows import Measurer
 from compress.run_context import RunContext
+from compress.schema import ExportSpec
 from compress.train import predict
 from targets.base import CALIBRATED_PRECISIONS, EdgecompError
 

@@ -33,7 +33,7 @@ from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNe
 from torchvision.ops import box_iou
 from torchvision.ops.misc import Conv2dNormActivation
 
-from compress.recipe import ModelSpec
+from compress.schema import ModelSpec
 from targets.base import EdgecompError
 
 DetectionOutputs = tuple[Tensor, Tensor]  # (class logits [N, A, C+1], decoded boxes [N, A, 4])

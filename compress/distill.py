@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.distributed import unwrap
-from compress.recipe import FeatureKD
+from compress.schema import FeatureKD
 from targets.base import EdgecompError
 
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import targets
 from compress.models import load_checkpoint
-from compress.recipe import ModelSpec
+from compress.schema import ModelSpec
 from compress.train import cpu_threads
 from targets.base import EdgecompError
 from targets.fileio import temp_prefix

@@ -26,8 +26,8 @@ import torchvision
 from torch import nn
 
 from compress.detectors import BUILDERS as DETECTORS
-from compress.recipe import ModelSpec
 from compress.registry import Registry
+from compress.schema import ModelSpec
 from targets.base import EdgecompError
 from targets.fileio import atomic_path
 

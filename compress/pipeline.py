@@ -27,9 +27,9 @@ from compress import distributed, report
 from compress.cache import StageCache, package_versions
 from compress.candidates import Candidate, CandidateBuilder
 from compress.deploy import Deployment
-from compress.recipe import ExportSpec, Recipe
 from compress.results import RESULTS_SCHEMA, Results
 from compress.run_context import RunContext
+from compress.schema import ExportSpec, Recipe
 from compress.tasks import TASKS
 from targets.accuracy_control import Search, export_sensitivity
 from targets.base import EdgecompError

@@ -20,8 +20,8 @@ from torch import nn
 
 from compress.measure import count
 from compress.models import output_layers
-from compress.recipe import PruneSpec
 from compress.registry import Registry
+from compress.schema import PruneSpec
 from targets.base import EdgecompError
 
 IMPORTANCE: Registry[Callable[[], tp.importance.Importance]] = Registry("importance criterion")

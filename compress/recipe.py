@@ -1,366 +1,30 @@
-"""The recipe schema: what a user writes, validated before any work starts.
+"""Reading a recipe: YAML, ``--set`` overrides, the schema (`compress.schema`), then registry names.
 
-Every model forbids unknown keys, so a typo fails at load time with the key's path
-(``stages.1.finetune.epoch: unknown key``) instead of being silently ignored. Names that live in
-registries (models, data sets, importance criteria, targets) are checked here too, so a run never
-starts, or creates its run directory, on a recipe that would fail half-way.
+Names that live in registries (models, data sets, tasks, importance criteria) are checked here, so a run
+never starts, or creates its run directory, on a recipe that would fail half-way. A recipe is a file, or the
+name of one shipped in the package (`compress.shipped`, `edgecomp recipes`).
 
->>> recipe = load_recipe("recipes/quickstart.yaml", overrides=["train.epochs=2"])
+>>> recipe = load_recipe("quickstart", overrides=["train.epochs=2"])  # or a file: "my-recipe.yaml"
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
+from compress.data import DATASETS
+from compress.models import MODELS, parse_arch
+from compress.prune import IMPORTANCE
+from compress.schema import Recipe
+from compress.shipped import shipped_recipes
+from compress.tasks import TASKS
 from targets import TARGETS
-from targets.base import CALIBRATED_PRECISIONS, EdgecompError, did_you_mean
-
-# Upper bounds keep absurd values (a 2**70 seed, 10**12 epochs) from failing hours into a run.
-PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
-Epochs = Annotated[int, Field(ge=0, le=100_000)]
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class ModelSpec(Spec):
-    arch: str = Field(description="a name in `edgecomp models`, pkg.module:function or path/to/file.py:function")
-    num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
-    width_mult: float = Field(1.0, gt=0.0, le=4.0)
-    small_input: bool = Field(False, description="stride-1 stem, for 32x32-class inputs")
-    image_size: PositiveInt | None = Field(
-        None, description="the square input size the model is built for (a detector's anchors); default data.image_size"
-    )
-    weights: str | None = Field(
-        None, description="a checkpoint (state dict) to start the dense model from, or 'torchvision' (online)"
-    )
-
-
-class DataSpec(Spec):
-    dataset: str = Field(description="a name in `edgecomp datasets`")
-    image_size: Annotated[int, Field(gt=0, le=4096)] = 32
-    batch_size: Annotated[int, Field(gt=0, le=65_536)] = Field(
-        64, description="the global batch: with N workers each trains on batch_size / N samples per step"
-    )
-    root: str | None = Field(None, description="where the data set's files are (data sets that need files)")
-    train_subset: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="use a stratified subset of the training split"
-    )
-    normalize: Literal["dataset", "imagenet", "tf", "none"] = Field(
-        "dataset",
-        description="input convention the model was trained with: the data set's own statistics, ImageNet's "
-        "mean/std, tf = [-1, 1] (TF-slim, Keras MobileNets), none = [0, 1]",
-    )
-    crop_pct: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="imagefolder: resize the shorter side to image_size / crop_pct and centre-crop image_size "
-        "(torchvision's and timm's evaluation transform, 0.875 for ImageNet models); unset: squash to a square",
-    )
-
-
-class TrainSpec(Spec):
-    epochs: Epochs = 30
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, le=100.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(4e-5, ge=0.0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs: auto = CUDA if present")
-    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA (ignored on CPU)")
-    channels_last: bool = Field(
-        False, description="NHWC activations in training (faster convs on recent GPUs, and depthwise convs on CPU)"
-    )
-
-
-class PruneSpec(Spec):
-    """Structured pruning. The target is one of `ratio` (channel sparsity per prunable layer), `macs` or
-    `params` (the fraction of the dense model's to keep); with none given, ratio 0.5. A list value sweeps it."""
-
-    importance: str | list[str] = "l2"
-    ratio: Fraction | list[Fraction] | None = Field(None, description="fraction of channels removed per layer")
-    macs: Fraction | list[Fraction] | None = Field(None, description="fraction of the dense MACs to keep")
-    params: Fraction | list[Fraction] | None = Field(None, description="fraction of the dense parameters to keep")
-    layer_ratios: dict[str, Fraction] = Field(
-        default_factory=dict, description="per-layer ratio by module-name glob, e.g. {'features.1*': 0.2} (ratio only)"
-    )
-    iterative_steps: PositiveInt = 1
-    finetune_epochs_per_step: Epochs = 0
-    global_pruning: bool = False
-    round_to: PositiveInt | None = Field(None, description="keep channel counts a multiple of this (runtimes like 8)")
-    ignore: list[str] = Field(
-        default_factory=list, description="module names kept whole (output layers always are: classifier, predictors)"
-    )
-
-    @model_validator(mode="after")
-    def _one_target(self) -> PruneSpec:
-        given = [name for name in ("ratio", "macs", "params") if getattr(self, name) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one pruning target, not {' and '.join(given)}")
-        if self.layer_ratios and given and given[0] != "ratio":
-            raise ValueError("layer_ratios go with a ratio target, not a macs or params one")
-        return self
-
-    @property
-    def target(self) -> tuple[str, float]:
-        """(kind, value) of the pruning target: ('ratio', 0.5), ('macs', 0.4) or ('params', 0.3)."""
-        for name in ("ratio", "macs", "params"):
-            if getattr(self, name) is not None:
-                return name, getattr(self, name)
-        return "ratio", 0.5
-
-
-class FeatureKD(Spec):
-    student: str = Field(description="module name in the student whose output is matched")
-    teacher: str | None = Field(None, description="module name in the teacher (default: the student's name)")
-    weight: float = Field(1.0, gt=0.0)
-
-
-class DistillSpec(Spec):
-    teacher: str = Field("dense", description="'dense' (this run's dense model) or the path of an edgecomp checkpoint")
-    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the KD term; 1 - alpha weighs the label loss")
-    temperature: float = Field(4.0, gt=0.0)
-    features: list[FeatureKD] = Field(default_factory=list, description="feature KD on intermediate layers")
-
-
-class FinetuneSpec(Spec):
-    epochs: Epochs | list[Epochs] = 10
-    lr: Annotated[float, Field(gt=0.0, le=100.0)] | list[Annotated[float, Field(gt=0.0, le=100.0)]] | None = Field(
-        None, description="default: train.lr / 10"
-    )
-    distill: DistillSpec | None = None
-
-
-class QATSpec(Spec):
-    """Quantization-aware training: each candidate the earlier stages made (the pruned ones, or the dense
-    model in a recipe without pruning) is fine-tuned once per int8 export target with that target's own
-    fake quantization, and exported as an extra ``int8-qat`` row beside the PTQ ``int8`` one."""
-
-    epochs: PositiveInt = 2
-    lr: float | None = Field(None, gt=0.0, le=100.0, description="default: train.lr / 100")
-    distill: DistillSpec | None = Field(None, description="logits KD during QAT (no features: graphs lose names)")
-    targets: list[str] | None = Field(
-        None, min_length=1, description="default: every exported target with int8 that has a QAT path"
-    )
-
-    @model_validator(mode="after")
-    def _logits_only(self) -> QATSpec:
-        if self.distill is not None and self.distill.features:
-            raise ValueError(
-                "distill.features: feature KD is not available in QAT (a quantized graph keeps no module names); "
-                "drop features to distill the logits"
-            )
-        return self
-
-
-SWEEPABLE = {PruneSpec: ("importance", "ratio", "macs", "params"), FinetuneSpec: ("epochs", "lr")}
-
-
-def expand(spec: Spec | None) -> list[tuple[str, Spec | None]]:
-    """One (tag, scalar spec) per combination of the spec's list-valued (swept) fields.
-
-    >>> [tag for tag, _ in expand(PruneSpec(importance=["l2", "random"], macs=[0.5, 0.3]))]
-    ['l2-macs0.5', 'l2-macs0.3', 'random-macs0.5', 'random-macs0.3']
-    """
-    if spec is None:
-        return [("", None)]
-    swept = [name for name in SWEEPABLE[type(spec)] if isinstance(getattr(spec, name), list)]
-    combos = itertools.product(*(getattr(spec, name) for name in swept))
-    return [
-        (
-            "-".join(str(v) if name == "importance" else f"{name}{v:g}" for name, v in zip(swept, values, strict=True)),
-            spec.model_copy(update=dict(zip(swept, values, strict=True))),
-        )
-        for values in combos
-    ]
-
-
-class StageSpec(Spec):
-    """One stage: a mapping with exactly one key naming its kind."""
-
-    prune: PruneSpec | None = None
-    finetune: FinetuneSpec | None = None
-    qat: QATSpec | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> StageSpec:
-        kinds = [name for name in type(self).model_fields if getattr(self, name) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"a stage names exactly one of {', '.join(type(self).model_fields)}")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
-
-    @property
-    def spec(self) -> Spec:
-        return getattr(self, self.kind)
-
-
-class BaselinesSpec(Spec):
-    scratch: list[Literal["E", "B"]] = Field(default_factory=lambda: ["E", "B"])
-    max_epochs: PositiveInt | None = Field(None, description="cap on Scratch-B's epochs")
-
-
-DEFAULT_MAX_ACCURACY_DROP = 1.0  # points; NNCF's own default (max_drop 0.01, absolute)
-
-
-class ExportSpec(Spec):
-    """One target and its precisions, checked against the target's capability table (`targets.TARGETS`)."""
-
-    target: str
-    precision: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
-    io: str = Field("float", description="input/output tensor type: float, or int8 (int8 precision, tflite)")
-    calibration_samples: Annotated[int, Field(gt=0, le=100_000)] = Field(
-        256, description="train images the int8 precisions calibrate on (and QAT starts its ranges from)"
-    )
-    max_accuracy_drop: float | None = Field(
-        None,
-        ge=0.0,
-        le=100.0,
-        description="int8_ac only: points of the task's metric on the val split that int8 may lose (default 1)",
-    )
-    keep_float: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list,
-        description="int8 precisions: module-name globs whose layers stay in float (e.g. 'features.11', 'classifier*')",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_drop(cls, data: Any) -> Any:
-        """int8_ac's drop is written into the resolved recipe, so the run says what it allowed."""
-        if isinstance(data, dict) and data.get("max_accuracy_drop") is None:
-            precision = data.get("precision")
-            if precision == "int8_ac" or (isinstance(precision, list) and "int8_ac" in precision):
-                data = {**data, "max_accuracy_drop": DEFAULT_MAX_ACCURACY_DROP}
-        return data
-
-    @model_validator(mode="after")
-    def _supported(self) -> ExportSpec:
-        if self.target not in TARGETS:
-            raise ValueError(
-                f"unknown target {self.target!r}{did_you_mean(self.target, TARGETS)}; known: {', '.join(TARGETS)}"
-            )
-        spec = TARGETS[self.target]
-        for precision in self.precision:
-            if precision not in spec.precisions:
-                hint = did_you_mean(precision, spec.precisions)
-                raise ValueError(
-                    f"{self.target} does not support precision {precision!r}{hint}; "
-                    f"supported: {', '.join(spec.precisions)}"
-                )
-        if self.io not in spec.io:
-            raise ValueError(f"{self.target} does not support io {self.io!r}; supported: {', '.join(spec.io)}")
-        if self.io != "float" and self.precision != ["int8"]:
-            raise ValueError(f"io {self.io!r} goes with precision [int8] only (float precisions have float I/O)")
-        if self.keep_float and not set(self.precision) & set(CALIBRATED_PRECISIONS):
-            raise ValueError("keep_float goes with an int8 precision (int8 or int8_ac) only")
-        if self.max_accuracy_drop is not None and "int8_ac" not in self.precision:
-            raise ValueError("max_accuracy_drop goes with precision int8_ac (int8 with accuracy control) only")
-        return self
-
-
-class BenchSpec(Spec):
-    threads: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [2], min_length=1)
-    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 10
-    runs: PositiveInt = 100
-
-
-class ReportSpec(Spec):
-    """What the report recommends: per target, the best measured row within these limits (none set: no pick)."""
-
-    latency_budget_ms: float | None = Field(None, gt=0.0, description="the most accurate row with p50 within this")
-    max_accuracy_drop: float | None = Field(
-        None, ge=0.0, description="points below the dense fp32 PyTorch model; alone: the fastest row within it"
-    )
-
-
-class Recipe(Spec):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    task: str = "classification"
-    model: ModelSpec
-    data: DataSpec
-    train: TrainSpec = TrainSpec()
-    stages: list[StageSpec] = Field(default_factory=list)
-    baselines: BaselinesSpec = BaselinesSpec()
-    exports: list[ExportSpec] = Field(default_factory=list)
-    bench: BenchSpec = BenchSpec()
-    report: ReportSpec = ReportSpec()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_input_size(cls, data: Any) -> Any:
-        """The model is built for the data's image size unless the recipe says otherwise."""
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("data"), dict):
-            size = data["data"].get("image_size", DataSpec.model_fields["image_size"].default)
-            valid = isinstance(size, int) and not isinstance(size, bool) and size > 0  # else data's error alone
-            if data["model"].get("image_size") is None and valid:
-                data = {**data, "model": {**data["model"], "image_size": size}}
-        return data
-
-    @model_validator(mode="after")
-    def _stage_order(self) -> Recipe:
-        kinds = [stage.kind for stage in self.stages]
-        if "finetune" in kinds and "prune" in kinds and kinds.index("finetune") < kinds.index("prune"):
-            raise ValueError("stages: finetune must come after prune")
-        if kinds.count("prune") > 1:
-            raise ValueError("stages: at most one prune stage (use prune.iterative_steps for schedules)")
-        if "qat" in kinds and (kinds.count("qat") > 1 or kinds[-1] != "qat"):
-            raise ValueError("stages: one qat stage at most, and it comes last (it quantizes what the others made)")
-        return self
-
-    @property
-    def prune(self) -> PruneSpec | None:
-        return next((stage.prune for stage in self.stages if stage.prune is not None), None)
-
-    @property
-    def finetune(self) -> FinetuneSpec | None:
-        return next((stage.finetune for stage in self.stages if stage.finetune is not None), None)
-
-    @property
-    def qat(self) -> QATSpec | None:
-        return next((stage.qat for stage in self.stages if stage.qat is not None), None)
-
-    def qat_targets(self) -> list[str]:
-        """The targets that get an int8-qat row: the qat stage's list, else every int8 export with a QAT path."""
-        if self.qat is None:
-            return []
-        if self.qat.targets is not None:
-            return list(self.qat.targets)
-        return [e.target for e in self.exports if "int8" in e.precision and TARGETS[e.target].qat]
-
-    def branches(self) -> list[Branch]:
-        """The pruned candidates this recipe asks for: one per combination of swept values."""
-        if self.prune is None:
-            return []
-        return [
-            Branch(prune_tag, prune, "-".join(tag for tag in (prune_tag, finetune_tag) if tag), finetune)
-            for prune_tag, prune in expand(self.prune)
-            for finetune_tag, finetune in expand(self.finetune)
-        ]
-
-
-@dataclass(frozen=True)
-class Branch:
-    """One pruned candidate's path: a scalar prune spec (shared by the scratch baselines) and fine-tune spec."""
-
-    prune_tag: str  # names the pruned architecture: '' without a sweep, e.g. 'l2-macs0.5' with one
-    prune: PruneSpec
-    tag: str  # names the candidate: prune_tag plus any swept fine-tune values
-    finetune: FinetuneSpec | None
+from targets.base import EdgecompError, did_you_mean
 
 
 def _path(loc: tuple, data: Any, missing_ok: bool) -> str:
@@ -438,11 +102,6 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 def _check_names(recipe: Recipe, source: str) -> None:
     """Registry names are checked at load time too, so no run starts on a recipe that cannot finish."""
-    from compress.data import DATASETS
-    from compress.models import MODELS, parse_arch
-    from compress.prune import IMPORTANCE
-    from compress.tasks import TASKS
-
     checks = [
         ("model.arch", lambda: parse_arch(recipe.model.arch, MODELS)),
         ("data.dataset", lambda: DATASETS.get(recipe.data.dataset)),
@@ -500,11 +159,22 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{where}: {' '.join(str(getattr(error, 'problem', None) or error).split())}"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``--set`` overrides, and validate it."""
-    path = Path(path)
+def find_recipe(recipe: str | Path) -> Path | Traversable:
+    """The recipe's file: the path given when it is a file, else the shipped recipe of that name."""
+    path = Path(recipe)
+    return path if path.is_file() else shipped_recipes().get(str(recipe), path)
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (a file's path, or a shipped recipe's name), apply ``--set`` overrides, validate it.
+
+    >>> load_recipe("quickstart", overrides=["train.epochs=2"]).train.epochs
+    2
+    """
+    path = find_recipe(recipe)
     if not path.is_file():
-        raise EdgecompError(f"{path}: no such recipe file (shipped recipes: `edgecomp recipes`)")
+        hint = did_you_mean(str(recipe), shipped_recipes())
+        raise EdgecompError(f"{recipe}: no such recipe file or shipped recipe{hint} (shipped: `edgecomp recipes`)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:

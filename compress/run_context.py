@@ -12,7 +12,8 @@ from rich.console import Console
 
 from compress import distributed
 from compress.data import DATASETS, DataSplits, as_numpy
-from compress.recipe import Recipe, dump_recipe
+from compress.recipe import dump_recipe
+from compress.schema import Recipe
 from compress.tasks import TASKS, Task
 from targets.base import AccuracyControl, EdgecompError
 from targets.fileio import write_text

@@ -37,7 +37,7 @@ from compress.distributed import (
     shards_are_disjoint,
     world_size,
 )
-from compress.recipe import TrainSpec
+from compress.schema import TrainSpec
 
 Criterion = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

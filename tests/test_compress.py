@@ -17,7 +17,7 @@ from compress.distill import Distillation, kd_loss
 from compress.measure import count
 from compress.models import MODELS, build_model, load_checkpoint, reinitialize, save_checkpoint
 from compress.prune import IMPORTANCE, prune
-from compress.recipe import DataSpec, ModelSpec, PruneSpec
+from compress.schema import DataSpec, ModelSpec, PruneSpec
 from targets.base import EdgecompError
 
 EXAMPLE = torch.randn(2, 3, 32, 32)
@@ -220,7 +220,7 @@ def test_a_model_builder_can_be_a_python_file(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_optimizers_step_with_one_fused_kernel_and_keep_decay_off_norms(optimizer: str) -> None:
-    from compress.recipe import TrainSpec
+    from compress.schema import TrainSpec
     from compress.train import _optimizer
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))

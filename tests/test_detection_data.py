@@ -15,7 +15,7 @@ from torch.utils.data import default_collate
 from compress.data import DATASETS, DataSplits
 from compress.data import detection_files as files
 from compress.data import digit_scenes as scenes
-from compress.recipe import DataSpec
+from compress.schema import DataSpec
 from targets.base import EdgecompError
 
 # ---- digit_scenes ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from compress.detectors import (
 from compress.measure import count
 from compress.models import MODELS, build_model, load_checkpoint, load_pretrained, reinitialize, save_checkpoint
 from compress.prune import prune
-from compress.recipe import ModelSpec, PruneSpec
+from compress.schema import ModelSpec, PruneSpec
 from compress.tasks import TASKS
 from targets.base import EdgecompError
 

@@ -15,7 +15,7 @@ from torch import nn
 import targets
 from compress.exports import Checkpoint, ExportJob, make_files
 from compress.models import save_checkpoint
-from compress.recipe import ModelSpec
+from compress.schema import ModelSpec
 from targets.base import EdgecompError
 
 

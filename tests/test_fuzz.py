@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import cli
-from compress import recipe as recipe_module
+from compress import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ_EXAMPLES = int(os.environ.get("EDGECOMP_FUZZ_EXAMPLES", "150"))
@@ -94,7 +94,7 @@ STRINGS = ["name", "model.arch", "data.dataset", "data.root", "model.weights", "
 BOOLS = ["model.small_input", "stages.0.prune.global_pruning"]
 LISTS = ["stages", "exports", "stages.0.prune.ignore", "baselines.scratch", "exports.0.precision", "bench.threads"]
 REQUIRED = ["name", "model", "data", "model.arch", "data.dataset", "exports.0.target"]
-KNOWN_KEYS = {name for spec in recipe_module.Spec.__subclasses__() for name in spec.model_fields}
+KNOWN_KEYS = {name for spec in schema.Spec.__subclasses__() for name in spec.model_fields}
 
 ints = st.integers
 floats = st.floats

@@ -12,7 +12,8 @@ from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, save_checkpoint
 from compress.prune import IMPORTANCE, prune
-from compress.recipe import FeatureKD, FinetuneSpec, ModelSpec, PruneSpec, expand, parse_recipe
+from compress.recipe import parse_recipe
+from compress.schema import FeatureKD, FinetuneSpec, ModelSpec, PruneSpec, expand
 from targets.base import EdgecompError
 
 SPEC = ModelSpec(arch="mobilenet_v2", width_mult=0.35, small_input=True)
@@ -156,7 +157,7 @@ def test_feature_kd_names_are_checked() -> None:
 
 def test_teacher_from_checkpoint(tmp_path) -> None:
     from compress.candidates import Training
-    from compress.recipe import DistillSpec
+    from compress.schema import DistillSpec
 
     teacher = fresh()
     save_checkpoint(teacher, tmp_path / "teacher.pt", SPEC, 10)

@@ -12,7 +12,8 @@ from rich.console import Console
 
 import targets
 from compress.pipeline import Pipeline
-from compress.recipe import PruneSpec, StageSpec, load_recipe
+from compress.recipe import load_recipe
+from compress.schema import PruneSpec, StageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -151,7 +152,7 @@ def test_an_exports_key_holds_only_what_changes_its_file() -> None:
     """Calibration size and int8_ac's drop are in the rows' cache key of the precisions they shape, so a new
     calibration size re-exports int8 files and leaves fp32 ones cached."""
     from compress.deploy import export_options as _export_options
-    from compress.recipe import ExportSpec
+    from compress.schema import ExportSpec
 
     export = ExportSpec(target="openvino", precision=["fp32", "int8", "int8_ac"], calibration_samples=64)
     assert _export_options(export, "fp32") == {}

@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 
 import targets
 from compress.pipeline import Pipeline
-from compress.recipe import TrainSpec, parse_recipe
+from compress.recipe import parse_recipe
+from compress.schema import TrainSpec
 from compress.train import Fit, fit, predict, supervised
 from targets.base import EdgecompError
 

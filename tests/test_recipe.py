@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from compress.recipe import load_recipe, parse_recipe
+from compress.shipped import shipped_recipes
 from targets.base import EdgecompError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +24,20 @@ def write(tmp_path: Path, data) -> Path:
     return path
 
 
-@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_recipes_validate(recipe: Path) -> None:
-    assert load_recipe(recipe).name
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_shipped_recipes_validate_by_name(name: str) -> None:
+    assert load_recipe(name).name
+
+
+def test_recipes_at_the_top_of_a_checkout_are_the_shipped_ones() -> None:
+    """README and Makefile commands (`edgecomp run recipes/quickstart.yaml`) read the package's own files."""
+    assert (ROOT / "recipes").resolve() == (ROOT / "compress" / "recipes").resolve()
+
+
+def test_a_file_is_read_before_a_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, minimal()).rename(tmp_path / "quickstart")
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("quickstart").name == "t"
 
 
 @pytest.mark.parametrize(
@@ -63,6 +75,8 @@ def test_yaml_errors_and_missing_files(tmp_path: Path) -> None:
         load_recipe(write(tmp_path, "name: x\nmodel: {arch: [x\n  data: 1\n"))
     with pytest.raises(EdgecompError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(EdgecompError, match="did you mean 'quickstart'"):
+        load_recipe("quickstrat")
     with pytest.raises(EdgecompError, match="expected a mapping"):
         load_recipe(write(tmp_path, "- just\n- a list\n"))
 

@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compress import report
-from compress.recipe import ReportSpec
 from compress.report import pareto_front, plot_points, scratch_verdicts, table_rows, write_report
 from compress.report.plot import figure
 from compress.results import Results
+from compress.schema import ReportSpec
 from targets.base import EdgecompError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_quickstart.json"

@@ -24,8 +24,8 @@ from typing import Any
 import matplotlib.image
 import pytest
 
-from compress.recipe import ReportSpec
 from compress.report import write_report
+from compress.schema import ReportSpec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_quickstart.json"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 import targets
 from compress.data import DATASETS
 from compress.models import build_model, load_checkpoint, load_pretrained, save_checkpoint, trusted_pickles
-from compress.recipe import DataSpec, ModelSpec, TrainSpec
 from compress.runlock import run_lock
+from compress.schema import DataSpec, ModelSpec, TrainSpec
 from compress.train import Fit, fit, supervised
 from targets.base import EdgecompError
 

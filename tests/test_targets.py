@@ -320,7 +320,7 @@ QUANTIZED = [
 def digits() -> dict[str, np.ndarray]:
     """Real data: scikit-learn's digits at the tiny net's input size; train, calibration and test arrays."""
     from compress.data import DATASETS, as_numpy
-    from compress.recipe import DataSpec
+    from compress.schema import DataSpec
 
     splits = DATASETS.get("digits")(DataSpec(dataset="digits", image_size=INPUT_SHAPE[-1]))
     arrays = {}

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from compress.recipe import DataSpec
+from compress.data.photos import NORMALIZE
 from compress.registry import Registry
+from compress.schema import DataSpec
 from targets.base import EdgecompError
 
 SPLIT_SEED = 20190101  # fixed: splits must not move with the recipe's training seed
@@ -99,8 +100,6 @@ Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images, int labels
 
 def normalization(spec: DataSpec, mean: tuple, std: tuple) -> tuple[tuple, tuple]:
     """The (mean, std) inputs are normalised with: the recipe's `data.normalize` preset, or the data set's own."""
-    from compress.data.photos import NORMALIZE
-
     return (mean, std) if spec.normalize == "dataset" else NORMALIZE[spec.normalize]
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Subset
 
 from compress.data._base import DATASETS, SPLIT_SEED, DataSplits, normalize
 from compress.data.folders import IMAGENET_MEAN, IMAGENET_STD, _open
-from compress.recipe import DataSpec
+from compress.schema import DataSpec
 from targets.base import EdgecompError, did_you_mean
 
 MAX_BOXES = 100  # M for the sets read from files

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from compress.data._base import DATASETS, DataSplits, normalize, stratified_split
 from compress.data.detection_files import detection_splits
 from compress.data.digits import MEAN, STD, digit_images
-from compress.recipe import DataSpec
+from compress.schema import DataSpec
 
 SCENES = {"train": 2000, "val": 300, "test": 300}  # scenes per split
 CANVAS = 96  # pixels, square

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from compress.data._base import DATASETS, DataSplits, build_splits, stratified_split
-from compress.recipe import DataSpec
+from compress.schema import DataSpec
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

@@ -24,7 +24,7 @@ from compress.data._base import (
     subset_train,
 )
 from compress.data.photos import centre_crop
-from compress.recipe import DataSpec
+from compress.schema import DataSpec
 from targets.base import EdgecompError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

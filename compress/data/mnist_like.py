@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.data._base import DATASETS, DataSplits, with_validation
-from compress.recipe import DataSpec
+from compress.schema import DataSpec
 from targets.base import EdgecompError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

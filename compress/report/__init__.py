@@ -36,7 +36,7 @@ from targets.base import EdgecompError
 from targets.fileio import atomic_path
 
 if TYPE_CHECKING:
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
 __all__ = [
     "KIND_LABELS",

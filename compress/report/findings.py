@@ -12,7 +12,7 @@ from compress.report.verdicts import scratch_verdicts
 from compress.results import Results
 
 if TYPE_CHECKING:
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from compress.report.fmt import ms, signed
 
 if TYPE_CHECKING:
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
 TOLERANCE = 1e-6  # a row exactly at a budget meets it, float noise in 100 * (a - b) notwithstanding
 Reference = tuple[float, str] | None  # (accuracy, target) of the dense fp32 model the drop is measured against

@@ -13,7 +13,7 @@ from compress.results import Results, Run
 from targets.base import EdgecompError
 
 if TYPE_CHECKING:
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
 
 def load_results(run_dir: Path) -> Results:
@@ -69,7 +69,7 @@ def report_spec(**constraints: float | None) -> ReportSpec:
     """A `report:` section from command-line constraints; a bad value is one user error line."""
     from pydantic import ValidationError
 
-    from compress.recipe import ReportSpec
+    from compress.schema import ReportSpec
 
     try:
         return ReportSpec(**constraints)
