@@ -104,8 +104,12 @@ def run(
         results = Pipeline(
             parsed, run_dir, force=force, command=command, console=errors, export_processes=export_jobs
         ).run()
-    if results is None:  # a worker other than rank 0: it trained its share; rank 0 reports
-        return
+    if results is not None:  # None: a worker other than rank 0; it trained its share, rank 0 reports
+        _print_outcome(results, run_dir)
+
+
+def _print_outcome(results: dict, run_dir: Path) -> None:
+    """The results table and where the report is; with failed exports, which and why, and exit status 1."""
     from compress.report import failed_lines
     from compress.results import Results
 

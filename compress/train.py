@@ -171,18 +171,7 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
     total = job.epochs * steps_per_epoch
     step, epoch_loss, disjoint = 0, float("nan"), []
     model.train()
-    with (
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}"),
-            TimeRemainingColumn(),
-            transient=True,
-            disable=not is_main(),
-        ) as progress,
-        stop_between_batches() as stop_if_interrupted,
-    ):
+    with _progress() as progress, stop_between_batches() as stop_if_interrupted:
         bar = progress.add_task(job.label, total=total, loss=float("nan"))
         for epoch in range(job.epochs):
             losses = []
@@ -211,13 +200,31 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
         criterion_module.to("cpu")
     metrics: dict[str, Any] = {"epochs": job.epochs, "final_loss": epoch_loss}
     if workers > 1:
-        metrics["workers"] = {  # the audit of the data shards: disjoint, and all but the remainder seen
-            "count": workers,
-            "shards_disjoint": all(audit["disjoint"] for audit in disjoint),
-            "samples_seen_per_epoch": min((audit["covered"] for audit in disjoint), default=0),
-            "train_samples": len(train_set),
-        }
+        metrics["workers"] = _shard_audit(disjoint, workers, len(train_set))
     return metrics
+
+
+def _progress() -> Progress:
+    """The training bar (rank 0 only), gone when the stage ends."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not is_main(),
+    )
+
+
+def _shard_audit(epochs: list[dict], workers: int, train_samples: int) -> dict[str, Any]:
+    """The audit of the workers' data shards over the epochs: disjoint, and all but the remainder seen."""
+    return {
+        "count": workers,
+        "shards_disjoint": all(audit["disjoint"] for audit in epochs),
+        "samples_seen_per_epoch": min((audit["covered"] for audit in epochs), default=0),
+        "train_samples": train_samples,
+    }
 
 
 @torch.no_grad()
