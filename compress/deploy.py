@@ -26,13 +26,12 @@ from compress.cache import RowRecord, measurement_context
 from compress.candidates import Candidate, Training, describe_distill, dump
 from compress.exports import Checkpoint, ExportJob, make_files, worker_count
 from compress.quantize import quantization_aware
+from compress.results import QAT_PRECISION
 from compress.rows import Measurer
 from compress.run_context import RunContext
 from compress.schema import ExportSpec
 from compress.train import predict
-from targets.base import CALIBRATED_PRECISIONS, EdgecompError
-
-QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
+from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, EdgecompError, ExportRequest
 
 
 @dataclass
@@ -87,7 +86,7 @@ class Deployment:
         options = export_options(export, precision)  # what else makes the file: in its rows' key too
         target, io, keep = export.target, export.io, options.get("keep_float", [])
         job = partial(self.export_job, candidate, target, precision, io, options.get("calibration", 0), keep)
-        if precision == "int8_ac":  # made while measured: the search needs the metric, which stays here
+        if PRECISIONS[precision].accuracy_controlled:  # made while measured: the search needs the metric, here
             measure = partial(self._accuracy_controlled_rows, candidate, job, options["max_accuracy_drop"])
             job = None
         else:
@@ -164,20 +163,23 @@ class Deployment:
         precisions; `label` names the rows' precision when it is not the export's (int8-qat: an int8 export
         of a QAT model)."""
         label = label or precision
-        lineage = " > ".join(candidate.lineage)
-        metadata = {"recipe": self.context.recipe.name, "candidate": candidate.name, "precision": label, "io": io}
-        model = Checkpoint(candidate.checkpoint, self.context.recipe.model) if candidate.checkpoint else candidate.model
-        return ExportJob(
-            target,
-            model,
-            tuple(self.context.splits.input_shape),
+        metadata = {
+            "recipe": self.context.recipe.name,
+            "candidate": candidate.name,
+            "precision": label,
+            "io": io,
+            "lineage": " > ".join(candidate.lineage),
+        }
+        request = ExportRequest(
             precision,
-            self.export_path(candidate, target, label, io),
             self.context.calibration(calibration) if calibration else None,
-            {**metadata, "lineage": lineage},
+            metadata,
             io,
-            {"keep_float": keep_float} if keep_float else {},
+            tuple(keep_float or ()),
         )
+        model = Checkpoint(candidate.checkpoint, self.context.recipe.model) if candidate.checkpoint else candidate.model
+        path = self.export_path(candidate, target, label, io)
+        return ExportJob(target, model, tuple(self.context.splits.input_shape), path, request)
 
     def _accuracy_controlled_rows(
         self, candidate: Candidate, make_job: Callable[[], ExportJob], max_drop: float
@@ -185,8 +187,11 @@ class Deployment:
         """Make an int8_ac file (the search scores layers on the val split with the task's metric), then
         measure it like any other."""
         job = make_job()
-        job.metadata["max_accuracy_drop"] = f"{max_drop:g}"
-        job.options["accuracy_control"] = self.context.accuracy_control(max_drop)
+        job.request = dataclasses.replace(
+            job.request,
+            metadata={**job.request.metadata, "max_accuracy_drop": f"{max_drop:g}"},
+            accuracy_control=self.context.accuracy_control(max_drop),
+        )
         job.run()
         rows = self.measurer.file_rows(candidate, job.target, job.precision, job.path)
         fields = {"max_accuracy_drop": max_drop, **_accuracy_control_fields(targets.get_target(job.target), job.path)}
@@ -239,7 +244,7 @@ def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if precision in CALIBRATED_PRECISIONS:
         options["calibration"] = export.calibration_samples
-    if precision == "int8_ac":
+    if PRECISIONS[precision].accuracy_controlled:
         options["max_accuracy_drop"] = export.max_accuracy_drop
     if export.keep_float and precision in CALIBRATED_PRECISIONS:
         options["keep_float"] = list(export.keep_float)

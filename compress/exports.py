@@ -11,7 +11,8 @@ loads its model from the candidate's checkpoint, tensors only (``weights_only=Tr
 pickled module. A worker's failure is raised here as it was raised there:
 a converter's refusal stays the one-line `EdgecompError` that names the op.
 
->>> job = ExportJob("tflite", Checkpoint(Path("runs/q/dense/model.pt")), (1, 3, 224, 224), "fp32", Path("m.tflite"))
+>>> model = Checkpoint(Path("runs/q/dense/model.pt"))
+>>> job = ExportJob("tflite", model, (1, 3, 224, 224), Path("m.tflite"), ExportRequest("fp32"))
 >>> make_files([job], processes=2)
 """
 
@@ -25,12 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -39,7 +38,7 @@ import targets
 from compress.models import load_checkpoint
 from compress.schema import ModelSpec
 from compress.train import cpu_threads
-from targets.base import EdgecompError
+from targets.base import EdgecompError, ExportRequest
 from targets.fileio import temp_prefix
 
 MAX_PROCESSES = 4  # each worker holds torch, a converter and a model: ~1.5 GB resident for SSDLite
@@ -59,7 +58,7 @@ class Checkpoint:
 
 @dataclass(eq=False)
 class ExportJob:
-    """One file to write: `targets.<target>.export(model, zeros(input_shape), precision, path, ...)`.
+    """One file to write: ``targets.export(target, model, zeros(input_shape), path, request)``.
 
     `model` is a `Checkpoint` (what a run's candidates are: a worker process loads it) or a module in memory,
     which only this process can export: a job is not pickled with a whole module (unpickling one runs code).
@@ -68,26 +67,16 @@ class ExportJob:
     target: str
     model: nn.Module | Checkpoint
     input_shape: tuple[int, ...]
-    precision: str
     path: Path
-    calibration: np.ndarray | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    io: str = "float"
-    options: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the target's export
+    request: ExportRequest
+
+    @property
+    def precision(self) -> str:
+        return self.request.precision
 
     def run(self) -> Path:
         model = self.model.load() if isinstance(self.model, Checkpoint) else self.model
-        module = targets.get_target(self.target)
-        return module.export(
-            model.eval(),
-            torch.zeros(self.input_shape),
-            self.precision,
-            self.path,
-            self.calibration,
-            self.metadata,
-            io=self.io,
-            **self.options,
-        )
+        return targets.export(self.target, model.eval(), torch.zeros(self.input_shape), self.path, self.request)
 
     def __getstate__(self) -> dict:
         if not isinstance(self.model, Checkpoint):

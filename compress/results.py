@@ -26,6 +26,7 @@ from targets.base import EdgecompError
 from targets.fileio import write_json
 
 RESULTS_SCHEMA = 1
+QAT_PRECISION = "int8-qat"  # the rows of an int8 export of a quantization-aware-trained model
 KB = 1000  # bytes: the report's and the CLI's "KB" (`Row.size_kb`)
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from targets import TARGETS
-from targets.base import CALIBRATED_PRECISIONS, did_you_mean
+from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
 
 # Upper bounds keep absurd values (a 2**70 seed, 10**12 epochs) from failing hours into a run.
 PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
@@ -243,7 +243,7 @@ class ExportSpec(Spec):
         """int8_ac's drop is written into the resolved recipe, so the run says what it allowed."""
         if isinstance(data, dict) and data.get("max_accuracy_drop") is None:
             precision = data.get("precision")
-            if precision == "int8_ac" or (isinstance(precision, list) and "int8_ac" in precision):
+            if any(_accuracy_controlled(p) for p in (precision if isinstance(precision, list) else [precision])):
                 data = {**data, "max_accuracy_drop": DEFAULT_MAX_ACCURACY_DROP}
         return data
 
@@ -267,9 +267,13 @@ class ExportSpec(Spec):
             raise ValueError(f"io {self.io!r} goes with precision [int8] only (float precisions have float I/O)")
         if self.keep_float and not set(self.precision) & set(CALIBRATED_PRECISIONS):
             raise ValueError("keep_float goes with an int8 precision (int8 or int8_ac) only")
-        if self.max_accuracy_drop is not None and "int8_ac" not in self.precision:
+        if self.max_accuracy_drop is not None and not any(map(_accuracy_controlled, self.precision)):
             raise ValueError("max_accuracy_drop goes with precision int8_ac (int8 with accuracy control) only")
         return self
+
+
+def _accuracy_controlled(precision: Any) -> bool:
+    return isinstance(precision, str) and precision in PRECISIONS and PRECISIONS[precision].accuracy_controlled
 
 
 class BenchSpec(Spec):

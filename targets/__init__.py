@@ -19,7 +19,12 @@ A target with ``qat=True`` in its table line also provides ``prepare_qat(model, 
 nn.Module``: a trainable model with the target's own int8 fake quantization (its quantizer's scheme, not a
 generic one), which the caller fine-tunes and hands back to ``export(..., "int8", ...)``.
 
-Adding a target is one new module and one line in ``TARGETS``.
+``targets.export(target, model, example, out, ExportRequest(...))`` is how the PyTorch side calls them: one
+typed request (precision, calibration, metadata, io, keep_float, accuracy control), checked against the
+table line and `targets.base.PRECISIONS` first.
+
+Adding a target is one new module and one line in ``TARGETS``; adding a precision is one line in
+`targets.base.PRECISIONS` and the targets' code that makes it (tests/toy_target.py is a toy target).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from targets.base import EdgecompError, Runner, did_you_mean
+from targets.base import PRECISIONS, EdgecompError, ExportRequest, Runner, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,29 @@ def get_target(name: str) -> ModuleType:
     if name not in TARGETS:
         raise EdgecompError(f"unknown target {name!r}{did_you_mean(name, TARGETS)}; known: {', '.join(TARGETS)}")
     return importlib.import_module(TARGETS[name].module)
+
+
+def export(target: str, model: Any, example: Any, out: Path, request: ExportRequest) -> Path:
+    """Write `model` (a torch module; `example` a zero input batch) to `out` as `request` asks, through the
+    target's module; a request the target's table line does not allow is refused before any conversion."""
+    module = get_target(target)  # an unknown target's error
+    spec = TARGETS[target]
+    precision = PRECISIONS.get(request.precision)
+    if precision is None or request.precision not in spec.precisions:
+        raise EdgecompError(
+            f"{target} cannot export precision {request.precision!r}"
+            f"{did_you_mean(request.precision, spec.precisions)}; it exports: {', '.join(spec.precisions)}"
+        )
+    if (request.accuracy_control is not None) != precision.accuracy_controlled:
+        need = "needs" if precision.accuracy_controlled else "takes no"
+        raise EdgecompError(f"{target} {request.precision} {need} accuracy control")
+    options: dict[str, Any] = {}  # only what the request sets: a target without keep_float need not take it
+    if request.keep_float:
+        options["keep_float"] = tuple(request.keep_float)
+    if request.accuracy_control is not None:
+        options["accuracy_control"] = request.accuracy_control
+    calibration, metadata = request.calibration, dict(request.metadata)
+    return module.export(model, example, request.precision, out, calibration, metadata, io=request.io, **options)
 
 
 def target_for_file(path: Path) -> TargetSpec:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -62,7 +62,27 @@ class Runner(Protocol):
         ...
 
 
-CALIBRATED_PRECISIONS = ("int8", "int8_ac")  # precisions whose activation ranges come from calibration samples
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """What a precision of an export is; the code asks this table, never the precision's name."""
+
+    name: str
+    calibrated: bool = False  # activation ranges come from calibration samples
+    accuracy_controlled: bool = False  # takes an `AccuracyControl` and keeps layers in float to meet it
+    integer: bool = False  # int8 arithmetic: judged by its accuracy and agreement, not a float tolerance
+
+
+PRECISIONS: dict[str, PrecisionSpec] = {
+    spec.name: spec
+    for spec in (
+        PrecisionSpec("fp32"),
+        PrecisionSpec("fp16"),  # fp16 weights
+        PrecisionSpec("int8", calibrated=True, integer=True),  # static: weights and activations
+        PrecisionSpec("int8_ac", calibrated=True, accuracy_controlled=True, integer=True),
+        PrecisionSpec("int8_dynamic", integer=True),  # int8 weights, activations quantised at run time
+    )
+}
+CALIBRATED_PRECISIONS = tuple(name for name, spec in PRECISIONS.items() if spec.calibrated)
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,18 @@ class AccuracyControl:
     samples: Sequence[np.ndarray]  # validation inputs, one (C, H, W) float32 array each, read on demand
     score: Callable[[list[np.ndarray], np.ndarray], float]  # (outputs, their sample indices) -> metric in [0, 1]
     max_drop: float  # points of that metric (1.0: one point, an absolute drop)
+
+
+@dataclass(frozen=True, eq=False)
+class ExportRequest:
+    """One export, typed: what a target's ``export`` is asked to make besides the model and the file."""
+
+    precision: str
+    calibration: np.ndarray | None = None  # (N, C, H, W) float32 samples, for calibrated precisions
+    metadata: Mapping[str, str] = field(default_factory=dict)  # written into the file
+    io: str = "float"  # input/output tensor type ("int8": quantised I/O)
+    keep_float: tuple[str, ...] = ()  # module-name globs kept in float (`matches_module`)
+    accuracy_control: AccuracyControl | None = None  # for accuracy-controlled precisions (int8_ac)
 
 
 def check_export_args(

@@ -16,7 +16,7 @@ import targets
 from compress.exports import Checkpoint, ExportJob, make_files
 from compress.models import save_checkpoint
 from compress.schema import ModelSpec
-from targets.base import EdgecompError
+from targets.base import EdgecompError, ExportRequest
 
 
 def checkpoint(model: nn.Module, folder: Path, arch: str = "TinyNet") -> Checkpoint:
@@ -33,10 +33,8 @@ def jobs(model: nn.Module | Checkpoint, folder: Path, pairs: list[tuple[str, str
             target,
             model,
             INPUT_SHAPE,
-            precision,
             folder / f"{target}-{precision}{targets.TARGETS[target].suffix}",
-            None,
-            {"candidate": "tiny", "precision": precision},
+            ExportRequest(precision, metadata={"candidate": "tiny", "precision": precision}),
         )
         for target, precision in pairs
     ]
@@ -84,7 +82,7 @@ def test_a_job_crosses_to_a_worker_as_a_checkpoint_path_never_as_a_pickled_modul
 
     (job,) = jobs(checkpoint(tiny_net, tmp_path), tmp_path, [("onnx", "fp32")])
     copy = pickle.loads(pickle.dumps(job))
-    assert copy.model == job.model and copy.path == job.path and copy.metadata == job.metadata
+    assert copy.model == job.model and copy.path == job.path and copy.request.metadata == job.request.metadata
     for a, b in zip(tiny_net.state_dict().values(), copy.model.load().state_dict().values(), strict=True):
         assert torch.equal(a, b)
     (in_memory,) = jobs(tiny_net, tmp_path, [("onnx", "fp32")])

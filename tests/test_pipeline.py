@@ -267,3 +267,29 @@ def test_rows_measured_on_another_device_or_runtime_version_are_measured_again(t
     Pipeline(recipe, run_dir).run()
     assert all(t != moved[name] for name, t in record_times(run_dir).items())
     assert stage_times(run_dir) == stages
+
+
+def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) -> None:
+    """tests/toy_target.py (TorchScript files run by torch.jit) and its line in TARGETS: a recipe exports to it,
+    the run measures it like any other target, and the report shows it."""
+    from compress.schema import ExportSpec
+    from targets import TargetSpec
+
+    monkeypatch.setitem(targets.TARGETS, "toy", TargetSpec("toy", "toy_target", ".toyjit", ("fp32",)))
+    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
+    recipe = load_recipe(QUICKSTART, overrides).model_copy(
+        update={"exports": [ExportSpec(target="toy", precision=["fp32"])]}
+    )
+    results = Pipeline(recipe, tmp_path / "q", console=Console(quiet=True), export_processes=1).run()
+
+    rows = {(r["candidate"], r["target"]): r for r in results["rows"]}
+    toys = [r for r in results["rows"] if r["target"] == "toy"]
+    assert [r["candidate"] for r in toys] == ["dense", "pruned-kd"] and not results["failed"]
+    for row in toys:
+        assert row["parity"]["max_abs_diff"] <= 1e-5 and row["runtime"].startswith("torch.jit")
+        assert row["accuracy"] == rows[row["candidate"], "pytorch"]["accuracy"] and row["latency_ms_p50"] > 0
+    assert (
+        targets.get_target("toy").read_metadata(tmp_path / "q" / "exports" / "dense" / "toy-fp32.toyjit")["candidate"]
+        == "dense"
+    )
+    assert "| dense | dense | toy | fp32 |" in (tmp_path / "q" / "report.md").read_text()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-INT8_PRECISIONS = ("int8", "int8_ac", "int8-qat", "int8_dynamic")
+from compress.results import QAT_PRECISION
+from targets.base import PRECISIONS
+
+INT8_PRECISIONS = (*(name for name, spec in PRECISIONS.items() if spec.integer), QAT_PRECISION)
 # Why a target's int8 kind runs slower than fp32, where it is known and not in the file itself.
 KNOWN_REASONS = {
     ("tflite", "int8_dynamic"): (

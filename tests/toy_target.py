@@ -1,0 +1,79 @@
+"""A toy deployment target, for tests: TorchScript files run by torch.jit.
+
+What adding a target to edgecomp takes is this module (export, load, read_metadata, size_bytes, TOLERANCE, a
+runner) and one `targets.TARGETS` line: see tests/test_pipeline.py::test_a_new_target_is_one_module_and_one_table_line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from targets.base import check_export_args, predict_in_batches
+from targets.fileio import atomic_path
+
+TOLERANCE = {"fp32": 1e-5}
+PRECISIONS = ("fp32",)
+
+
+def export(model, example, precision: str, out: Path, calibration, metadata: dict[str, str], io: str = "float") -> Path:
+    import torch
+
+    check_export_args("toy", precision, PRECISIONS, calibration, io)
+    traced = torch.jit.trace(model.eval(), example)
+    extra = {"metadata.json": json.dumps(metadata), "input_shape.json": json.dumps(list(example.shape))}
+    with atomic_path(out) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files=extra)
+    return Path(out)
+
+
+def _extra(path: Path) -> dict[str, str]:
+    import torch
+
+    files = {"metadata.json": "", "input_shape.json": ""}
+    torch.jit.load(str(path), _extra_files=files)
+    return files
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    return json.loads(_extra(path)["metadata.json"] or "{}")
+
+
+def size_bytes(path: Path) -> int:
+    return Path(path).stat().st_size
+
+
+def load(path: Path, threads: int | None = None, shape: tuple[int, ...] | None = None) -> ToyRunner:
+    return ToyRunner(Path(path), threads or 1, shape)
+
+
+class ToyRunner:
+    def __init__(self, path: Path, threads: int, shape: tuple[int, ...] | None) -> None:
+        import torch
+
+        self.path, self.threads = path, threads
+        self.runtime = f"torch.jit {torch.__version__}"
+        self.input_shape = tuple(shape or json.loads(_extra(path)["input_shape.json"]))
+        self._module = torch.jit.load(str(path)).eval()
+        self._outputs: list[np.ndarray] = []
+
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        return predict_in_batches(self, x)
+
+    def bind(self, x: np.ndarray) -> Callable[[], None]:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+        def infer() -> None:
+            with torch.no_grad():
+                out = self._module(tensor)
+            self._outputs = [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+        return infer
+
+    def outputs(self) -> list[np.ndarray]:
+        return self._outputs
