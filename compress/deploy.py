@@ -169,6 +169,7 @@ class Deployment:
             "precision": label,
             "io": io,
             "lineage": " > ".join(candidate.lineage),
+            "outputs": ",".join(self.context.task.outputs),  # what the outputs are, not left to their shapes
         }
         request = ExportRequest(
             precision,

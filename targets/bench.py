@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from targets import detect, load_runner
+from targets import detect, get_target, load_runner, target_for_file
 from targets.base import EdgecompError, Runner
 from targets.device import device_string
 
@@ -125,7 +125,7 @@ def _postprocess_latencies_ms(
     if mode == "none":
         return None
     outputs = runner.outputs()
-    if not detect.is_detector_outputs([out.shape for out in outputs]):
+    if not detect.is_detector_file(_metadata(runner.path), [out.shape for out in outputs]):
         if mode == "auto":
             return None
         shapes = ", ".join(str(tuple(out.shape)) for out in outputs)
@@ -134,6 +134,16 @@ def _postprocess_latencies_ms(
             "benchmark it with postprocess 'auto' or 'none'"
         )
     return _latencies_ms(partial(detect.postprocess, outputs), warmup, runs, time_budget_s)
+
+
+def _metadata(path: Path | None) -> dict[str, str]:
+    """The file's metadata; {} for a runner without a readable file of a known target (the shapes decide)."""
+    if path is None:
+        return {}
+    try:
+        return get_target(target_for_file(Path(path)).name).read_metadata(path)
+    except Exception:  # any runtime's reader error: metadata only refines what the shapes already say
+        return {}
 
 
 def _timed_runs(infer: Callable[[], object], runs: int) -> np.ndarray:

@@ -32,6 +32,17 @@ class Detections:
     labels: np.ndarray  # (K,) int64, object class in 0..C-1
 
 
+DETECTOR_OUTPUTS = ("logits", "boxes")  # an exported file's metadata "outputs" of a detector: "logits,boxes"
+
+
+def is_detector_file(metadata: dict[str, str], shapes: Sequence[Sequence[int]]) -> bool:
+    """Whether a file's outputs are a detector's: as its metadata says (edgecomp writes "outputs"), or, for a
+    file made elsewhere, as its output shapes suggest."""
+    if "outputs" in metadata:
+        return metadata["outputs"] == ",".join(DETECTOR_OUTPUTS) and is_detector_outputs(shapes)
+    return is_detector_outputs(shapes)
+
+
 def is_detector_outputs(shapes: Sequence[Sequence[int]]) -> bool:
     """Whether a model's output shapes are the detector contract: [N, A, C+1] logits and [N, A, 4] boxes."""
     if len(shapes) != 2 or any(len(shape) != 3 for shape in shapes):

@@ -197,3 +197,15 @@ def test_bench_cli_on_a_detector_without_torch(detector_onnx: Path) -> None:
     assert result.returncode == 0, result.stderr
     decoded = json.loads(result.stdout)
     assert decoded["postprocess_ms_p50"] > 0 and decoded["runs"] == 3
+
+
+def test_a_files_metadata_says_whether_its_outputs_are_a_detectors() -> None:
+    """edgecomp writes what a file's outputs are ("outputs" in its metadata); shapes decide only for files made
+    elsewhere, so two outputs shaped like a detector's are not post-processed when the file says otherwise."""
+    from targets.detect import is_detector_file
+
+    shapes = [(1, 100, 4), (1, 100, 11)]
+    assert is_detector_file({"outputs": "logits,boxes"}, shapes)
+    assert not is_detector_file({"outputs": "embeddings,keypoints"}, shapes)
+    assert is_detector_file({}, shapes)
+    assert not is_detector_file({"outputs": "logits,boxes"}, [(1, 10)])

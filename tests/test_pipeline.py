@@ -288,8 +288,6 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
     for row in toys:
         assert row["parity"]["max_abs_diff"] <= 1e-5 and row["runtime"].startswith("torch.jit")
         assert row["accuracy"] == rows[row["candidate"], "pytorch"]["accuracy"] and row["latency_ms_p50"] > 0
-    assert (
-        targets.get_target("toy").read_metadata(tmp_path / "q" / "exports" / "dense" / "toy-fp32.toyjit")["candidate"]
-        == "dense"
-    )
+    metadata = targets.get_target("toy").read_metadata(tmp_path / "q" / "exports" / "dense" / "toy-fp32.toyjit")
+    assert metadata["candidate"] == "dense" and metadata["outputs"] == "logits"
     assert "| dense | dense | toy | fp32 |" in (tmp_path / "q" / "report.md").read_text()

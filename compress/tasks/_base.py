@@ -16,6 +16,7 @@ Loss = Callable[[Outputs, torch.Tensor], torch.Tensor]
 class Task(Protocol):
     name: str
     metric: str  # the headline score in results.json ("top1", "map50"): the rows' `accuracy`
+    outputs: tuple[str, ...]  # what the model's outputs are, in order; written into every exported file
 
     def loss(self, model: nn.Module, label_smoothing: float) -> Loss:
         """The training loss of `model`'s outputs against labels (a detector's loss needs its anchors)."""

@@ -16,6 +16,7 @@ from compress.tasks._base import TASKS, Loss
 class Classification:
     name = "classification"
     metric = "top1"
+    outputs = ("logits",)
 
     def loss(self, model: nn.Module, label_smoothing: float) -> Loss:
         return partial(F.cross_entropy, label_smoothing=label_smoothing)

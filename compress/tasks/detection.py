@@ -18,12 +18,13 @@ from torch import nn
 from compress.detectors import detection_kd_loss, model_anchors, ssd_loss
 from compress.tasks._base import TASKS, Loss
 from compress.tasks.coco_map import coco_map
-from targets.detect import postprocess, split_outputs
+from targets.detect import DETECTOR_OUTPUTS, postprocess, split_outputs
 
 
 class Detection:
     name = "detection"
     metric = "map50"
+    outputs = DETECTOR_OUTPUTS
 
     def loss(self, model: nn.Module, label_smoothing: float) -> Loss:
         model_anchors(model)  # a detector, or say so now
