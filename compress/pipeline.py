@@ -118,6 +118,7 @@ class Pipeline:
                 "versions": package_versions(),
                 "git_commit": report.source_commit(),
                 "device": {**device_info(), "runtimes": runtime_versions()},
+                "classes": self.context.num_classes,
                 "rows": rows,
                 "failed": self.deployment.failures,
             }

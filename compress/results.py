@@ -16,10 +16,12 @@ This module imports nothing from `compress`: the pipeline, the report and the CL
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError, field_validator
 
 from targets.base import EdgecompError
@@ -90,12 +92,30 @@ class Row(_Strict):
     keep_float: list[str] | None = None  # module-name globs an int8 file keeps in float
     sensitivity: Sensitivity | None = None
     qat: dict[str, Any] | None = None  # int8-qat: epochs, final_loss, val_<metric>, lr, seconds
+    samples: Count | None = None  # test images the accuracy is over
+    correct: str | None = None  # which of them the model got right (top-1): `pack_correct`, for paired tests
     run: str | None = None  # which run, in a report over several
+
+    def correct_mask(self) -> np.ndarray | None:
+        """Per test image, whether the model got it right; None where the row does not say (detection, runs
+        before per-image results were kept)."""
+        if self.correct is None or self.samples is None:
+            return None
+        return unpack_correct(self.correct, self.samples)
 
     @property
     def size_kb(self) -> float | None:
         # Times 1/KB, not divided by KB: the committed reports' html sorts by these exact floats.
         return None if self.size_bytes is None else self.size_bytes * (1 / KB)
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Per-image right/wrong as text for results.json: one bit per image, base64 (10,000 images: 1,668 chars)."""
+    return base64.b64encode(np.packbits(np.asarray(correct, bool)).tobytes()).decode("ascii")
+
+
+def unpack_correct(text: str, samples: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=samples).astype(bool)
 
 
 class Failure(_Strict):
@@ -129,6 +149,7 @@ class RunInfo(_Strict):
     versions: dict[str, str] | None = None
     git_commit: str | None = None
     device: Device | None = None
+    classes: int | None = None  # of a classifier: what chance is (1 / classes)
 
     @field_validator("schema_version", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from compress.candidates import Candidate
 from compress.data import as_numpy, make_loader
 from compress.eager import TorchRunner, benchmark_eager
 from compress.models import load_checkpoint
+from compress.results import pack_correct
 from compress.run_context import RunContext
 from targets.base import EdgecompError, Runner
 from targets.bench import BenchResult, benchmark
@@ -65,7 +66,10 @@ class Measurer:
     def rows(
         self, candidate: Candidate, target: str, precision: str, runner: Runner, size: int | None, parity
     ) -> list[dict]:
-        scores = self.context.score(collect(runner, self.context.splits.test))
+        outputs = collect(runner, self.context.splits.test)
+        scores = self.context.score(outputs)
+        per_image = self.context.task.correct(outputs, self.context.labels["test"])
+        paired = {} if per_image is None else {"samples": len(per_image), "correct": pack_correct(per_image)}
         bench = self.context.recipe.bench
         rows = []
         for threads in bench.threads:
@@ -94,6 +98,7 @@ class Measurer:
                     "parity": parity,
                     "runtime": runner.runtime,
                     **postprocess_timing(timing),
+                    **paired,
                 }
             )
         return rows

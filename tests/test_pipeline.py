@@ -13,6 +13,7 @@ from rich.console import Console
 import targets
 from compress.pipeline import Pipeline
 from compress.recipe import load_recipe
+from compress.results import Results
 from compress.schema import PruneSpec, StageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,9 @@ def test_quickstart_numbers_are_real(quickstart) -> None:
     assert all("pruned_accuracy" not in r for r in rows if (r["kind"], r["target"]) != ("kd", "pytorch"))
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms_p50"] > 0
+        # per test image right/wrong, for the report's intervals and paired tests: the accuracy, image by image
+        correct = Results.parse({"schema": 1, "rows": [row]}).rows[0].correct_mask()
+        assert len(correct) == row["samples"] and correct.mean() == pytest.approx(row["accuracy"])
         if row["target"] != "pytorch":
             # A 3-epoch 16x16 model has close logits, so int8 flips some: far above chance (10%), not 95%.
             assert row["size_bytes"] > 0

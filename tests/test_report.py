@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.image
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from compress import report
 from compress.report import pareto_front, plot_points, scratch_verdicts, table_rows, write_report
 from compress.report.plot import figure
-from compress.results import Results
+from compress.results import Results, pack_correct
 from compress.schema import ReportSpec
 from targets.base import EdgecompError
 
@@ -64,6 +65,17 @@ def results_with(rows: list[tuple[str, str, str, float]], macs: int = 880_000) -
             for kind, t, p, a in rows
         ],
     }
+
+
+def with_images(results: dict[str, Any], images: int) -> dict[str, Any]:
+    """Each row's per-image right/wrong on `images` shared test images, nested: a more accurate row gets right
+    every image a less accurate one did, so any gap is one-sided (McNemar's strongest case)."""
+    order = np.random.default_rng(0).permutation(images)
+    for row in results["rows"]:
+        correct = np.zeros(images, bool)
+        correct[order[: round(row["accuracy"] * images)]] = True
+        row.update(samples=images, correct=pack_correct(correct))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- pareto
@@ -143,9 +155,9 @@ def test_plot_points_one_per_variant_at_max_threads(results: dict[str, Any]) -> 
 def test_verdict_kd_wins() -> None:
     rows = [("kd", "pytorch", "fp32", 0.972), ("scratch_e", "pytorch", "fp32", 0.951)]
     rows.append(("scratch_b", "pytorch", "fp32", 0.960))
-    [line] = scratch_verdicts(results_with(rows))
+    [line] = scratch_verdicts(with_images(results_with(rows), 1000))
     assert "pruned+KD 97.2% vs Scratch-E 95.1% (+2.1 pts) and Scratch-B 96.0% (+1.2 pts)" in line
-    assert line.endswith("fine-tuning the pruned weights won.")
+    assert line.endswith("fine-tuning the pruned weights won (McNemar p < 0.001 on 1000 paired test images).")
 
 
 def test_criteria_are_also_ranked_right_after_pruning() -> None:
@@ -170,8 +182,8 @@ def test_criteria_are_also_ranked_right_after_pruning() -> None:
 def test_verdict_scratch_b_wins() -> None:
     rows = [("kd", "pytorch", "fp32", 0.956), ("scratch_e", "pytorch", "fp32", 0.951)]
     rows.append(("scratch_b", "pytorch", "fp32", 0.960))
-    [line] = scratch_verdicts(results_with(rows))
-    assert "Scratch-B won by 0.4 pts" in line
+    [line] = scratch_verdicts(with_images(results_with(rows), 10_000))
+    assert "Scratch-B won by 0.4 pts (McNemar p < 0.001 on 10000 paired test images)" in line
     assert "fine-tuning the pruned weights won" not in line
 
 
@@ -189,14 +201,41 @@ def test_verdicts_per_target_when_no_pytorch_row_and_only_for_equal_macs() -> No
             "macs": 123,
         }
     )  # another architecture: not a rival
-    tflite, openvino = scratch_verdicts(results)
+    tflite, openvino = scratch_verdicts(with_images(results, 1000))
     assert tflite.startswith("0.88 M MACs, tflite int8") and "fine-tuning the pruned weights won" in tflite
     assert openvino.startswith("0.88 M MACs, openvino fp32") and "Scratch-E won by 2.0 pts" in openvino
 
 
 def test_verdict_tie_claims_no_winner() -> None:
     line = scratch_verdicts(results_with([("kd", "pytorch", "fp32", 0.9500), ("scratch_b", "pytorch", "fp32", 0.9502)]))
-    assert "tie" in line[0] and "won" not in line[0]
+    assert "level with Scratch-B, untested" in line[0] and "won" not in line[0]
+
+
+def test_a_margin_within_noise_is_a_tie_and_one_without_per_image_results_is_untested() -> None:
+    """The sweep's case: 0.2 pts on 10,000 images where the two models disagree on 600 of them is noise
+    (McNemar p ~ 0.6); the same margin from rows that carry no per-image results names no winner either."""
+    rows = [("kd", "pytorch", "fp32", 0.910), ("scratch_b", "pytorch", "fp32", 0.912)]
+    results = results_with(rows)
+    kd, scratch = np.zeros(10_000, bool), np.zeros(10_000, bool)
+    kd[:9100], scratch[:8800], scratch[9100:9420] = True, True, True  # 300 only kd, 320 only scratch
+    for row, correct in zip(results["rows"], (kd, scratch), strict=True):
+        row.update(samples=10_000, correct=pack_correct(correct))
+    [line] = scratch_verdicts(results)
+    assert line.endswith("a tie within noise with Scratch-B (McNemar p = 0.45 on 10000 paired test images).")
+    [untested] = scratch_verdicts(results_with(rows))
+    assert "Scratch-B ahead by 0.2 pts, untested" in untested and "won" not in untested
+
+
+def test_no_verdict_from_a_candidate_at_chance() -> None:
+    """A collapsed fine-tune (10% on 10 classes) against a trained scratch baseline is not a Liu et al. result."""
+    results = with_images(
+        results_with([("kd", "pytorch", "fp32", 0.100), ("scratch_e", "pytorch", "fp32", 0.254)]), 1000
+    )
+    [line] = scratch_verdicts(results | {"classes": 10})
+    assert line.endswith(
+        "no verdict: pruned+KD at chance (10.0% for 10 classes), a training that collapsed, not a result."
+    )
+    assert "won" not in line
 
 
 def test_no_verdict_without_both_sides(results: dict[str, Any]) -> None:
@@ -390,6 +429,27 @@ def test_budget_met_by_several_rows_picks_the_most_accurate_then_the_faster() ->
     assert chosen(picks(CASE, latency_budget_ms=100)["tflite"]) == ("dense", "fp32")
 
 
+def test_a_pick_within_noise_of_a_faster_row_says_so() -> None:
+    """Within a 2 ms budget ft fp32 (94.5%) is the most accurate; kd int8 (94.0%, 1 ms) is half a point below it
+    on 1,000 shared images. Disagreeing on 15 + 10 images that is noise (McNemar p = 0.42): the pick says so.
+    The same half point missed one-sidedly on 10,000 images (50 of 50 disagreements kd's misses) is a real
+    difference, and then nothing is said."""
+    rows = with_images({"rows": [dict(row) for row in CASE]}, 1000)["rows"]
+    noisy = [dict(row) for row in rows]
+    ft, kd = np.zeros(1000, bool), np.zeros(1000, bool)
+    ft[:940], ft[940:945] = True, True
+    kd[:930], kd[945:955] = True, True
+    for row in noisy:
+        if (row["candidate"], row["precision"]) in (("ft", "fp32"), ("kd", "int8")):
+            row["correct"] = pack_correct(ft if row["candidate"] == "ft" else kd)
+    text = picks(noisy, latency_budget_ms=2.0)["tflite"].text
+    assert text.endswith(
+        "; a tie within noise with the faster kd int8 (94.0%, p50 1.00 ms; McNemar p = 0.42 on 1000 paired test images)"
+    )
+    nested = with_images({"rows": [dict(row) for row in CASE]}, 10_000)["rows"]
+    assert "tie within noise" not in picks(nested, latency_budget_ms=2.0)["tflite"].text
+
+
 def test_budget_met_by_none_says_so_and_how_far_off() -> None:
     found = picks(CASE, latency_budget_ms=0.4)
     assert found["tflite"].row is None and found["pytorch"].row is None
@@ -453,7 +513,7 @@ def test_verdicts_group_by_arch_and_name_several_candidates_of_one_kind() -> Non
         arch_row("other-kd", "kd", 0.90, "bbbbbbbbbbbb", 500_000),  # same MACs, another architecture
         arch_row("other-scratch-b", "scratch_b", 0.92, "bbbbbbbbbbbb", 500_000),
     ]
-    first, second = scratch_verdicts({"schema": 1, "rows": rows})
+    first, second = scratch_verdicts(with_images({"schema": 1, "rows": rows}, 1000))
     assert first.startswith("0.50 M MACs (arch aaaaaaaa), pytorch fp32: l1-kd (pruned+KD) 96.0%")
     assert "(and l2-kd (pruned+KD) 95.0%, pruned+ft 93.0%) vs Scratch-E 94.0% (+2.0 pts)" in first
     assert second.startswith("0.50 M MACs (arch bbbbbbbb), pytorch fp32: pruned+KD 90.0% vs Scratch-B 92.0%")

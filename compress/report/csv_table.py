@@ -8,6 +8,7 @@ import io
 import json
 from typing import Any
 
+from compress.report.stats import interval
 from compress.results import Row
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -29,8 +30,12 @@ def csv_table(pairs: list[tuple[Row, dict[str, Any]]]) -> str:
 
 
 def _flat(row: Row) -> dict[str, Any]:
-    """A results row's fields, its parity spread into parity_<key> columns."""
+    """A results row's fields, its parity spread into parity_<key> columns, its per-image results (a bit
+    string for paired tests) as the accuracy's 95% interval instead."""
     fields = row.model_dump(mode="json", exclude_unset=True)
+    if fields.pop("correct", None) is not None:
+        low, high = interval(row)
+        fields |= {"accuracy_low95": round(low, 6), "accuracy_high95": round(high, 6)}
     parity = fields.pop("parity", None) or {}
     return fields | {f"parity_{key}": None for key in _PARITY} | {f"parity_{k}": v for k, v in parity.items()}
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from compress.report.fmt import ms, signed
+from compress.report.stats import compare
 
 if TYPE_CHECKING:
     from compress.schema import ReportSpec
@@ -44,7 +45,9 @@ def recommend(table: list[dict[str, Any]], spec: ReportSpec | None) -> list[Reco
         timed = [row for row in rows if row["p50_ms"] is not None]
         fits = [row for row in timed if _meets(row, spec, reference)]
         best = min(fits, key=lambda row: _preference(row, spec), default=None)
-        text = _pick_text(best, reference) if best else _miss_text(timed, spec, reference)
+        text = (
+            _pick_text(best, reference) + _noise_text(best, fits, spec) if best else _miss_text(timed, spec, reference)
+        )
         found.append(Recommendation(run, target, best, text))
     return found
 
@@ -111,6 +114,26 @@ def _pick_text(row: dict[str, Any], reference: Reference) -> str:
     return (
         f"{row['candidate']} ({row['label']}), {row['precision']}{threads}: "
         f"{row['accuracy_pct']:.1f}%{versus}; p50 {ms(row['p50_ms'])} ms{speedup}"
+    )
+
+
+def _noise_text(best: dict[str, Any], fits: list[dict[str, Any]], spec: ReportSpec) -> str:
+    """Under a latency budget the most accurate row wins; where a faster row of another candidate is not less
+    accurate by McNemar's test on the same test images, say so: the margin bought nothing provable."""
+    if spec.latency_budget_ms is None:
+        return ""
+    ties = []
+    for row in sorted(fits, key=lambda row: row["p50_ms"]):
+        if row["candidate"] != best["candidate"] and row["p50_ms"] < best["p50_ms"]:
+            comparison = compare(best["result"], row["result"])
+            if comparison.tested and not comparison.significant:
+                ties.append((row, comparison))
+    if not ties:
+        return ""
+    row, comparison = ties[0]
+    return (
+        f"; a tie within noise with the faster {row['candidate']} {row['precision']} ({row['accuracy_pct']:.1f}%, "
+        f"p50 {ms(row['p50_ms'])} ms; {comparison.evidence()})"
     )
 
 

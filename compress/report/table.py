@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from compress.report.stats import interval
 from compress.results import Results, Row
 
 KIND_LABELS = {
@@ -119,6 +120,7 @@ def _computed(row: Row, dense_accuracy: float | None, dense_p50: float | None) -
         "threads": row.threads,
         "accuracy": row.accuracy,
         "accuracy_pct": 100 * row.accuracy,
+        "interval_pct": _percent_pair(interval(row)),  # 95% Wilson interval, where the row has per-image results
         "delta_pts": None if dense_accuracy is None else 100 * (row.accuracy - dense_accuracy),
         "p50_ms": row.latency_ms_p50,
         "p90_ms": row.latency_ms_p90,
@@ -135,6 +137,7 @@ def _computed(row: Row, dense_accuracy: float | None, dense_p50: float | None) -
         "keep_float": row.keep_float,  # layer groups an int8 file keeps in float
         "sensitivity": row.sensitivity,  # int8_ac's search (TFLite, ONNX): each group's metric alone in float
         "front": False,
+        "result": row,  # the typed row, for paired tests (`compress.report.stats.compare`)
     }
 
 
@@ -151,6 +154,10 @@ def _order(row: dict[str, Any]) -> tuple:
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
+
+
+def _percent_pair(pair: tuple[float, float] | None) -> tuple[float, float] | None:
+    return None if pair is None else (100 * pair[0], 100 * pair[1])
 
 
 def _scaled(value: float | None, factor: float) -> float | None:

@@ -50,6 +50,7 @@ def columns(results: Results, table: list[dict[str, Any]]) -> list[Column]:
         Column("precision", "precision"),
         Column("threads", "threads", fmt("g")),
         Column(f"{metric_label(results)} %", "accuracy_pct", fmt(".1f")),
+        *present(Column("95% interval", "interval_pct", lambda v: f"{v[0]:.1f}–{v[1]:.1f}")),
         Column("Δ pts", "delta_pts", signed),
         *present(Column(f"{METRIC_LABELS['map']} %", "map_pct", fmt(".1f"))),
         Column("p50 ms", "p50_ms", ms),
@@ -65,13 +66,22 @@ def columns(results: Results, table: list[dict[str, Any]]) -> list[Column]:
     ]
 
 
+INTERVAL_NOTE = (
+    "95% interval: Wilson's, over the test images; two rows are compared by McNemar's test on the images one of "
+    "them got wrong (a margin it does not support is a tie within noise)."
+)
+
+
 def table_note(table: list[dict[str, Any]]) -> str:
+    note = TABLE_NOTE
+    if any(row.get("interval_pct") is not None for row in table):
+        note += " " + INTERVAL_NOTE
     drops = sorted({row["max_accuracy_drop"] for row in table if row.get("max_accuracy_drop") is not None})
     if not drops:
-        return TABLE_NOTE
+        return note
     allowed = " or ".join(f"{drop:g}" for drop in drops)
     return (
-        f"{TABLE_NOTE} int8_ac: int8 with accuracy control, the layers that cost most kept in float until the "
+        f"{note} int8_ac: int8 with accuracy control, the layers that cost most kept in float until the "
         f"int8 model is at most {allowed} pts below the float one on the val split."
     )
 

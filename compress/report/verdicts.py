@@ -11,11 +11,12 @@ from collections import defaultdict
 from typing import Any
 
 from compress.report.fmt import pct, signed
+from compress.report.stats import at_chance, compare
 from compress.report.table import KIND_LABELS, PRECISION_ORDER, PRUNED_KINDS, SCRATCH_KINDS, TARGET_ORDER, rank
 from compress.results import Results, Row
 
-# (target, precision) -> candidate -> (kind, best accuracy)
-Settings = dict[tuple[str, str], dict[str, tuple[str, float]]]
+# (target, precision) -> candidate -> its most accurate row there
+Settings = dict[tuple[str, str], dict[str, Row]]
 
 
 def scratch_verdicts(results: Results | dict[str, Any]) -> list[str]:
@@ -23,22 +24,26 @@ def scratch_verdicts(results: Results | dict[str, Any]) -> list[str]:
 
     Rows with the same `arch` (a hash of the pruned layer shapes) are one architecture; rows without one are
     grouped by MACs. An architecture may have several fine-tuned candidates (importance criteria, KD or not):
-    the best one faces the best of each scratch kind. The comparison is on pytorch fp32 (the trained model
-    before any export) when both sides have it, else on every target and precision where both do.
+    the best one faces the best scratch kind. The comparison is on pytorch fp32 (the trained model before any
+    export) when both sides have it, else on every target and precision where both do. A winner is named
+    only when McNemar's test on the same test images says so (`compress.report.stats`); a candidate at chance
+    gets no verdict.
 
     Where the fine-tuned candidates' rows carry `pruned_accuracy` (their pruned model before fine-tuning), a
     second line per architecture ranks them by it: that is where importance criteria differ most.
     """
+    parsed = Results.parse(results)
     groups: dict[tuple, list[Row]] = defaultdict(list)
-    for row in Results.parse(results).rows:
+    for row in parsed.rows:
         if row.kind in PRUNED_KINDS + SCRATCH_KINDS and (row.arch or row.macs) is not None:
             groups[(row.run, _arch(row))].append(row)
     names = _arch_names(groups)
     lines = []
     for (run, arch), rows in groups.items():
         prefix = f"{run}: " if run else ""
+        classes = _classes(parsed, run)
         for (target, precision), best in _comparable_settings(rows):
-            lines.append(f"{prefix}{names[(run, arch)]}, {target} {precision}: {_verdict(best)}")
+            lines.append(f"{prefix}{names[(run, arch)]}, {target} {precision}: {_verdict(best, classes)}")
         before = _before_finetuning(rows)
         if before:
             lines.append(
@@ -46,6 +51,13 @@ def scratch_verdicts(results: Results | dict[str, Any]) -> list[str]:
                 f"(BN re-estimated, no fine-tune): {before}"
             )
     return lines
+
+
+def _classes(results: Results, run: str | None) -> int | None:
+    """The class count of `run` (one of several combined) or of the results."""
+    if run is not None and results.runs:
+        return next((info.classes for info in results.runs if info.label == run), None)
+    return results.classes
 
 
 def _before_finetuning(rows: list[Row]) -> str:
@@ -76,58 +88,69 @@ def _arch_names(groups: dict[tuple, list[Row]]) -> dict[tuple, str]:
     return names
 
 
-def _comparable_settings(rows: list[Row]) -> list[tuple[tuple[str, str], dict[str, tuple[str, float]]]]:
-    """(target, precision) -> candidate -> (kind, best accuracy), kept where a pruned and a scratch kind both ran."""
+def _comparable_settings(rows: list[Row]) -> list[tuple[tuple[str, str], dict[str, Row]]]:
+    """(target, precision) -> candidate -> its best row, kept where a pruned and a scratch kind both ran."""
     settings: Settings = defaultdict(dict)
     for row in rows:
         entries = settings[(row.target, row.precision)]
-        previous = entries.get(row.candidate, (row.kind, row.accuracy))[1]
-        entries[row.candidate] = (row.kind, max(previous, row.accuracy))
+        if row.candidate not in entries or row.accuracy > entries[row.candidate].accuracy:
+            entries[row.candidate] = row
     both = {
         key: entries
         for key, entries in settings.items()
-        if {kind for kind, _ in entries.values()} & set(PRUNED_KINDS)
-        and {kind for kind, _ in entries.values()} & set(SCRATCH_KINDS)
+        if {row.kind for row in entries.values()} & set(PRUNED_KINDS)
+        and {row.kind for row in entries.values()} & set(SCRATCH_KINDS)
     }
     if ("pytorch", "fp32") in both:
         return [(("pytorch", "fp32"), both[("pytorch", "fp32")])]
     return sorted(both.items(), key=lambda item: (rank(TARGET_ORDER, item[0][0]), rank(PRECISION_ORDER, item[0][1])))
 
 
-def _verdict(entries: dict[str, tuple[str, float]]) -> str:
-    """'pruned+KD 97.2% vs Scratch-E 95.1% (+2.1 pts) ...: <who won>', margins as displayed (0.1 pt).
+def _verdict(entries: dict[str, Row], classes: int | None) -> str:
+    """'pruned+KD 97.2% vs Scratch-E 95.1% (+2.1 pts) ...: <who won, and how sure>'.
 
     Candidates are named by kind, and by name too where two fine-tuned candidates share a kind.
     """
-    pruned = {name: entry for name, entry in entries.items() if entry[0] in PRUNED_KINDS}
-    scratch: dict[str, float] = {}
-    for kind, accuracy in entries.values():
-        if kind in SCRATCH_KINDS:
-            scratch[kind] = max(scratch.get(kind, 0.0), accuracy)
-    kinds = [kind for kind, _ in pruned.values()]
+    pruned = {name: row for name, row in entries.items() if row.kind in PRUNED_KINDS}
+    scratch: dict[str, Row] = {}
+    for row in entries.values():
+        if row.kind in SCRATCH_KINDS and (row.kind not in scratch or row.accuracy > scratch[row.kind].accuracy):
+            scratch[row.kind] = row
+    kinds = [row.kind for row in pruned.values()]
     label = {
-        name: f"{name} ({KIND_LABELS[kind]})" if kinds.count(kind) > 1 else KIND_LABELS[kind]
-        for name, (kind, _) in pruned.items()
+        name: f"{name} ({KIND_LABELS[row.kind]})" if kinds.count(row.kind) > 1 else KIND_LABELS[row.kind]
+        for name, row in pruned.items()
     }
-    ranked = sorted(pruned, key=lambda name: (-pruned[name][1], name))
-    best, best_accuracy = ranked[0], pruned[ranked[0]][1]
-    others = ", ".join(f"{label[name]} {pct(pruned[name][1])}" for name in ranked[1:])
+    ranked = sorted(pruned, key=lambda name: (-pruned[name].accuracy, name))
+    best = pruned[ranked[0]]
+    others = ", ".join(f"{label[name]} {pct(pruned[name].accuracy)}" for name in ranked[1:])
     versus = " and ".join(
-        f"{KIND_LABELS[k]} {pct(a)} ({signed(100 * (best_accuracy - a))} pts)"
-        for k, a in sorted(scratch.items(), key=lambda item: SCRATCH_KINDS.index(item[0]))
+        f"{KIND_LABELS[kind]} {pct(row.accuracy)} ({signed(100 * (best.accuracy - row.accuracy))} pts)"
+        for kind, row in sorted(scratch.items(), key=lambda item: SCRATCH_KINDS.index(item[0]))
     )
     also = f" (and {others})" if others else ""
-    return f"{label[best]} {pct(best_accuracy)}{also} vs {versus}: {_outcome(best_accuracy, scratch)}"
+    return f"{label[ranked[0]]} {pct(best.accuracy)}{also} vs {versus}: {_outcome(best, scratch, classes)}"
 
 
-def _outcome(best_accuracy: float, scratch: dict[str, float]) -> str:
-    rival = max(scratch, key=scratch.__getitem__)
-    margin = round(100 * (best_accuracy - scratch[rival]), 1)
-    if margin > 0:
-        return "fine-tuning the pruned weights won."
-    if margin < 0:
+def _outcome(best: Row, scratch: dict[str, Row], classes: int | None) -> str:
+    collapsed = [KIND_LABELS[row.kind] for row in (best, *scratch.values()) if at_chance(row, classes)]
+    if collapsed:
         return (
-            f"{KIND_LABELS[rival]} won by {-margin:.1f} pts — as Liu et al. (2019) found, "
-            "the pruned architecture, not the inherited weights, carries the accuracy."
+            f"no verdict: {', '.join(collapsed)} at chance ({pct(1 / classes)} for {classes} classes), a training "
+            "that collapsed, not a result."
         )
-    return f"a tie with {KIND_LABELS[rival]}: the inherited weights bought no accuracy, as Liu et al. (2019) found."
+    rival = max(scratch, key=lambda kind: scratch[kind].accuracy)
+    comparison = compare(best, scratch[rival])
+    margin = round(comparison.margin_pts, 1)
+    if comparison.tested and not comparison.significant:
+        return f"a tie within noise with {KIND_LABELS[rival]} ({comparison.evidence()})."
+    if not comparison.tested:
+        leader = KIND_LABELS[best.kind] if margin > 0 else KIND_LABELS[rival]
+        ahead = f"{leader} ahead by {abs(margin):.1f} pts" if margin else f"level with {KIND_LABELS[rival]}"
+        return f"{ahead}, {comparison.evidence()}."
+    if margin > 0:
+        return f"fine-tuning the pruned weights won ({comparison.evidence()})."
+    return (
+        f"{KIND_LABELS[rival]} won by {-margin:.1f} pts ({comparison.evidence()}) — as Liu et al. (2019) found, "
+        "the pruned architecture, not the inherited weights, carries the accuracy."
+    )

@@ -30,6 +30,11 @@ class Task(Protocol):
         """The metrics in [0, 1] of a whole split's outputs (any runtime's), the headline under `metric`."""
         ...
 
+    def correct(self, outputs: list[np.ndarray], labels: np.ndarray) -> np.ndarray | None:
+        """Per sample, whether the model got it right, where the headline metric is the mean of that (top-1);
+        None where it is not (mAP): the report's paired tests and intervals need it."""
+        ...
+
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         """How far a runtime's outputs are from PyTorch's on the same inputs: max_abs_diff (checked against
         the target's tolerance), mean_abs_diff, top1_agreement."""

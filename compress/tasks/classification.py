@@ -25,7 +25,10 @@ class Classification:
         return kd_loss(student, teacher, temperature)
 
     def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
-        return {"top1": float(np.mean(outputs[0].argmax(axis=1) == labels))}
+        return {"top1": float(np.mean(self.correct(outputs, labels)))}
+
+    def correct(self, outputs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+        return outputs[0].argmax(axis=1) == labels
 
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         diff = np.abs(reference[0].astype(np.float64) - outputs[0])

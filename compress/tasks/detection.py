@@ -41,6 +41,9 @@ class Detection:
     def score(self, outputs: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
         return coco_map(postprocess(outputs), labels)
 
+    def correct(self, outputs: list[np.ndarray], labels: np.ndarray) -> None:
+        return None  # mAP is not a mean over images: no per-image right or wrong
+
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         """Largest difference over logits and boxes, and how often the anchors' top class agrees."""
         (ref_logits, ref_boxes), (logits, boxes) = split_outputs(reference), split_outputs(outputs)
