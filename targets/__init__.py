@@ -62,7 +62,9 @@ TARGETS: dict[str, TargetSpec] = {
         ("float", "int8"),
         qat=True,
     ),
-    "openvino": TargetSpec("openvino", "targets.openvino", ".xml", ("fp32", "fp16", "int8", "int8_ac"), qat=True),
+    "openvino": TargetSpec(
+        "openvino", "targets.openvino", ".xml", ("fp32", "fp16", "bf16", "int8", "int8_ac"), qat=True
+    ),
     "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8", "int8_ac")),
 }
 

@@ -70,6 +70,7 @@ class PrecisionSpec:
     calibrated: bool = False  # activation ranges come from calibration samples
     accuracy_controlled: bool = False  # takes an `AccuracyControl` and keeps layers in float to meet it
     integer: bool = False  # int8 arithmetic: judged by its accuracy and agreement, not a float tolerance
+    computed_in: str = "f32"  # what the runtime computes in ("bf16": an fp32 file run in bfloat16)
 
 
 PRECISIONS: dict[str, PrecisionSpec] = {
@@ -77,6 +78,7 @@ PRECISIONS: dict[str, PrecisionSpec] = {
     for spec in (
         PrecisionSpec("fp32"),
         PrecisionSpec("fp16"),  # fp16 weights
+        PrecisionSpec("bf16", computed_in="bf16"),  # fp32 weights, run in bfloat16 where the CPU has it
         PrecisionSpec("int8", calibrated=True, integer=True),  # static: weights and activations
         PrecisionSpec("int8_ac", calibrated=True, accuracy_controlled=True, integer=True),
         PrecisionSpec("int8_dynamic", integer=True),  # int8 weights, activations quantised at run time

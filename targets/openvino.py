@@ -1,10 +1,14 @@
 """OpenVINO: ``ov.convert_model`` to a static-shape IR (.xml + .bin), int8 through NNCF, CPU runtime.
 
 fp16 is an fp16-compressed IR: weights stored in half precision, computed in f32 by the CPU plugin
-(``load`` pins the inference precision). int8 is ``nncf.quantize`` with the MIXED preset (symmetric
-per-channel weights, asymmetric activations: hard-swish outputs go negative, and on the real MobileNetV3-Small
-the PERFORMANCE preset's symmetric activations cost 9 points of top-1 agreement with fp32), NNCF's default
-overflow fix (7-bit weights in the first layer only) and the full bias correction (``fast_bias_correction=False``,
+(``load`` pins the inference precision). bf16 is the fp32 IR computed in bfloat16, OpenVINO's own default
+on CPUs with AVX-512 BF16 or AMX (how users run it, and how benchmark_app times it): the file's metadata
+says so and ``load`` asks the plugin for it; a CPU without bf16 refuses it at export and at load.
+
+int8 is ``nncf.quantize`` with the MIXED preset (symmetric per-channel weights, asymmetric activations:
+hard-swish outputs go negative, and on the real MobileNetV3-Small the PERFORMANCE preset's symmetric
+activations cost 9 points of top-1 agreement with fp32), NNCF's default overflow fix (7-bit weights in the
+first layer only) and the full bias correction (``fast_bias_correction=False``,
 which re-fits each layer's bias on the quantised model's own activations; it costs seconds).
 
 8-bit weights elsewhere are a choice: x86 CPUs without VNNI (AVX2 only; AMD before Zen 4) sum pairs of u8 x s8
@@ -47,6 +51,7 @@ import numpy as np
 
 from targets import TARGETS
 from targets.base import (
+    PRECISIONS,
     AccuracyControl,
     EdgecompError,
     check_export_args,
@@ -68,6 +73,21 @@ if TYPE_CHECKING:
 TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 
 _METADATA_KEY = "edgecomp"  # rt_info section holding the metadata dict
+# The metadata key saying what the CPU plugin computes the IR in: absent means f32 (pinned by `load`); "bf16"
+# is what OpenVINO does by default on CPUs with bf16 (AVX-512 BF16, AMX), as benchmark_app runs it.
+INFERENCE_PRECISION_KEY = "inference_precision"
+
+
+def _check_cpu_computes(precision: str) -> None:
+    """Refuse a precision this machine's CPU plugin cannot compute in (bf16 needs AVX-512 BF16 or AMX)."""
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision.upper() not in capabilities:
+        raise EdgecompError(
+            f"openvino {precision}: this CPU cannot compute in {precision} (OpenVINO's CPU capabilities: "
+            f"{', '.join(capabilities)}); drop {precision} from the openvino export on this machine"
+        )
 
 
 def export(
@@ -88,6 +108,10 @@ def export(
     """
     spec = TARGETS["openvino"]
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
+    computed_in = PRECISIONS[precision].computed_in
+    if computed_in != "f32":
+        _check_cpu_computes(computed_in)
+        metadata = {**metadata, INFERENCE_PRECISION_KEY: computed_in}
     if precision == "int8_ac" and accuracy_control is None:
         raise EdgecompError("openvino int8_ac needs accuracy_control: validation samples, a metric and a max drop")
     if precision == "int8_ac" and len(accuracy_control.samples) == 0:
@@ -246,6 +270,13 @@ def _save_pair(ov_model: Any, xml: Path, compress_to_fp16: bool = False) -> None
         raise
 
 
+def _inference_precision(model: Any) -> str:
+    rt_info = model.get_rt_info()
+    if _METADATA_KEY in rt_info and INFERENCE_PRECISION_KEY in rt_info[_METADATA_KEY]:
+        return rt_info[_METADATA_KEY][INFERENCE_PRECISION_KEY].astype(str)
+    return "f32"
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The metadata dict `export` put into the IR's rt_info ({} for IRs made elsewhere)."""
     import openvino as ov
@@ -270,8 +301,9 @@ def load(path: Path, threads: int | None = None, shape: tuple[int, ...] | None =
 class OpenVINORunner:
     """One compiled model and one infer request, reused; see `targets.base.Runner`.
 
-    Inference precision is pinned to f32: on CPUs with bf16/fp16 support the plugin would otherwise
-    run an fp32 IR in lower precision, and the measured accuracy would not be the file's.
+    Inference precision is the file's (metadata "inference_precision", f32 when absent), never the plugin's
+    default: on CPUs with bf16 support that default runs an fp32 IR in bf16, and the measured accuracy would
+    not be the file's. A bf16 export asks for bf16 explicitly, and its rows say so.
     """
 
     def __init__(self, path: Path, threads: int, shape: tuple[int, ...] | None = None) -> None:
@@ -284,11 +316,15 @@ class OpenVINORunner:
         self.runtime = f"openvino {dist_metadata.version('openvino')}"
         if not path.with_suffix(".bin").is_file():
             raise EdgecompError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
-        # What `benchmark_app -hint none -nstreams 1 -nthreads N` runs: one stream, N threads, no hint.
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        # What `benchmark_app -hint none -nstreams 1 -nthreads N -infer_precision P` runs: one stream, N threads,
+        # in the file's own inference precision (f32 unless its metadata says otherwise).
         core = ov.Core()
         try:
             model = core.read_model(str(path))
+            precision = _inference_precision(model)
+            if precision != "f32":
+                _check_cpu_computes(precision)
+            config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": precision}
             if len(model.inputs) != 1:
                 raise EdgecompError(f"{path}: has {len(model.inputs)} inputs; edgecomp runs single-input models")
             dims = [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()]
@@ -296,6 +332,8 @@ class OpenVINORunner:
             if tuple(dims) != self.input_shape:
                 model.reshape(list(self.input_shape))
             compiled = core.compile_model(model, "CPU", config)
+            if precision != "f32":
+                self.runtime += f" ({precision})"
         except RuntimeError as e:
             raise EdgecompError(f"{path}: OpenVINO cannot open it ({key_error_line(e)})") from e
         self._request = compiled.create_infer_request()

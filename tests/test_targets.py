@@ -15,9 +15,24 @@ from conftest import INPUT_SHAPE, export_options
 from torch import nn
 
 import targets
-from targets.base import AccuracyControl, EdgecompError, key_error_line, ops_named_in, predict_in_batches
+from targets.base import PRECISIONS, AccuracyControl, EdgecompError, key_error_line, ops_named_in, predict_in_batches
 
-PAIRS = [(name, precision) for name, spec in targets.TARGETS.items() for precision in spec.precisions]
+
+def cpu_computes(precision: str) -> bool:
+    """Whether this machine's CPU computes in `precision`'s arithmetic (bf16 needs AVX-512 BF16 or AMX)."""
+    computed_in = PRECISIONS[precision].computed_in
+    if computed_in == "f32":
+        return True
+    import openvino as ov
+
+    return computed_in.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+PAIRS = [
+    pytest.param(name, precision, marks=pytest.mark.skipif(not cpu_computes(precision), reason=f"no {precision} CPU"))
+    for name, spec in targets.TARGETS.items()
+    for precision in spec.precisions
+]
 NUM_CLASSES = 10
 
 
@@ -77,7 +92,8 @@ def test_metadata_is_embedded_and_size_counts_every_file(
     module = targets.get_target(target)
     metadata = module.read_metadata(path)
     assert metadata.items() >= {"candidate": "tiny", "precision": precision}.items()
-    assert set(metadata) - {"candidate", "precision"} <= {"keep_float", "accuracy_control"}  # int8_ac's search
+    # int8_ac's search; what a bf16 IR is computed in
+    assert set(metadata) - {"candidate", "precision"} <= {"keep_float", "accuracy_control", "inference_precision"}
     written = list(path.parent.glob(f"{path.stem}.*"))  # OpenVINO: the .xml and its .bin
     assert module.size_bytes(path) == sum(f.stat().st_size for f in written)
     assert not list(path.parent.glob(".tmp-*"))
@@ -312,7 +328,10 @@ def test_importing_targets_imports_no_sdk() -> None:
 # -- int8 on a trained model: agreement with PyTorch, and the CPU overflow fix ----------------------------
 
 QUANTIZED = [
-    (target, precision) for target, precision in PAIRS if precision not in targets.get_target(target).TOLERANCE
+    (name, precision)
+    for name, spec in targets.TARGETS.items()
+    for precision in spec.precisions
+    if PRECISIONS[precision].integer and precision not in targets.get_target(name).TOLERANCE
 ]
 
 
@@ -639,3 +658,28 @@ def test_export_refuses_io_the_target_cannot_make(tiny_net: nn.Module, calibrati
         targets.get_target("openvino").export(
             tiny_net, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.xml", calibration, {}, io="int8"
         )
+
+
+def test_openvino_bf16_runs_the_fp32_ir_in_bfloat16_where_the_cpu_has_it(tiny_net: nn.Module, tmp_path: Path) -> None:
+    """bf16 is how OpenVINO runs an fp32 IR by default on CPUs with bf16: the file says so, the runner asks for
+    it (its outputs move by bf16's rounding, not f32's) and its rows say so; elsewhere it is one clear refusal."""
+    import openvino as ov
+
+    module = targets.get_target("openvino")
+    example = torch.zeros(INPUT_SHAPE)
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(EdgecompError, match="this CPU cannot compute in bf16"):
+            module.export(tiny_net, example, "bf16", tmp_path / "bf16.xml", None, {})
+        return
+    module.export(tiny_net, example, "bf16", tmp_path / "bf16.xml", None, {"candidate": "tiny"})
+    module.export(tiny_net, example, "fp32", tmp_path / "fp32.xml", None, {})
+    assert module.read_metadata(tmp_path / "bf16.xml") == {"candidate": "tiny", "inference_precision": "bf16"}
+    x = np.random.default_rng(0).standard_normal((64, *INPUT_SHAPE[1:])).astype(np.float32)
+    with torch.no_grad():
+        reference = tiny_net(torch.from_numpy(x)).numpy()
+    bf16, fp32 = module.load(tmp_path / "bf16.xml"), module.load(tmp_path / "fp32.xml")
+    assert bf16.runtime.endswith("(bf16)") and not fp32.runtime.endswith(")")
+    bf16_diff = np.abs(bf16.predict(x)[0] - reference).max()
+    fp32_diff = np.abs(fp32.predict(x)[0] - reference).max()
+    assert fp32_diff < 1e-4 < bf16_diff < 0.1 * np.abs(reference).max()
+    assert np.mean(bf16.predict(x)[0].argmax(1) == reference.argmax(1)) >= 0.9

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 TARGET_COLOURS = {"pytorch": "#555555", "tflite": "#D55E00", "openvino": "#0072B2", "onnx": "#009E73"}
 SPARE_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9")
 KIND_MARKERS = {"dense": "*", "finetune": "s", "kd": "D", "scratch_e": "^", "scratch_b": "v", "qat": "P"}
-PRECISION_FILL = {"fp32": "full", "fp16": "left", "int8": "none", "int8-qat": "right", "int8_ac": "top"}
+PRECISION_FILL = {
+    "fp32": "full",
+    "fp16": "left",
+    "bf16": "bottom",
+    "int8": "none",
+    "int8-qat": "right",
+    "int8_ac": "top",
+}
 WIDE_RANGE = 10.0  # max/min on an axis above which it goes logarithmic
 DODGE = 0.03  # relative sideways shift between (target, precision) slots at one MACs value
 

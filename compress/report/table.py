@@ -23,7 +23,7 @@ KIND_LABELS = {
 PRUNED_KINDS = ("finetune", "kd")
 SCRATCH_KINDS = ("scratch_e", "scratch_b")
 TARGET_ORDER = ("pytorch", "tflite", "openvino", "onnx")
-PRECISION_ORDER = ("fp32", "fp16", "int8", "int8_ac", "int8-qat", "int8_dynamic")
+PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8", "int8_ac", "int8-qat", "int8_dynamic")
 # A QAT row is an int8 file: without a dense row of its own precision it is compared with the dense model's int8.
 DENSE_PRECISION = {"int8-qat": "int8"}
 
