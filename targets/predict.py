@@ -144,7 +144,8 @@ def read_labels(path: str | Path, classes: int) -> list[str]:
     """One class name a line, as many as the model has classes."""
     names = Path(path).read_text(encoding="utf-8").splitlines()
     if len(names) != classes:
-        raise EdgecompError(f"{path}: {len(names)} names for a model of {classes} classes: one name a line, in order")
+        extra = " (a list that starts with a background class: drop its first line)" * (len(names) == classes + 1)
+        raise EdgecompError(f"{path}: {len(names)} names for a model of {classes} classes: one a line, in order{extra}")
     return names
 
 
