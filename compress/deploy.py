@@ -170,6 +170,7 @@ class Deployment:
             "io": io,
             "lineage": " > ".join(candidate.lineage),
             "outputs": ",".join(self.context.task.outputs),  # what the outputs are, not left to their shapes
+            **self.context.splits.preprocess.to_metadata(),  # how an image becomes its input, for the device's tools
         }
         request = ExportRequest(
             precision,

@@ -15,6 +15,7 @@ from compress.pipeline import Pipeline
 from compress.recipe import load_recipe
 from compress.results import Results
 from compress.schema import PruneSpec, StageSpec
+from targets.preprocess import Preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -294,4 +295,6 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
         assert row["accuracy"] == rows[row["candidate"], "pytorch"]["accuracy"] and row["latency_ms_p50"] > 0
     metadata = targets.get_target("toy").read_metadata(tmp_path / "q" / "exports" / "dense" / "toy-fp32.toyjit")
     assert metadata["candidate"] == "dense" and metadata["outputs"] == "logits"
+    digits = Preprocess((8, 8), (0.5,) * 3, (0.5,) * 3, colour="grey")  # the file says how its inputs were made
+    assert Preprocess.from_metadata(metadata) == digits
     assert "| dense | dense | toy | fp32 |" in (tmp_path / "q" / "report.md").read_text()

@@ -11,28 +11,41 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from compress.data.photos import NORMALIZE
 from compress.registry import Registry
 from compress.schema import DataSpec
 from targets.base import EdgecompError
+from targets.preprocess import NORMALIZE, Preprocess
 
 SPLIT_SEED = 20190101  # fixed: splits must not move with the recipe's training seed
 
 
 @dataclass(frozen=True)
 class DataSplits:
+    """The splits, and how their images were made from pixels (`preprocess`: written into every exported file,
+    so the device reads photos as the model saw its data)."""
+
     train: Dataset
     val: Dataset
     test: Dataset
     num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    image_size: int
+    preprocess: Preprocess
     task: str = "classification"  # what its labels are for: a recipe's task must match
 
     @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocess.std
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.size[0]
+
+    @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        return (1, 3, self.image_size, self.image_size)
+        return (1, self.preprocess.channels, *self.preprocess.size)
 
 
 DATASETS: Registry[Callable[[DataSpec], DataSplits]] = Registry("data set")
@@ -107,6 +120,8 @@ def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Ar
     """DataSplits from in-memory arrays, with the recipe's image size and training subset applied."""
 
     mean, std = normalization(spec, mean, std)
+    grey = train[0].ndim == 3 or train[0].shape[1] == 1  # (N, H, W) or (N, 1, H, W): repeated to 3 channels
+    preprocess = Preprocess((spec.image_size,) * 2, mean, std, colour="grey" if grey else "RGB")
     if spec.crop_pct is not None:
         raise EdgecompError(
             f"data.crop_pct is for photo folders (imagefolder); {spec.dataset}'s images are already square: unset it"
@@ -120,9 +135,7 @@ def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Ar
         val=part(val),
         test=part(test),
         num_classes=int(max(train[1].max(), test[1].max())) + 1,
-        mean=mean,
-        std=std,
-        image_size=spec.image_size,
+        preprocess=preprocess,
     )
 
 

@@ -37,6 +37,7 @@ from compress.data._base import DATASETS, SPLIT_SEED, DataSplits, normalize
 from compress.data.folders import IMAGENET_MEAN, IMAGENET_STD, _open
 from compress.schema import DataSpec
 from targets.base import EdgecompError, did_you_mean
+from targets.preprocess import Preprocess
 
 MAX_BOXES = 100  # M for the sets read from files
 EDGE_TOLERANCE_PX = 1.0
@@ -77,14 +78,14 @@ def carve_validation(count: int, where: str) -> tuple[np.ndarray, np.ndarray]:
 def detection_splits(
     spec: DataSpec, train: Dataset, val: Dataset, test: Dataset, num_classes: int, mean: tuple, std: tuple
 ) -> DataSplits:
+    """Detection splits; their images are squashed to the square image size (boxes stay relative to it) and
+    normalised with the set's own mean/std (`data.normalize` does not apply to detection sets)."""
     return DataSplits(
         train=random_subset(train, spec.train_subset),
         val=val,
         test=test,
         num_classes=num_classes,
-        mean=mean,
-        std=std,
-        image_size=spec.image_size,
+        preprocess=Preprocess((spec.image_size,) * 2, mean, std),
         task="detection",
     )
 

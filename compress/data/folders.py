@@ -23,9 +23,9 @@ from compress.data._base import (
     stratified_split,
     subset_train,
 )
-from compress.data.photos import centre_crop
 from compress.schema import DataSpec
 from targets.base import EdgecompError
+from targets.preprocess import Preprocess, channels_first, resized
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,46 +41,30 @@ def _open(path: Path):
 
 
 class ImageFileDataset(Dataset):
-    """(path, label) pairs, decoded on access to RGB at size x size: squashed, or with `crop_pct` resized on
-    the shorter side and centre-cropped (`compress.data.photos.centre_crop`); normalised with mean/std."""
+    """(path, label) pairs, decoded on access as `preprocess` says (`targets.preprocess.resized`: squashed to
+    size, or resized on the shorter side and centre-cropped), normalised with its mean/std."""
 
-    def __init__(
-        self,
-        files: list[Path],
-        labels: np.ndarray,
-        image_size: int,
-        mean: tuple = IMAGENET_MEAN,
-        std: tuple = IMAGENET_STD,
-        crop_pct: float | None = None,
-    ) -> None:
+    def __init__(self, files: list[Path], labels: np.ndarray, preprocess: Preprocess) -> None:
         self.files = files
         self.labels = labels
-        self.image_size = image_size
-        self.stats = (tuple(mean), tuple(std))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.crop_pct = crop_pct
+        self.preprocess = preprocess
+        self.mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(preprocess.std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         try:
             with _open(self.files[index]) as image:
-                if self.crop_pct is None:
-                    rgb = np.asarray(image.convert("RGB").resize((self.image_size,) * 2, Image.BILINEAR))
-                else:
-                    rgb = centre_crop(image.convert("RGB"), self.image_size, self.crop_pct)
+                pixels = resized(image, self.preprocess)
         except OSError as error:  # truncated data shows only on decode
             raise EdgecompError(f"{self.files[index]}: cannot decode image ({error})") from None
-        chw = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
-        return normalize(chw, self.image_size, self.mean, self.std), int(self.labels[index])
+        chw = torch.from_numpy(channels_first(pixels, self.preprocess.channels).copy())
+        return normalize(chw, self.preprocess.size[0], self.mean, self.std), int(self.labels[index])
 
     def subset(self, index: np.ndarray) -> ImageFileDataset:
-        files = [self.files[i] for i in index]
-        return ImageFileDataset(files, self.labels[index], self.image_size, *self.stats, self.crop_pct)
+        return ImageFileDataset([self.files[i] for i in index], self.labels[index], self.preprocess)
 
 
 def scan(root: Path, classes: list[str], spec: DataSpec) -> ImageFileDataset:
@@ -95,8 +79,15 @@ def scan(root: Path, classes: list[str], spec: DataSpec) -> ImageFileDataset:
         labels += [label] * len(found)
     if not files:
         raise EdgecompError(f"{root}: no images found (expected {root}/<class name>/<image files>)")
+    return ImageFileDataset(files, np.asarray(labels, dtype=np.int64), photo_preprocess(spec))
+
+
+def photo_preprocess(spec: DataSpec) -> Preprocess:
+    """An imagefolder's preprocessing: ImageNet statistics or the recipe's `data.normalize`; squashed to the
+    square image size, or with `data.crop_pct` resized on the shorter side and centre-cropped."""
     mean, std = normalization(spec, IMAGENET_MEAN, IMAGENET_STD)
-    return ImageFileDataset(files, np.asarray(labels, dtype=np.int64), spec.image_size, mean, std, spec.crop_pct)
+    resize = "squash" if spec.crop_pct is None else "centre_crop"
+    return Preprocess((spec.image_size,) * 2, mean, std, resize, spec.crop_pct)
 
 
 def _classes(root: Path) -> list[str]:
@@ -109,9 +100,7 @@ def _splits(spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test
         val=val,
         test=test,
         num_classes=int(max(train.labels.max(), test.labels.max())) + 1,
-        mean=train.stats[0],
-        std=train.stats[1],
-        image_size=spec.image_size,
+        preprocess=train.preprocess,
     )
 
 
