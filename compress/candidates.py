@@ -22,6 +22,7 @@ from compress.prune import prune
 from compress.run_context import RunContext
 from compress.schema import Branch, DistillSpec, PruneSpec, Spec
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
+from targets.base import EdgecompError
 
 
 @dataclass
@@ -141,6 +142,8 @@ class CandidateBuilder:
         architecture, its scratch baselines (named after the first branch that produced it)."""
         recipe = self.context.recipe
         dense = self.dense()
+        if not self.context.splits.labelled:  # photos without labels: the dense model's predictions label them
+            self.context.label_by(dense.model)
         candidates = [dense]
         scratched: set[str] = set()
         quantized = recipe.qat is not None
@@ -157,6 +160,12 @@ class CandidateBuilder:
 
     def dense(self) -> Candidate:
         recipe = self.context.recipe
+        if not self.context.splits.labelled and recipe.train.epochs:
+            raise EdgecompError(
+                f"data set {recipe.data.dataset!r} has no labels, so the dense model cannot be trained on it: give "
+                "a trained one (model.weights, or an arch that loads its weights) with train.epochs: 0; its "
+                "predictions then label the photos, and fine-tunes distill from it (distill: {alpha: 1})"
+            )
         inputs = {"model": dump(recipe.model), "data": dump(recipe.data), "train": self.training.inputs()}
 
         def build() -> tuple[nn.Module, dict]:

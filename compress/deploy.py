@@ -85,7 +85,8 @@ class Deployment:
     def _export_plan(self, candidate: Candidate, export: ExportSpec, precision: str) -> RowPlan:
         options = export_options(export, precision)  # what else makes the file: in its rows' key too
         target, io, keep = export.target, export.io, options.get("keep_float", [])
-        job = partial(self.export_job, candidate, target, precision, io, options.get("calibration", 0), keep)
+        calibration, root = options.get("calibration", 0), options.get("calibration_root")
+        job = partial(self.export_job, candidate, target, precision, io, calibration, keep, calibration_root=root)
         if PRECISIONS[precision].accuracy_controlled:  # made while measured: the search needs the metric, here
             measure = partial(self._accuracy_controlled_rows, candidate, job, options["max_accuracy_drop"])
             job = None
@@ -158,6 +159,7 @@ class Deployment:
         calibration: int = 0,
         keep_float: list[str] | None = None,
         label: str | None = None,
+        calibration_root: str | None = None,
     ) -> ExportJob:
         """The file of `candidate` on `target` in `precision`; `calibration` is the sample count of calibrated
         precisions; `label` names the rows' precision when it is not the export's (int8-qat: an int8 export
@@ -174,7 +176,7 @@ class Deployment:
         }
         request = ExportRequest(
             precision,
-            self.context.calibration(calibration) if calibration else None,
+            self.context.calibration(calibration, calibration_root) if calibration else None,
             metadata,
             io,
             tuple(keep_float or ()),
@@ -246,6 +248,8 @@ def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if precision in CALIBRATED_PRECISIONS:
         options["calibration"] = export.calibration_samples
+        if export.calibration_root is not None:
+            options["calibration_root"] = export.calibration_root
     if PRECISIONS[precision].accuracy_controlled:
         options["max_accuracy_drop"] = export.max_accuracy_drop
     if export.keep_float and precision in CALIBRATED_PRECISIONS:

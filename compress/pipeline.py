@@ -111,7 +111,7 @@ class Pipeline:
                 "schema": RESULTS_SCHEMA,
                 "recipe": self.recipe.name,
                 "task": self.task.name,
-                "metric": self.task.metric,
+                "metric": self.context.metric,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": self.command,
                 "seed": self.recipe.train.seed,

@@ -12,11 +12,14 @@ from rich.console import Console
 
 from compress import distributed
 from compress.data import DATASETS, DataSplits, as_numpy
+from compress.data.folders import IMAGE_SUFFIXES
 from compress.recipe import dump_recipe
 from compress.schema import Recipe
 from compress.tasks import TASKS, Task
+from compress.train import predict
 from targets.base import AccuracyControl, EdgecompError
 from targets.fileio import write_text
+from targets.preprocess import Preprocess, read_images
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class RunContext:
     labels: dict[str, np.ndarray]  # "val" and "test": every label of the split, in order
     console: Console
     force: bool = False  # rerun every stage and row, cached or not
-    _calibration_sets: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _calibration_sets: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def create(cls, recipe: Recipe, run_dir: Path, console: Console, force: bool = False) -> RunContext:
@@ -41,12 +44,33 @@ class RunContext:
                 f"data set {recipe.data.dataset!r} is labelled for {splits.task}, but the recipe's task "
                 f"is {task.name}: set task: {splits.task}, or pick a {task.name} data set"
             )
+        if not splits.labelled and not recipe.model.num_classes:
+            raise EdgecompError(
+                f"data set {recipe.data.dataset!r} has no labels: set model.num_classes to the pretrained model's"
+            )
         labels = {split: np.concatenate([y for _, y in as_numpy(getattr(splits, split))]) for split in ("val", "test")}
         run_dir = Path(run_dir)
         if distributed.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "recipe.resolved.yaml", dump_recipe(recipe))
         return cls(recipe, run_dir, task, splits, labels, console, force)
+
+    @property
+    def metric(self) -> str:
+        """The headline metric's name: the task's, or "agreement" (with the dense fp32 model) without labels."""
+        return self.task.metric if self.splits.labelled else "agreement"
+
+    def label_by(self, model: torch.nn.Module) -> None:
+        """Unlabelled photos: `model`'s top-1 class becomes every image's label, so each later metric is top-1
+        agreement with it and fine-tunes learn from its hard predictions (with KD, from its soft ones too)."""
+        if self.splits.labelled:
+            raise EdgecompError("label_by is for data sets without labels")
+        for split in ("train", "val", "test"):
+            dataset = getattr(self.splits, split)
+            outputs, _ = predict(model, dataset)
+            dataset.labels = outputs[0].argmax(axis=1).astype(np.int64)
+            if split != "train":
+                self.labels[split] = dataset.labels
 
     @property
     def num_classes(self) -> int:
@@ -61,11 +85,19 @@ class RunContext:
         """The task's metrics of `outputs` on the whole of `split`."""
         return self.task.score(outputs, self.labels[split])
 
-    def calibration(self, count: int) -> np.ndarray:
-        """`count` train images, the same ones for every export that asks for as many."""
-        if count not in self._calibration_sets:
-            self._calibration_sets[count] = calibration_samples(self.splits, count, self.recipe.train.seed)
-        return self._calibration_sets[count]
+    def calibration(self, count: int, root: str | None = None) -> np.ndarray:
+        """`count` train images, or `count` photos of the folder `root` read with the data's preprocessing (no
+        labels needed), the same ones for every export that asks for as many."""
+        key = (count, root)
+        if key not in self._calibration_sets:
+            seed = self.recipe.train.seed
+            if root is None:
+                self._calibration_sets[key] = calibration_samples(self.splits, count, seed)
+            else:
+                self._calibration_sets[key] = folder_samples(
+                    Path(root).expanduser(), count, seed, self.splits.preprocess
+                )
+        return self._calibration_sets[key]
 
     def accuracy_control(self, max_drop: float) -> AccuracyControl:
         """The validation split and the task's headline metric, for an export that may lose `max_drop` points."""
@@ -83,6 +115,17 @@ def calibration_samples(splits: DataSplits, n: int, seed: int) -> np.ndarray:
     index = rng.choice(len(splits.train), size=min(n, len(splits.train)), replace=False)
     images = SplitImages(splits.train)
     return np.stack([images[i] for i in sorted(index)])
+
+
+def folder_samples(root: Path, n: int, seed: int, preprocess: Preprocess) -> np.ndarray:
+    """A fixed random subset of `n` photos under `root` (recursively), read as the model's data is."""
+    if not root.is_dir():
+        raise EdgecompError(f"calibration_root {str(root)!r}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EdgecompError(f"calibration_root {str(root)!r}: no images in it")
+    index = np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False)
+    return read_images([files[i] for i in sorted(index)], preprocess)
 
 
 class SplitImages:

@@ -226,6 +226,10 @@ class ExportSpec(Spec):
     calibration_samples: Annotated[int, Field(gt=0, le=100_000)] = Field(
         256, description="train images the int8 precisions calibrate on (and QAT starts its ranges from)"
     )
+    calibration_root: str | None = Field(
+        None,
+        description="int8 precisions: calibrate on photos of this folder (no labels needed) instead of train images",
+    )
     max_accuracy_drop: float | None = Field(
         None,
         ge=0.0,

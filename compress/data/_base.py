@@ -30,6 +30,9 @@ class DataSplits:
     num_classes: int
     preprocess: Preprocess
     task: str = "classification"  # what its labels are for: a recipe's task must match
+    # False for photos without labels (`images`): the dense model's predictions become the labels
+    # (`RunContext.label_by`), so every metric is agreement with it
+    labelled: bool = True
 
     @property
     def mean(self) -> tuple[float, ...]:

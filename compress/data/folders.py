@@ -104,6 +104,38 @@ def _splits(spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test
     )
 
 
+NO_LABEL = -100  # what an unlabelled image holds until the dense model labels it (cross-entropy ignores it)
+
+
+@DATASETS.register("images")
+def images(spec: DataSpec) -> DataSplits:
+    """A folder of photos without classes (searched recursively): calibration images, the training set of a
+    distillation (`alpha: 1` needs no labels), and a test set whose metric is top-1 agreement with the dense
+    fp32 model, which labels every image before anything else uses them (`RunContext.label_by`)."""
+    if spec.root is None:
+        raise EdgecompError("images needs data.root: a folder of photos (no classes needed)")
+    root = Path(spec.root).expanduser()
+    if not root.is_dir():
+        raise EdgecompError(f"data.root {spec.root!r}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 10:
+        raise EdgecompError(f"{root}: {len(files)} image(s) found; images needs at least 10 to split 70/10/20")
+    for path in files:
+        _open(path).close()
+    everything = ImageFileDataset(files, np.full(len(files), NO_LABEL, np.int64), photo_preprocess(spec))
+    train, val, test = stratified_split(np.zeros(len(files), np.int64), val=0.1, test=0.2)
+    if spec.train_subset is not None:
+        train = train[: spec.train_subset]
+    return DataSplits(
+        train=everything.subset(train),
+        val=everything.subset(val),
+        test=everything.subset(test),
+        num_classes=0,  # the model's: model.num_classes
+        preprocess=everything.preprocess,
+        labelled=False,
+    )
+
+
 @DATASETS.register("imagefolder")
 def imagefolder(spec: DataSpec) -> DataSplits:
     if spec.root is None:

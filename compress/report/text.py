@@ -11,7 +11,12 @@ from compress.report.fmt import NONE, count, fmt, ms, signed
 from compress.report.recommend import Recommendation
 from compress.results import RESULTS_SCHEMA, Results, RunInfo
 
-METRIC_LABELS = {"top1": "top-1", "map50": "mAP@.5", "map": "mAP@[.5:.95]"}
+METRIC_LABELS = {
+    "top1": "top-1",
+    "map50": "mAP@.5",
+    "map": "mAP@[.5:.95]",
+    "agreement": "top-1 agreement with dense fp32",  # photos without labels (`images`)
+}
 NO_VERDICT = "No scratch baseline shares an architecture with a pruned candidate here."
 PLOT_ALT = "accuracy against p50 latency, one panel per target with its Pareto front, and accuracy against MACs"
 TABLE_NOTE = (
