@@ -5,6 +5,7 @@ Value of Network Pruning" (ICLR 2019). Each is a cached stage (`compress.cache.S
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,17 +13,19 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+import targets
 from compress import distributed
-from compress.cache import StageCache
+from compress.cache import StageCache, measurement_context
 from compress.data import make_loader
 from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
-from compress.prune import prune
+from compress.prune import prune, search_latency
 from compress.run_context import RunContext
 from compress.schema import Branch, DistillSpec, PruneSpec, Spec
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
-from targets.base import EdgecompError
+from targets.base import EdgecompError, ExportRequest
+from targets.bench import benchmark
 
 
 @dataclass
@@ -116,6 +119,22 @@ class Training:
         return load_checkpoint(path), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _prune_step(spec: PruneSpec, metrics: dict) -> str:
+    """The lineage entry: 'prune(l2, macs=0.5, 1 step)', or for a latency target what it asked and reached."""
+    kind, value = spec.target
+    steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
+    if spec.finetune_epochs_per_step:
+        steps += f" +{spec.finetune_epochs_per_step} ep each"
+    if kind != "latency":
+        return f"prune({spec.importance}, {kind}={value:g}, {steps})"
+    found = metrics["latency"]
+    return (
+        f"prune({spec.importance}, latency={value:g} on {spec.measured_on}: asked {found['asked_ms']:.3f} ms of dense "
+        f"{found['dense_ms']:.3f}, reached {found['reached_ms']:.3f} ms with ratio {found['ratio']:.3f}, "
+        f"{found['macs']:.3f} of the dense MACs, {steps})"
+    )
+
+
 def describe_distill(distill: DistillSpec | None) -> str:
     """How a fine-tune learned, for the lineage: 'labels' or 'KD a=0.7 T=4'."""
     if distill is None:
@@ -182,26 +201,46 @@ class CandidateBuilder:
 
     def pruned(self, dense: Candidate, branch: Branch) -> Pruned:
         spec = branch.prune
-        kind, value = spec.target
+        kind = spec.target[0]
         context = self.context
 
         def build() -> tuple[nn.Module, dict]:
             model = load_checkpoint(self.stages.checkpoint("dense"), context.recipe.model)
             seed_everything(context.recipe.train.seed)
             loss = context.task.loss(model, 0.0)
-            prune(model, context.example, spec, self._gradient_batches, loss, self._between_steps(spec))
+            searched, target = None, spec
+            if kind == "latency":  # measured on the target first: the MACs fraction that runs that fast
+                searched = search_latency(
+                    model, context.example, spec, self._latency_of(spec.measured_on), self._gradient_batches, loss
+                )
+                target = spec.model_copy(update={"latency": None, "measured_on": None, "ratio": searched.ratio})
+                seed_everything(context.recipe.train.seed)
+            prune(model, context.example, target, self._gradient_batches, loss, self._between_steps(spec))
             macs, params = count(model, context.example)
             self._warn_below_target(spec, {"macs": macs / dense.macs, "params": params / dense.params}.get(kind))
             arch = architecture_id(model)
-            return model, {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
+            metrics = {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
+            return model, metrics | ({"latency": searched.as_dict()} if searched else {})
 
         name = tagged("prune", branch.prune_tag)
-        _, metrics, key = self.stages.stage(name, {"parent": dense.key, "prune": dump(spec)}, build)
-        steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
-        if spec.finetune_epochs_per_step:
-            steps += f" +{spec.finetune_epochs_per_step} ep each"
-        step = f"prune({spec.importance}, {kind}={value:g}, {steps})"
-        return Pruned(key, step, metrics["macs"], self.stages.checkpoint(name), metrics["arch"])
+        inputs = {"parent": dense.key, "prune": dump(spec)}
+        if kind == "latency":  # what the pruned architecture is depends on the machine that timed it
+            inputs |= {"bench": dump(context.recipe.bench), "measured_with": measurement_context()}
+        _, metrics, key = self.stages.stage(name, inputs, build)
+        return Pruned(key, _prune_step(spec, metrics), metrics["macs"], self.stages.checkpoint(name), metrics["arch"])
+
+    def _latency_of(self, target: str) -> Callable[[nn.Module], float]:
+        """p50 ms of a model's fp32 file on `target`, with the recipe's first thread count and bench settings."""
+        bench, example = self.context.recipe.bench, self.context.example
+
+        def latency_of(model: nn.Module) -> float:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / f"probe{targets.TARGETS[target].suffix}"
+                targets.export(target, model.eval(), example, path, ExportRequest("fp32"))
+                runner = targets.load_runner(path, threads=bench.threads[0])
+                return benchmark(runner, warmup=bench.warmup, runs=bench.runs).latency_ms_p50
+
+        return latency_of
 
     def _warn_below_target(self, spec: PruneSpec, reached: float | None) -> None:
         """A target is a budget: pruning stops at or below it. Coarse channel steps can stop well below."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 from collections.abc import Callable, Iterable
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ IMPORTANCE.register("taylor")(tp.importance.GroupTaylorImportance)
 NEEDS_GRADIENTS = {"taylor"}
 FINE_STEPS = 100  # resolution of macs / params targets
 MAX_RATIO = 0.95  # no layer loses more of its channels than this
+LATENCY_PROBES = 6  # bisection steps of a latency target: the channel ratio to within 0.95 / 64
 
 
 def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
@@ -108,6 +110,8 @@ def prune(
     """
     model.eval()
     kind, value = spec.target
+    if kind == "latency":
+        raise EdgecompError("a latency target is a MACs fraction found by measurement first: see search_latency")
     if kind == "ratio":
         stepper = _stepper(model, example, spec, value, spec.iterative_steps, gradient_batches, loss)
         for step in range(spec.iterative_steps):
@@ -129,6 +133,69 @@ def prune(
         if between_steps is not None and i < len(milestones) - 1:
             between_steps(model)
     return model
+
+
+@dataclass(frozen=True)
+class LatencySearch:
+    """What a latency target resolved to: the smallest channel ratio (of those tried) whose pruned model's
+    measured p50 on the target is within the latency asked."""
+
+    asked_ms: float
+    dense_ms: float
+    ratio: float  # of channels removed per layer, as a `ratio` target prunes
+    macs: float  # the fraction of the dense MACs that ratio left
+    reached_ms: float
+    probes: list[tuple[float, float, float]]  # (ratio tried, its MACs fraction, its p50 ms)
+
+    def as_dict(self) -> dict:
+        return {
+            "asked_ms": round(self.asked_ms, 4),
+            "dense_ms": round(self.dense_ms, 4),
+            "ratio": round(self.ratio, 4),
+            "macs": round(self.macs, 4),
+            "reached_ms": round(self.reached_ms, 4),
+            "probes": [[round(value, 4) for value in probe] for probe in self.probes],
+        }
+
+
+def search_latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    spec: PruneSpec,
+    latency_of: Callable[[nn.Module], float],
+    gradient_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    loss: Callable | None = None,
+    probes: int = LATENCY_PROBES,
+) -> LatencySearch:
+    """The channel ratio that meets `spec.latency` (a fraction of the dense model's p50, `latency_of` measuring
+    a model in the target's runtime), by bisection: each probe prunes a copy of `model` by a ratio with the
+    spec's criterion in one step and times its exported file. Latency is not proportional to MACs
+    (memory-bound depthwise layers, runtime kernels that prefer some channel counts), so it is measured, not
+    predicted. `model` is left as it is."""
+    dense_ms, dense_macs = latency_of(model), count(model, example)[0]
+    asked = spec.latency * dense_ms
+    low, high, best, tried = 0.0, MAX_RATIO, None, []
+    for _ in range(probes):
+        ratio = (low + high) / 2
+        copy = prune(deepcopy(model), example, _as_ratio(spec, ratio), gradient_batches, loss)
+        ms = latency_of(copy)
+        tried.append((ratio, count(copy, example)[0] / dense_macs, ms))
+        if ms <= asked:
+            best = tried[-1] if best is None or ratio < best[0] else best
+            high = ratio
+        else:
+            low = ratio
+    if best is None:
+        raise EdgecompError(
+            f"prune.latency={spec.latency:g} on {spec.measured_on}: {asked:.3f} ms asked (dense {dense_ms:.3f} ms), "
+            f"but the fastest pruned model tried ran at {min(ms for *_, ms in tried):.3f} ms; ask for a larger fraction"
+        )
+    return LatencySearch(asked, dense_ms, best[0], best[1], best[2], tried)
+
+
+def _as_ratio(spec: PruneSpec, ratio: float) -> PruneSpec:
+    """`spec` with its latency target replaced by a channel ratio, pruned in one go (a probe is not fine-tuned)."""
+    return spec.model_copy(update={"latency": None, "measured_on": None, "ratio": ratio, "iterative_steps": 1})
 
 
 def _stepper(model, example, spec: PruneSpec, ratio: float, steps: int, gradient_batches, loss) -> _Stepper:

@@ -84,14 +84,26 @@ class TrainSpec(Spec):
     )
 
 
+TARGET_KINDS = ("ratio", "macs", "params", "latency")
+
+
 class PruneSpec(Spec):
     """Structured pruning. The target is one of `ratio` (channel sparsity per prunable layer), `macs` or
-    `params` (the fraction of the dense model's to keep); with none given, ratio 0.5. A list value sweeps it."""
+    `params` (the fraction of the dense model's to keep), or `latency` (the fraction of the dense model's p50
+    on target `measured_on`, timed on its exported fp32 file; a key named `on` would be a YAML boolean); with
+    none given, ratio 0.5. A list value sweeps it."""
 
     importance: str | list[str] = "l2"
     ratio: Fraction | list[Fraction] | None = Field(None, description="fraction of channels removed per layer")
     macs: Fraction | list[Fraction] | None = Field(None, description="fraction of the dense MACs to keep")
     params: Fraction | list[Fraction] | None = Field(None, description="fraction of the dense parameters to keep")
+    latency: Fraction | list[Fraction] | None = Field(
+        None,
+        description="fraction of the dense model's p50 latency on target `measured_on` (its fp32 file, first threads)",
+    )
+    measured_on: str | list[str] | None = Field(
+        None, description="latency targets: the target whose runtime measures it (tflite, ...); a list sweeps it"
+    )
     layer_ratios: dict[str, Fraction] = Field(
         default_factory=dict, description="per-layer ratio by module-name glob, e.g. {'features.1*': 0.2} (ratio only)"
     )
@@ -105,9 +117,14 @@ class PruneSpec(Spec):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneSpec:
-        given = [name for name in ("ratio", "macs", "params") if getattr(self, name) is not None]
+        given = [name for name in TARGET_KINDS if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give one pruning target, not {' and '.join(given)}")
+        if (self.latency is None) != (self.measured_on is None):
+            raise ValueError("a latency target names the target that measures it: latency: 0.5, measured_on: tflite")
+        for target in [self.measured_on] if isinstance(self.measured_on, str) else self.measured_on or []:
+            if target not in TARGETS:
+                raise ValueError(f"prune.measured_on: unknown target {target!r}{did_you_mean(target, TARGETS)}")
         if self.layer_ratios and given and given[0] != "ratio":
             raise ValueError("layer_ratios go with a ratio target, not a macs or params one")
         return self
@@ -115,7 +132,7 @@ class PruneSpec(Spec):
     @property
     def target(self) -> tuple[str, float]:
         """(kind, value) of the pruning target: ('ratio', 0.5), ('macs', 0.4) or ('params', 0.3)."""
-        for name in ("ratio", "macs", "params"):
+        for name in TARGET_KINDS:
             if getattr(self, name) is not None:
                 return name, getattr(self, name)
         return "ratio", 0.5
@@ -164,7 +181,17 @@ class QATSpec(Spec):
         return self
 
 
-SWEEPABLE = {PruneSpec: ("importance", "ratio", "macs", "params"), FinetuneSpec: ("epochs", "lr")}
+SWEEPABLE = {
+    PruneSpec: ("importance", "ratio", "macs", "params", "latency", "measured_on"),
+    FinetuneSpec: ("epochs", "lr"),
+}
+
+
+def _tag(name: str, value: Any) -> str:
+    """A swept value in a candidate's name: 'l2', 'macs0.5', 'on-tflite'."""
+    if name == "importance":
+        return str(value)
+    return f"{name}-{value}" if isinstance(value, str) else f"{name}{value:g}"
 
 
 def expand(spec: Spec | None) -> list[tuple[str, Spec | None]]:
@@ -179,7 +206,7 @@ def expand(spec: Spec | None) -> list[tuple[str, Spec | None]]:
     combos = itertools.product(*(getattr(spec, name) for name in swept))
     return [
         (
-            "-".join(str(v) if name == "importance" else f"{name}{v:g}" for name, v in zip(swept, values, strict=True)),
+            "-".join(_tag(name, v) for name, v in zip(swept, values, strict=True)),
             spec.model_copy(update=dict(zip(swept, values, strict=True))),
         )
         for values in combos

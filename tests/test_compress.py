@@ -229,3 +229,39 @@ def test_optimizers_step_with_one_fused_kernel_and_keep_decay_off_norms(optimize
     decayed, plain = opt.param_groups
     assert [p.shape for p in decayed["params"]] == [(4, 3, 3, 3)] and decayed["weight_decay"] == 0.1
     assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0  # conv bias, BN weight and bias
+
+
+def _v2() -> nn.Module:
+    return build_model(ModelSpec(arch="mobilenet_v2", width_mult=0.5, small_input=True), 10).eval()
+
+
+def test_a_latency_target_is_the_largest_macs_fraction_measured_to_run_fast_enough() -> None:
+    """Bisection on the channel ratio with a latency the test controls (0.2 ms fixed + 1 ms x MACs fraction):
+    0.6 of the dense 1.2 ms needs at most 0.52 of the MACs; six probes land just under it."""
+    from compress.prune import search_latency
+
+    model = _v2()
+    dense_macs = count(model, EXAMPLE[:1])[0]
+
+    def latency_of(candidate: nn.Module) -> float:
+        return 0.2 + count(candidate, EXAMPLE[:1])[0] / dense_macs
+
+    found = search_latency(model, EXAMPLE[:1], PruneSpec(importance="l2", latency=0.6, measured_on="onnx"), latency_of)
+    assert found.dense_ms == pytest.approx(1.2) and found.asked_ms == pytest.approx(0.72)
+    assert found.reached_ms <= found.asked_ms and 0.45 <= found.macs <= 0.52
+    assert found.macs == pytest.approx(found.reached_ms - 0.2)
+    assert len(found.probes) == 6 and count(model, EXAMPLE[:1])[0] == dense_macs  # the model is left whole
+    # the smallest ratio that met the target: every smaller ratio tried missed it
+    assert all(ms > found.asked_ms for ratio, _, ms in found.probes if ratio < found.ratio)
+    with pytest.raises(EdgecompError, match=r"latency=0\.6 on onnx: .* ask for a larger fraction"):
+        search_latency(model, EXAMPLE[:1], PruneSpec(latency=0.6, measured_on="onnx"), lambda candidate: 1.0)
+
+
+def test_a_latency_target_names_the_target_that_measures_it() -> None:
+    with pytest.raises(ValueError, match="names the target that measures it"):
+        PruneSpec(latency=0.5)
+    with pytest.raises(ValueError, match="unknown target 'tflit'"):
+        PruneSpec(latency=0.5, measured_on="tflit")
+    with pytest.raises(ValueError, match="give one pruning target"):
+        PruneSpec(latency=0.5, measured_on="onnx", macs=0.5)
+    assert PruneSpec(latency=[0.5, 0.7], measured_on="tflite").latency == [0.5, 0.7]

@@ -298,3 +298,43 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
     digits = Preprocess((8, 8), (0.5,) * 3, (0.5,) * 3, colour="grey")  # the file says how its inputs were made
     assert Preprocess.from_metadata(metadata) == digits
     assert "| dense | dense | toy | fp32 |" in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypatch) -> None:
+    """The plumbing of `prune: {latency: 0.5, on: onnx}` with the measurement replaced by a latency the test
+    controls (linear in MACs): the stage keeps the search, its key holds the machine, the lineage says what was
+    asked and reached. compress.prune's tests check the search; `make bench` measures real runtimes."""
+    import torch
+
+    from compress.candidates import CandidateBuilder
+    from compress.measure import count
+
+    def latency_of(self, target):
+        assert target == "onnx"
+        dense: list[int] = []  # the search measures the dense model first
+
+        def measure(model):
+            macs = count(model, torch.zeros(1, 3, 8, 8))[0]
+            dense[:] = dense or [macs]
+            return 0.1 + macs / dense[0]
+
+        return measure
+
+    monkeypatch.setattr(CandidateBuilder, "_latency_of", latency_of)
+    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
+    recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
+    recipe = recipe.model_copy(
+        update={
+            "stages": [StageSpec(prune=PruneSpec(importance="l2", latency=0.5, measured_on="onnx")), recipe.stages[1]]
+        }
+    )
+    results = Pipeline(recipe, tmp_path / "q", console=Console(quiet=True)).run()
+    stage = json.loads((tmp_path / "q" / "prune" / "stage.json").read_text())
+    found = stage["metrics"]["latency"]
+    assert found["reached_ms"] <= found["asked_ms"] == pytest.approx(0.55) and len(found["probes"]) == 6
+    assert stage["inputs"]["measured_with"]["device"] and stage["metrics"]["macs_fraction"] <= 0.45 + 1e-6
+    assert stage["metrics"]["macs_fraction"] == pytest.approx(found["macs"], abs=1e-4)  # the probe's ratio again
+    kd = next(row for row in results["rows"] if row["kind"] == "kd")
+    assert any(
+        step.startswith("prune(l2, latency=0.5 on onnx: asked 0.550 ms of dense 1.100") for step in kd["lineage"]
+    )
