@@ -91,9 +91,10 @@ class RemoteSession:
         try:
             self._ssh(["-N", "-f"], None, SETUP_TIMEOUT_S, master=True)
             digest, archive = package_archive()
-            lines = self._run(setup_script(digest, self.remote.python), archive, "setting up").splitlines()
-            self._folder, self._package = lines[0], lines[1]
-            self.description = {"host": self.remote.host, **json.loads(lines[-1])}
+            said = self._run(setup_script(digest, self.remote.python), archive, "setting up").splitlines()
+            found = dict(line.partition("=")[::2] for line in said if line.startswith(("session=", "package=")))
+            self._folder, self._package = found.get("session", ""), found.get("package", "")
+            self.description = {"host": self.remote.host, **self._json(said, "setting up")}
         except BaseException:
             self.close()
             raise
@@ -120,7 +121,7 @@ class RemoteSession:
             args += ["--shape", shape]
         command = self._python_command("targets.bench", args)
         output = self._run(command, None, f"timing {Path(path).name}", self.remote.timeout_s)
-        data = json.loads(output.strip().splitlines()[-1])
+        data = self._json(output.splitlines(), f"timing {Path(path).name}")
         return BenchResult(**{field.name: data[field.name] for field in fields(BenchResult) if field.name in data})
 
     def close(self) -> None:
@@ -136,6 +137,17 @@ class RemoteSession:
             self._local, self._folder = None, ""
 
     # -- the steps -------------------------------------------------------------------------------------
+
+    def _json(self, lines: list[str], doing: str) -> dict[str, Any]:
+        """The JSON object a command printed last (a login script may print before it)."""
+        last = next((line for line in reversed(lines) if line.strip()), "")
+        try:
+            data = json.loads(last)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise EdgecompError(f"{self.remote.host}: {doing} printed {last[:200]!r}, not the JSON expected")
+        return data
 
     def _upload(self, path: Path) -> str:
         """Copy `path` (and an .xml's .bin) into the session's folder once; its path on the host."""
@@ -236,7 +248,7 @@ def setup_script(digest: str, python: str) -> str:
             "fi",
             f'touch "$P"; find {CACHE} -mindepth 1 -maxdepth 1 -mtime +{UNUSED_DAYS} -exec rm -rf {{}} + || true',
             'S=$(mktemp -d "${TMPDIR:-/tmp}/edgecomp.XXXXXX")',
-            'echo "$S"; echo "$P"; cd "$S"',
+            'echo "session=$S"; echo "package=$P"; cd "$S"',
             f'env PYTHONPATH="$P" {shlex.quote(python)} -m targets.device || {{ c=$?; rm -rf "$S"; exit $c; }}',
         ]
     )
