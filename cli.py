@@ -2,11 +2,13 @@
 
 edgecomp run quickstart                         # compress, export, measure, report (a shipped name, or a file)
 edgecomp bench model.tflite --threads 2 --json  # latency of any .tflite or OpenVINO .xml
+edgecomp bench model.tflite --remote pi@raspberrypi.local  # ... timed on another machine over SSH
 edgecomp recipes | models | datasets            # what is shipped and registered
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -178,20 +180,38 @@ def bench(
         typer.Option(help="Also time a detector's numpy post-processing (auto: when the outputs are a detector's)."),
     ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    remote: Annotated[
+        str | None, typer.Option(help="Time it on this machine over SSH instead: user@host (keys: agent, ~/.ssh).")
+    ] = None,
+    python: Annotated[str, typer.Option(help="With --remote: the Python to run there.")] = "python3",
+    ssh_option: Annotated[
+        list[str] | None, typer.Option("--ssh-option", help="With --remote: ssh -o KEY=VALUE (repeatable).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.001, help="With --remote: seconds the benchmark may take.")] = 600.0,
 ) -> None:
     """Latency of one model file in its runtime: p50 / p90 / mean over timed runs, throughput, peak memory;
-    for a detector, the latency of its post-processing (threshold, top-k, NMS) as well."""
+    for a detector, the latency of its post-processing (threshold, top-k, NMS) as well. With --remote, the
+    file is timed on another machine (which needs Python, numpy and the file's runtime, not edgecomp)."""
     from targets.bench import benchmark, open_for_bench, parse_shape
 
-    runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
-    result = benchmark(runner, warmup=warmup, runs=runs, time_budget_s=time_budget, postprocess=postprocess)
+    options = {"runs": runs, "warmup": warmup, "time_budget_s": time_budget, "postprocess": postprocess}
+    if remote is None:
+        runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
+        fields = benchmark(runner, **options).as_dict()
+    else:
+        from targets.remote import Remote, RemoteSession
+
+        with RemoteSession(Remote(remote, python, tuple(ssh_option or ()), timeout)) as session:
+            result = session.bench(model_file, threads=threads, batch=batch, shape=shape, **options)
+        fields = {**result.as_dict(), "remote": session.description}
     if as_json:
-        console.print_json(result.to_json())
+        console.print_json(json.dumps(fields))
         return
-    table = Table(title=str(model_file))
+    table = Table(title=str(model_file) + (f" on {remote}" if remote else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in result.as_dict().items():
+    for key, value in fields.items():
+        value = value["host"] if key == "remote" else value  # its CPU is the device row's
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
 

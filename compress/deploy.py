@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,9 +30,10 @@ from compress.quantize import quantization_aware
 from compress.results import QAT_PRECISION
 from compress.rows import Measurer
 from compress.run_context import RunContext
-from compress.schema import ExportSpec
+from compress.schema import BenchSpec, ExportSpec
 from compress.train import predict
 from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, EdgecompError, ExportRequest
+from targets.remote import Remote, RemoteSession
 
 
 @dataclass
@@ -54,9 +56,33 @@ class Deployment:
         self.measurer = Measurer(context)
         self.failures: list[dict] = []  # exports or measurements that failed: the run goes on without their rows
         self._measured_with = measurement_context()
+        self._files_measured_with = self._measured_with  # with bench.remote: and the remote device
 
     def rows(self, candidates: list[Candidate]) -> list[dict]:
         """Rows of every candidate: PyTorch eager, then every export, each measured in its own runtime."""
+        with self._bench_device():
+            return self._rows(candidates)
+
+    @contextmanager
+    def _bench_device(self) -> Iterator[None]:
+        """With bench.remote, a session with that device for the run: the files' latencies come from it, and
+        their records are keyed by what it is (host, CPU, runtimes) besides what made and scored them here."""
+        bench = self.context.recipe.bench
+        if bench.remote is None:
+            yield
+            return
+        remote = Remote(bench.remote, bench.remote_python, tuple(bench.remote_ssh_options), bench.remote_timeout)
+        with RemoteSession(remote) as session:
+            self.context.console.log(f"timing exported files on {bench.remote}: {session.description}")
+            self.measurer.remote = session
+            self._files_measured_with = {**self._measured_with, "remote": session.description}
+            try:
+                yield
+            finally:
+                self.measurer.remote = None
+                self._files_measured_with = self._measured_with
+
+    def _rows(self, candidates: list[Candidate]) -> list[dict]:
         plans = [plan for candidate in candidates for plan in self.plans(candidate, candidates[0])]
         saved = [plan.record.load(self.context.force) for plan in plans]
         jobs = [plan.job() for plan, rows in zip(plans, saved, strict=True) if rows is None and plan.job is not None]
@@ -111,8 +137,8 @@ class Deployment:
             "candidate": candidate.key,
             "target": target,
             "precision": precision,
-            "bench": dump(self.context.recipe.bench),
-            "measured_with": self._measured_with,
+            "bench": timing_spec(self.context.recipe.bench),
+            "measured_with": self._measured_with if target == "pytorch" else self._files_measured_with,
             **(extra or {}),
         }
         if io != "float":  # float I/O keeps the names of runs made before `io` existed
@@ -241,6 +267,12 @@ class Deployment:
         job.run()
         rows = self.measurer.file_rows(trained, target, "int8", job.path, label=QAT_PRECISION)
         return [{**row, "qat": metrics} for row in rows]
+
+
+def timing_spec(bench: BenchSpec) -> dict[str, Any]:
+    """What a row's latency depends on in the bench spec; where it was timed is in "measured_with" (the remote
+    device's description, not how to log in to it), and a spec without `remote` keeps earlier runs' keys."""
+    return {key: value for key, value in dump(bench).items() if not key.startswith("remote")}
 
 
 def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:

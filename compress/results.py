@@ -85,6 +85,9 @@ class Row(_Strict):
     epochs: Count | None = None
     parity: Parity | None = None
     runtime: str | None = None
+    # A row timed on another machine (bench.remote): host, cpu, cores, machine, runtimes and the runtime that
+    # timed it; absent where the row was timed on the machine of results.json's `device`.
+    device: dict[str, Any] | None = None
     postprocess_ms_p50: Number | None = None  # a detector's numpy post-processing, apart from the model
     postprocess_ms_p90: Number | None = None
     pruned_accuracy: Number | None = None  # a fine-tuned candidate's pruned model before the fine-tune

@@ -18,6 +18,7 @@ from compress.results import pack_correct
 from compress.run_context import RunContext
 from targets.base import EdgecompError, Runner
 from targets.bench import BenchResult, benchmark
+from targets.remote import RemoteSession
 
 ADAPTIVE_BN_SAMPLES = 1024  # training images that re-estimate a pruned model's BN statistics before it is scored
 
@@ -25,6 +26,8 @@ ADAPTIVE_BN_SAMPLES = 1024  # training images that re-estimate a pruned model's 
 class Measurer:
     def __init__(self, context: RunContext) -> None:
         self.context = context
+        # Where exported files are timed when not here (bench.remote); `compress.deploy` opens it for a run.
+        self.remote: RemoteSession | None = None
 
     def file_rows(self, candidate: Candidate, target: str, precision: str, path: Path, label: str | None = None):
         """Load `candidate`'s file on `target`, check parity against PyTorch, and measure it; `label` names the
@@ -73,11 +76,7 @@ class Measurer:
         bench = self.context.recipe.bench
         rows = []
         for threads in bench.threads:
-            if isinstance(runner, TorchRunner):  # in a process of its own: see compress.eager.benchmark_eager
-                timing = benchmark_eager(runner.model, runner.input_shape, threads, bench.warmup, bench.runs)
-            else:
-                timed = targets.load_runner(runner.path, threads=threads)
-                timing = benchmark(timed, warmup=bench.warmup, runs=bench.runs)
+            timing = self.timing(runner, threads)
             rows.append(
                 {
                     "candidate": candidate.name,
@@ -99,9 +98,27 @@ class Measurer:
                     "runtime": runner.runtime,
                     **postprocess_timing(timing),
                     **paired,
+                    **self.timed_on(runner, timing),
                 }
             )
         return rows
+
+    def timing(self, runner: Runner, threads: int) -> BenchResult:
+        """The latency of `runner`'s model with `threads`: PyTorch eager in a process of its own (see
+        `compress.eager.benchmark_eager`), a file here or on the remote device."""
+        bench = self.context.recipe.bench
+        if isinstance(runner, TorchRunner):
+            return benchmark_eager(runner.model, runner.input_shape, threads, bench.warmup, bench.runs)
+        if self.remote is not None:
+            return self.remote.bench(runner.path, threads=threads, runs=bench.runs, warmup=bench.warmup)
+        return benchmark(targets.load_runner(runner.path, threads=threads), warmup=bench.warmup, runs=bench.runs)
+
+    def timed_on(self, runner: Runner, timing: BenchResult) -> dict:
+        """A remotely timed row's `device`: the host, what it is, and the runtime that timed the file there
+        (the row's `runtime` is this machine's, which scored it); nothing for a row timed here."""
+        if self.remote is None or isinstance(runner, TorchRunner):
+            return {}
+        return {"device": {**self.remote.description, "runtime": timing.runtime}}
 
 
 def postprocess_timing(timing: BenchResult) -> dict[str, float]:

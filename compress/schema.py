@@ -13,10 +13,11 @@ Reading a YAML file and checking registry names is `compress.recipe`.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from targets import TARGETS
 from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
@@ -308,9 +309,31 @@ def _accuracy_controlled(precision: Any) -> bool:
 
 
 class BenchSpec(Spec):
+    """How exported files are timed: here, or with `remote` on another machine over SSH (`targets.remote`; the
+    accuracy, the parity and the PyTorch eager rows stay on this machine)."""
+
     threads: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [2], min_length=1)
     warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     runs: PositiveInt = 100
+    remote: str | None = Field(None, description="user@host (a Host of ~/.ssh/config, ssh://user@host:port)")
+    remote_python: str = Field("python3", min_length=1, description="the Python on the remote host")
+    remote_ssh_options: list[str] = Field(default_factory=list, description="ssh -o KEY=VALUE options, e.g. Port=2222")
+    remote_timeout: float = Field(600.0, gt=0.0, description="seconds one remote benchmark may take")
+
+    @field_validator("remote")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value.startswith("-") or any(c.isspace() for c in value)):
+            raise ValueError("expected user@host, a Host of ~/.ssh/config or ssh://user@host:port")
+        return value
+
+    @field_validator("remote_ssh_options")
+    @classmethod
+    def _ssh_options(cls, value: list[str]) -> list[str]:
+        wrong = [option for option in value if not re.match(r"^[A-Za-z][A-Za-z0-9]*=.+$", option)]
+        if wrong:
+            raise ValueError(f"{wrong[0]!r}: expected KEY=VALUE as ssh -o takes it, e.g. Port=2222")
+        return value
 
 
 class ReportSpec(Spec):

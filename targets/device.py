@@ -1,11 +1,13 @@
 """What a latency number was measured on: the CPU and the installed runtimes.
 
 Standard library only: a device that has nothing but numpy and one runtime reports itself too.
-``{**device_info(), "runtimes": runtime_versions()}`` is the ``device`` object of results.json.
+``{**device_info(), "runtimes": runtime_versions()}`` (`description`) is the ``device`` object of results.json;
+``python -m targets.device`` prints it as JSON, which is how `targets.remote` learns what another machine is.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
@@ -55,3 +57,12 @@ def runtime_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def description() -> dict[str, object]:
+    """{"cpu", "cores", "machine", "runtimes"}: what a latency measured here was measured on."""
+    return {**device_info(), "runtimes": runtime_versions()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(description()))
