@@ -29,6 +29,7 @@ class DataSplits:
     std: tuple[float, ...]
     image_size: int
     task: str = "classification"  # what its labels are for: a recipe's task must match
+    augment: str = "none"  # the training augmentation data.augment: auto means (compress.data.augment)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -103,8 +104,11 @@ def normalization(spec: DataSpec, mean: tuple, std: tuple) -> tuple[tuple, tuple
     return (mean, std) if spec.normalize == "dataset" else NORMALIZE[spec.normalize]
 
 
-def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays) -> DataSplits:
-    """DataSplits from in-memory arrays, with the recipe's image size and training subset applied."""
+def build_splits(
+    spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays, augment: str = "none"
+) -> DataSplits:
+    """DataSplits from in-memory arrays, with the recipe's image size and training subset applied; `augment` is
+    the set's default training augmentation."""
 
     mean, std = normalization(spec, mean, std)
     if spec.crop_pct is not None:
@@ -123,13 +127,17 @@ def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Ar
         mean=mean,
         std=std,
         image_size=spec.image_size,
+        augment=augment,
     )
 
 
-def with_validation(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test: Arrays, val_size: int) -> DataSplits:
+def with_validation(
+    spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test: Arrays, val_size: int, augment: str = "none"
+) -> DataSplits:
     """Splits for a set with an official test split: validation is carved from the training split."""
     rest, val = stratified_holdout(train[1], val_size)
-    return build_splits(spec, mean, std, (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test)
+    parts = (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test
+    return build_splits(spec, mean, std, *parts, augment=augment)
 
 
 def make_loader(

@@ -112,6 +112,7 @@ def _splits(spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test
         mean=train.stats[0],
         std=train.stats[1],
         image_size=spec.image_size,
+        augment="photo",
     )
 
 
