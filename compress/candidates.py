@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from compress import distributed
 from compress.cache import StageCache
+from compress.collapse import check_not_collapsed
 from compress.data import make_loader
+from compress.data.augment import Augmentation
+from compress.data.augment import resolve as resolve_augmentation
 from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
@@ -73,20 +77,44 @@ class Training:
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
+        self.augment = resolve_augmentation(context.recipe.data.augment, context.splits)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, criterion, label: str) -> dict:
+        """`train.fit` on the run's training split (augmented as the recipe says), then the val metric; a stage
+        that collapsed (`compress.collapse`) raises here, before anything is saved or exported."""
         context = self.context
-        job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label)
+        augment = Augmentation(self.augment, context.recipe.train.seed) if self.augment != "none" else None
+        job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label, augment=augment)
         metrics = fit(model, context.splits.train, context.recipe.data.batch_size, context.recipe.train, job)
         # Sharded over the workers and gathered: the same number a single process computes on these weights.
-        scores = context.task.score(*predict_sharded(model, context.splits.val))
-        metrics[f"val_{context.task.metric}"] = round(scores[context.task.metric], 6)
+        outputs, labels = predict_sharded(model, context.splits.val)
+        score = round(context.task.score(outputs, labels)[context.task.metric], 6)
+        metrics[f"val_{context.task.metric}"] = score
+        self._check_collapse(label, model, criterion, metrics["final_loss"], (outputs, labels), score, lr)
         return metrics
+
+    def _check_collapse(self, stage: str, model: nn.Module, criterion, final_loss: float, val: tuple, score, lr):
+        """The training loss at the uninformed point, or, for distillation (whose loss mixes in the KD term), the
+        task's loss of the val outputs. Not the val loss always: a fresh init starts there, so a scratch stage
+        of a few steps (the tests') sits near it too, while its training loss, still falling, is above it."""
+        task = self.context.task
+        point = task.uninformed(self.context.num_classes)
+        if point is None:
+            return
+        if isinstance(criterion, Distillation):
+            outputs = [torch.from_numpy(o) for o in val[0]]
+            with torch.no_grad():
+                loss = task.loss(model, 0.0)(outputs[0] if len(outputs) == 1 else outputs, torch.from_numpy(val[1]))
+            losses = {"val loss": float(loss)}
+        else:
+            losses = {"final loss": final_loss}
+        check_not_collapsed(stage, point, losses, (task.metric, score), lr)
 
     def inputs(self) -> dict:
         """What of the training setup changes a trained stage: not the device (a run resumes on another one),
-        but the worker count (it changes the data order and the batch statistics)."""
+        but the worker count (it changes the data order and the batch statistics) and the augmentation."""
         inputs = {k: v for k, v in dump(self.context.recipe.train).items() if k != "device"}
+        inputs["augment"] = self.augment
         return {**inputs, "workers": distributed.world_size()} if distributed.world_size() > 1 else inputs
 
     def criterion(self, model: nn.Module, distill: DistillSpec | None = None, teacher: nn.Module | None = None):
