@@ -7,9 +7,11 @@ loss 2.303 = ln 10 and 10.0% on every target; with BN frozen and lr 0.001 the sa
 
 A classifier has collapsed when its headline metric on the val split is at chance (at most 1.5 / C) and its
 loss sits within 1% of ln C, the loss of a uniform prediction (label smoothing leaves that value as it is):
-the last epoch's mean training loss, or for a distillation stage (whose criterion mixes in the KD term) the
-task's loss of its val outputs. A task with no such fixed point (a detector's loss depends on its anchors and
-boxes, and mAP 0 is normal early in a short run) is not checked.
+the last epoch's mean training loss. Stages trained on labels are checked (dense, label fine-tunes, scratch,
+pruning steps, QAT); a distillation stage is not: its loss mixes in the KD term, and the student of a teacher
+at chance sits at ln C rightly (the task's loss of its val outputs did, in a few-step test run), while the
+teacher itself was checked when it was trained. A task with no such fixed point (a detector's loss depends
+on its anchors and boxes, and mAP 0 is normal early in a short run) is not checked.
 """
 
 from __future__ import annotations

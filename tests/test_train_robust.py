@@ -122,8 +122,8 @@ def test_the_collapse_check_needs_both_the_uninformed_loss_and_chance() -> None:
     check_not_collapsed("dense", point, {"final loss": 2.30}, ("top1", 0.40), 0.1)  # learning, loss still high
     check_not_collapsed("dense", point, {"final loss": 2.43}, ("top1", 0.10), 0.1)  # a few steps from scratch
     check_not_collapsed("dense", None, {"final loss": 2.30}, ("map50", 0.0), 0.1)  # a detector: not checked
-    with pytest.raises(EdgecompError, match=r"finetune \(KD\): training collapsed \(val loss 2\.310"):
-        check_not_collapsed("finetune (KD)", point, {"val loss": 2.31}, ("top1", 0.12), 0.01)
+    with pytest.raises(EdgecompError, match=r"finetune: training collapsed \(final loss 2\.310"):
+        check_not_collapsed("finetune", point, {"final loss": 2.31}, ("top1", 0.12), 0.01)
 
 
 # -- augmentation ------------------------------------------------------------------------------------------
