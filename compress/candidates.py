@@ -16,7 +16,10 @@ from torch import nn
 import targets
 from compress import distributed
 from compress.cache import StageCache, measurement_context
+from compress.collapse import check_not_collapsed
 from compress.data import make_loader
+from compress.data.augment import Augmentation
+from compress.data.augment import resolve as resolve_augmentation
 from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
@@ -77,20 +80,34 @@ class Training:
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
+        self.augment = resolve_augmentation(context.recipe.data.augment, context.splits)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, criterion, label: str) -> dict:
+        """`train.fit` on the run's training split (augmented as the recipe says), then the val metric; a stage
+        that collapsed (`compress.collapse`) raises here, before anything is saved or exported."""
         context = self.context
-        job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label)
+        augment = Augmentation(self.augment, context.recipe.train.seed) if self.augment != "none" else None
+        job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label, augment=augment)
         metrics = fit(model, context.splits.train, context.recipe.data.batch_size, context.recipe.train, job)
         # Sharded over the workers and gathered: the same number a single process computes on these weights.
-        scores = context.task.score(*predict_sharded(model, context.splits.val))
-        metrics[f"val_{context.task.metric}"] = round(scores[context.task.metric], 6)
+        outputs, labels = predict_sharded(model, context.splits.val)
+        score = round(context.task.score(outputs, labels)[context.task.metric], 6)
+        metrics[f"val_{context.task.metric}"] = score
+        self._check_collapse(label, criterion, metrics["final_loss"], score, lr)
         return metrics
+
+    def _check_collapse(self, stage: str, criterion, final_loss: float, score: float, lr: float) -> None:
+        """Stages trained on labels only. A distillation loss mixes in the KD term, and a student of a teacher
+        at chance (a few-step dense model) rightly sits at ln C; the teacher, trained on labels, is checked."""
+        point = self.context.task.uninformed(self.context.num_classes)
+        if point is not None and not isinstance(criterion, Distillation):
+            check_not_collapsed(stage, point, {"final loss": final_loss}, (self.context.task.metric, score), lr)
 
     def inputs(self) -> dict:
         """What of the training setup changes a trained stage: not the device (a run resumes on another one),
-        but the worker count (it changes the data order and the batch statistics)."""
+        but the worker count (it changes the data order and the batch statistics) and the augmentation."""
         inputs = {k: v for k, v in dump(self.context.recipe.train).items() if k != "device"}
+        inputs["augment"] = self.augment
         return {**inputs, "workers": distributed.world_size()} if distributed.world_size() > 1 else inputs
 
     def criterion(self, model: nn.Module, distill: DistillSpec | None = None, teacher: nn.Module | None = None):

@@ -67,6 +67,12 @@ class DataSpec(Spec):
         description="imagefolder: resize the shorter side to image_size / crop_pct and centre-crop image_size "
         "(torchvision's and timm's evaluation transform, 0.875 for ImageNet models); unset: squash to a square",
     )
+    augment: Literal["auto", "none", "photo", "pad_crop"] = Field(
+        "auto",
+        description="training batches only, in every training stage: photo = random-resized crop + flip, pad_crop "
+        "= pad image_size/8 + random crop + flip; auto = the data set's default (photo for imagefolder, pad_crop "
+        "for cifar10 and fashion_mnist, none for digits and detection sets)",
+    )
 
 
 class TrainSpec(Spec):
@@ -82,6 +88,11 @@ class TrainSpec(Spec):
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(
         False, description="NHWC activations in training (faster convs on recent GPUs, and depthwise convs on CPU)"
+    )
+    freeze_bn: bool = Field(
+        False,
+        description="keep batch norm in eval mode with frozen weights in every training stage: for models whose BN "
+        "is folded (deployment checkpoints, TF imports), which train-mode BN makes collapse",
     )
 
 

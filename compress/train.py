@@ -38,6 +38,7 @@ from compress.distributed import (
     world_size,
 )
 from compress.schema import TrainSpec
+from targets.base import EdgecompError
 
 Criterion = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,6 +67,8 @@ class Fit:
     lr: float
     criterion: Criterion
     label: str  # shown in the progress bar
+    # training batches only: (images, their indices in the training set, epoch) -> augmented images
+    augment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
 
 
 def _optimizer(modules: list[nn.Module], spec: TrainSpec, lr: float) -> torch.optim.Optimizer:
@@ -155,53 +158,120 @@ def fit(model: nn.Module, train_set: Dataset, batch_size: int, spec: TrainSpec, 
     check_global_batch(batch_size, workers)
     seed_everything(spec.seed)
     torch.set_num_threads(cpu_share(cpu_threads()))
-    device = resolve_device(spec.device)
-    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    criterion_module = job.criterion if isinstance(job.criterion, nn.Module) else None
-    model.to(device, memory_format=memory_format)
-    if criterion_module is not None:  # distillation: its adapters train with the model, its teacher moves along
-        criterion_module.to(device)
-    optimizer = _optimizer([model] + ([criterion_module] if criterion_module else []), spec, job.lr)
-    outside_ddp = [p for p in criterion_module.parameters() if p.requires_grad] if criterion_module else []
-    net = model
-    if workers > 1:
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler("cuda", enabled=spec.amp == "fp16" and device.type == "cuda")
     steps_per_epoch = len(train_set) // batch_size if workers > 1 else math.ceil(len(train_set) / batch_size)
     total = job.epochs * steps_per_epoch
     step, epoch_loss, disjoint = 0, float("nan"), []
-    model.train()
-    with _progress() as progress, stop_between_batches() as stop_if_interrupted:
+    with frozen_batch_norm(model, spec.freeze_bn) as batch_norm_to_eval, _progress() as progress:
+        stepper = _Stepper(model, spec, job)  # after freezing: frozen weights stay out of the optimizer and DDP
+        model.train()
+        batch_norm_to_eval()
         bar = progress.add_task(job.label, total=total, loss=float("nan"))
-        for epoch in range(job.epochs):
-            losses = []
-            batches, drawn = _epoch_batches(train_set, batch_size, spec.seed, epoch)
-            for x, y in batches:
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(step, total, job.lr, spec.schedule)
-                x = x.to(device, non_blocking=True, memory_format=memory_format)
-                with _autocast(device, spec.amp):
-                    loss = job.criterion(net, x, y.to(device, non_blocking=True))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if workers > 1:
-                    _average_gradients(outside_ddp)
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(loss.item())
-                step += 1
-                progress.update(bar, advance=1, loss=losses[-1])
-                stop_if_interrupted()
-            epoch_loss = mean(float(np.mean(losses)))
-            if drawn is not None:
-                disjoint.append(shards_are_disjoint(drawn, len(train_set)))
-    model.eval().to("cpu", memory_format=torch.contiguous_format)
-    if criterion_module is not None:
-        criterion_module.to("cpu")
+        with stop_between_batches() as stop_if_interrupted:
+            for epoch in range(job.epochs):
+                losses = []
+                batches, drawn = _epoch_batches(Indexed(train_set), batch_size, spec.seed, epoch)
+                for x, y, index in batches:
+                    x = job.augment(x, index, epoch) if job.augment is not None else x
+                    losses.append(stepper.step(x, y, _lr_at(step, total, job.lr, spec.schedule)))
+                    step += 1
+                    progress.update(bar, advance=1, loss=losses[-1])
+                    stop_if_interrupted()
+                epoch_loss = mean(float(np.mean(losses)))
+                if drawn is not None:
+                    disjoint.append(shards_are_disjoint(drawn, len(train_set)))
+        stepper.finish()
     metrics: dict[str, Any] = {"epochs": job.epochs, "final_loss": epoch_loss}
     if workers > 1:
         metrics["workers"] = _shard_audit(disjoint, workers, len(train_set))
     return metrics
+
+
+class _Stepper:
+    """One optimizer step at a time on this process's device: the model (DDP-wrapped with several workers),
+    the criterion's own trained parameters (distillation adapters), the optimizer and the loss scaler."""
+
+    def __init__(self, model: nn.Module, spec: TrainSpec, job: Fit) -> None:
+        self.model, self.spec, self.criterion = model, spec, job.criterion
+        self.device = resolve_device(spec.device)
+        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        self.criterion_module = job.criterion if isinstance(job.criterion, nn.Module) else None
+        model.to(self.device, memory_format=self.memory_format)
+        extra = [self.criterion_module] if self.criterion_module is not None else []
+        for module in extra:  # distillation: its adapters train with the model, its teacher moves along
+            module.to(self.device)
+        self.optimizer = _optimizer([model, *extra], spec, job.lr)
+        self.outside_ddp = [p for module in extra for p in module.parameters() if p.requires_grad]
+        self.net = model
+        if world_size() > 1:
+            self.net = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=spec.amp == "fp16" and self.device.type == "cuda")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        with _autocast(self.device, self.spec.amp):
+            loss = self.criterion(self.net, x, y.to(self.device, non_blocking=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if world_size() > 1:
+            _average_gradients(self.outside_ddp)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.item()
+
+    def finish(self) -> None:
+        """The model (in eval mode) and the criterion back on the CPU."""
+        self.model.eval().to("cpu", memory_format=torch.contiguous_format)
+        if self.criterion_module is not None:
+            self.criterion_module.to("cpu")
+
+
+class Indexed(Dataset):
+    """A dataset's samples with their indices, (x, y, index): augmentation draws from (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[index]
+        return x, y, index
+
+
+@contextmanager
+def frozen_batch_norm(model: nn.Module, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """`train.freeze_bn`: inside the block the batch norm layers' weights take no gradient, and the returned
+    call puts the layers back in eval mode (running statistics used, not updated) after `model.train()`.
+
+    As timm's `freeze_batch_norm_2d` and torchvision's detection backbones (FrozenBatchNorm2d), but the layers
+    stay BatchNorm2d, so pruning, checkpoints and exports see the model they saw before; the weights take
+    gradients again after the block. A traced graph (TFLite's QAT model) has no BN modules: refused.
+    """
+    if not enabled:
+        yield lambda: None
+        return
+    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if not layers and _has_batch_norm_ops(model):
+        raise EdgecompError(
+            "train.freeze_bn: this model is a traced graph (TFLite's QAT) whose batch norm is no module to "
+            "freeze; drop tflite from qat.targets, or unset train.freeze_bn"
+        )
+    frozen = [p for layer in layers for p in layer.parameters(recurse=False) if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+
+    def to_eval() -> None:
+        for layer in layers:
+            layer.eval()
+
+    try:
+        yield to_eval
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _progress() -> Progress:
@@ -225,6 +295,11 @@ def _shard_audit(epochs: list[dict], workers: int, train_samples: int) -> dict[s
         "samples_seen_per_epoch": min((audit["covered"] for audit in epochs), default=0),
         "train_samples": train_samples,
     }
+
+
+def _has_batch_norm_ops(model: nn.Module) -> bool:
+    graph = getattr(model, "graph", None)
+    return isinstance(model, torch.fx.GraphModule) and any("batch_norm" in str(node.target) for node in graph.nodes)
 
 
 @torch.no_grad()

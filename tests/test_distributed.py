@@ -13,11 +13,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from compress import distributed
+from compress.data.augment import Augmentation
+from compress.schema import TrainSpec
 from compress.tasks import TASKS
-from compress.train import _epoch_batches, predict, predict_sharded
+from compress.train import Fit, Indexed, _epoch_batches, fit, predict, predict_sharded, supervised
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 2
@@ -82,6 +85,45 @@ def test_each_worker_draws_a_disjoint_share_reshuffled_every_epoch(tmp_path: Pat
         assert not shares[0] & shares[1]
         assert len(shares[0]) == len(shares[1]) == 37 // WORKERS  # equal steps per worker: the remainder drops
     assert per_rank[0][0] != per_rank[0][1]  # a new order each epoch
+
+
+def _augmented_epoch() -> dict[int, torch.Tensor]:
+    """Epoch 1 of this worker's shard, pad-cropped: each sample's augmented image by its index."""
+    batches, _ = _epoch_batches(Indexed(_split()), 8, seed=3, epoch=1)
+    augment, out = Augmentation("pad_crop", seed=3), {}
+    for x, _, index in batches:
+        out.update(zip(index.tolist(), augment(x, index, epoch=1), strict=True))
+    return out
+
+
+def test_a_sample_is_augmented_alike_on_one_worker_and_on_two(tmp_path: Path) -> None:
+    single = _augmented_epoch()
+    shards = run_workers(tmp_path, _augmented_epoch)
+    assert not shards[0].keys() & shards[1].keys()
+    for shard in shards:
+        for index, image in shard.items():
+            torch.testing.assert_close(image, single[index], rtol=0, atol=0)
+
+
+def _frozen_bn_fit() -> dict[str, torch.Tensor]:
+    model = _model()
+    fit(
+        model,
+        _split(),
+        8,
+        TrainSpec(epochs=1, freeze_bn=True, device="cpu"),
+        Fit(1, 0.1, supervised(F.cross_entropy), "t"),
+    )
+    return model.state_dict()
+
+
+def test_freeze_bn_holds_under_ddp(tmp_path: Path) -> None:
+    """Frozen BN weights are out of DDP's reducer (no unused-gradient error) and BN stays in eval on each rank."""
+    before = _model().state_dict()
+    for state in run_workers(tmp_path, _frozen_bn_fit):
+        for name in ("1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
+            torch.testing.assert_close(state[name], before[name], rtol=0, atol=0, msg=name)
+        assert not torch.equal(state["0.weight"], before["0.weight"])
 
 
 def test_one_process_is_a_world_of_one() -> None:

@@ -33,6 +33,7 @@ class DataSplits:
     # False for photos without labels (`images`): the dense model's predictions become the labels
     # (`RunContext.label_by`), so every metric is agreement with it
     labelled: bool = True
+    augment: str = "none"  # the training augmentation data.augment: auto means (compress.data.augment)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -119,8 +120,11 @@ def normalization(spec: DataSpec, mean: tuple, std: tuple) -> tuple[tuple, tuple
     return (mean, std) if spec.normalize == "dataset" else NORMALIZE[spec.normalize]
 
 
-def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays) -> DataSplits:
-    """DataSplits from in-memory arrays, with the recipe's image size and training subset applied."""
+def build_splits(
+    spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays, augment: str = "none"
+) -> DataSplits:
+    """DataSplits from in-memory arrays, with the recipe's image size and training subset applied; `augment` is
+    the set's default training augmentation."""
 
     mean, std = normalization(spec, mean, std)
     grey = train[0].ndim == 3 or train[0].shape[1] == 1  # (N, H, W) or (N, 1, H, W): repeated to 3 channels
@@ -139,13 +143,17 @@ def build_splits(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Ar
         test=part(test),
         num_classes=int(max(train[1].max(), test[1].max())) + 1,
         preprocess=preprocess,
+        augment=augment,
     )
 
 
-def with_validation(spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test: Arrays, val_size: int) -> DataSplits:
+def with_validation(
+    spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test: Arrays, val_size: int, augment: str = "none"
+) -> DataSplits:
     """Splits for a set with an official test split: validation is carved from the training split."""
     rest, val = stratified_holdout(train[1], val_size)
-    return build_splits(spec, mean, std, (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test)
+    parts = (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test
+    return build_splits(spec, mean, std, *parts, augment=augment)
 
 
 def make_loader(

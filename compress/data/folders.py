@@ -101,6 +101,7 @@ def _splits(spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test
         test=test,
         num_classes=int(max(train.labels.max(), test.labels.max())) + 1,
         preprocess=train.preprocess,
+        augment="photo",
     )
 
 
@@ -133,6 +134,7 @@ def images(spec: DataSpec) -> DataSplits:
         num_classes=0,  # the model's: model.num_classes
         preprocess=everything.preprocess,
         labelled=False,
+        augment="photo",
     )
 
 

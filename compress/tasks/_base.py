@@ -35,6 +35,11 @@ class Task(Protocol):
         None where it is not (mAP): the report's paired tests and intervals need it."""
         ...
 
+    def uninformed(self, num_classes: int) -> tuple[float, float] | None:
+        """(loss, headline metric) of a model that ignores its input, which a collapsed training stage sits at
+        (`compress.collapse`): (ln C, 1 / C) for a classifier; None where no fixed point exists (a detector)."""
+        ...
+
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         """How far a runtime's outputs are from PyTorch's on the same inputs: max_abs_diff (checked against
         the target's tolerance), mean_abs_diff, top1_agreement."""

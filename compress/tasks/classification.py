@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.collapse import uniform_point
 from compress.distill import kd_loss
 from compress.tasks._base import TASKS, Loss
 
@@ -29,6 +30,9 @@ class Classification:
 
     def correct(self, outputs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
         return outputs[0].argmax(axis=1) == labels
+
+    def uninformed(self, num_classes: int) -> tuple[float, float] | None:
+        return uniform_point(num_classes)
 
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         diff = np.abs(reference[0].astype(np.float64) - outputs[0])
