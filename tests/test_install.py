@@ -69,3 +69,16 @@ def test_a_shipped_recipe_loads_by_name_from_the_install(installed: Path) -> Non
     module, name = done.stdout.split()
     assert Path(module).is_relative_to(installed)  # the install, not the checkout or an editable one
     assert name == "quickstart"
+
+
+def test_a_shipped_recipe_runs_by_name_from_the_install(installed: Path) -> None:
+    """`edgecomp run quickstart` from the install, outside the checkout (reduced to seconds: 8 px, one epoch,
+    PyTorch rows only): the run writes its report."""
+    args = [
+        "run", "quickstart", "--runs-dir", "runs",
+        *("--set", "data.image_size=8", "--set", "train.epochs=1", "--set", "stages.1.finetune.epochs=1"),
+        *("--set", "baselines.scratch=[]", "--set", "exports=[]", "--set", "bench.runs=2", "--set", "bench.warmup=0"),
+    ]  # fmt: skip
+    done = from_install(installed, f"import sys, cli; sys.argv = ['edgecomp', *{args!r}]; cli.main()")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (installed.parent / "runs" / "quickstart" / "report.md").is_file()
