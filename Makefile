@@ -24,12 +24,9 @@ lint: $(INSTALLED)
 
 # Two workers, whole files each (module fixtures, such as a reduced pipeline run, are built once): much of
 # the suite is single-threaded Python (conversions, tracing, subprocess start-up) that one core cannot overlap.
-# test_robustness runs in its own process: after the rest of the suite in one process, a native runtime
-# segfaults in the teardown that follows its last test (every test passes; cause not yet found).
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/test_robustness.py --durations=25
-	$(BIN)/pytest tests/test_robustness.py
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The committed reports of the shipped CPU recipes, regenerated from scratch (~7 + ~13 + ~51 min on 2 cores).
 REPORTED := quickstart ssdlite-quickstart mobilenetv2-fashion-mnist-sweep

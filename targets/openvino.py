@@ -31,6 +31,13 @@ FakeQuantize ops become the IR's, and the CPU plugin runs them as int8 (no secon
 The IR is two files. Both are written under temporary names, then the .bin is renamed before the
 .xml, so the .xml (the name users open) never points at a missing or foreign .bin.
 
+One ``ov.Core`` serves the whole process (`_core`), and NNCF's own cores are made inside `_signal_stack_kept`:
+OpenVINO's CPU plugin (2026.4) gives the thread that loads it an alternate signal stack and, when it is released,
+puts back the stack it found, even one that belonged to another plugin released (unmapped) since. Two cores
+released in the order they were made (two runners, NNCF's engines) left the main thread's signal stack
+unmapped, and the next Ctrl-C (every handler Python installs runs on that stack) killed the process with
+SIGSEGV before any handler ran.
+
 torch, openvino and nncf are imported only inside the functions that need them.
 
 >>> path = export(model, torch.randn(1, 3, 32, 32), "int8", Path("m.xml"), calibration, {"recipe": "q"})
@@ -40,9 +47,13 @@ torch, openvino and nncf are imported only inside the functions that need them.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
 from importlib import metadata as dist_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,11 +89,40 @@ _METADATA_KEY = "edgecomp"  # rt_info section holding the metadata dict
 INFERENCE_PRECISION_KEY = "inference_precision"
 
 
-def _check_cpu_computes(precision: str) -> None:
-    """Refuse a precision this machine's CPU plugin cannot compute in (bf16 needs AVX-512 BF16 or AMX)."""
+@cache
+def _core() -> Any:
+    """The process's one ``ov.Core``, its CPU plugin loaded now and never released (see the module doc)."""
     import openvino as ov
 
-    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    core = ov.Core()
+    core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return core
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def _signal_stack_kept() -> Iterator[None]:
+    """Give this thread back the alternate signal stack it had before the block, whatever OpenVINO cores made and
+    released inside it left (see the module doc); cores still alive then only unmap their own stacks later."""
+    if sys.platform != "linux":
+        yield
+        return
+    _core()  # the stack kept is then one that lives as long as the process
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
+def _check_cpu_computes(precision: str) -> None:
+    """Refuse a precision this machine's CPU plugin cannot compute in (bf16 needs AVX-512 BF16 or AMX)."""
+    capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if precision.upper() not in capabilities:
         raise EdgecompError(
             f"openvino {precision}: this CPU cannot compute in {precision} (OpenVINO's CPU capabilities: "
@@ -117,11 +157,12 @@ def export(
     if precision == "int8_ac" and len(accuracy_control.samples) == 0:
         raise EdgecompError("openvino int8_ac needs validation samples to score the int8 model on; got none")
     try:
-        ov_model = _convert(model, example)
-        if precision == "int8" and not is_qat_prepared(model):
-            ov_model = _quantize_int8(ov_model, calibration, keep_float)
-        elif precision == "int8_ac":
-            ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control, keep_float)
+        with _signal_stack_kept():
+            ov_model = _convert(model, example)
+            if precision == "int8" and not is_qat_prepared(model):
+                ov_model = _quantize_int8(ov_model, calibration, keep_float)
+            elif precision == "int8_ac":
+                ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control, keep_float)
     except Exception as e:
         raise export_failed("openvino", precision, e, model, example) from e
     for key, value in metadata.items():
@@ -279,9 +320,7 @@ def _inference_precision(model: Any) -> str:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The metadata dict `export` put into the IR's rt_info ({} for IRs made elsewhere)."""
-    import openvino as ov
-
-    rt_info = ov.Core().read_model(str(path)).get_rt_info()
+    rt_info = _core().read_model(str(path)).get_rt_info()
     if _METADATA_KEY not in rt_info:
         return {}
     return {key: value.astype(str) for key, value in rt_info[_METADATA_KEY].items()}
@@ -308,7 +347,7 @@ class OpenVINORunner:
 
     def __init__(self, path: Path, threads: int, shape: tuple[int, ...] | None = None) -> None:
         try:
-            import openvino as ov
+            core = _core()
         except ImportError:
             raise EdgecompError("OpenVINO is not installed: pip install openvino") from None
         self.path = path
@@ -318,7 +357,6 @@ class OpenVINORunner:
             raise EdgecompError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
         # What `benchmark_app -hint none -nstreams 1 -nthreads N -infer_precision P` runs: one stream, N threads,
         # in the file's own inference precision (f32 unless its metadata says otherwise).
-        core = ov.Core()
         try:
             model = core.read_model(str(path))
             precision = _inference_precision(model)
