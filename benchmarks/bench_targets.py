@@ -6,13 +6,16 @@ in ``targets.TARGETS`` (but int8_ac, which needs real data), times each file in 
 (p50 / p90) and prints the speedup over PyTorch eager fp32. Weights are random and calibration uses
 random inputs: latency does not depend on either (accuracy is measured by `edgecomp run`, never here).
 
-Then the fidelity check: on the dense and pruned models' OpenVINO fp32 IRs, edgecomp's p50 next to the median of
+Then the fidelity check: on the dense and pruned models' OpenVINO fp32 IRs (and bf16 ones, on a CPU with bf16),
+edgecomp's p50 next to the median of
 
-    benchmark_app -m X.xml -d CPU -hint none -nstreams 1 -nireq 1 -nthreads 2 -api sync -t 10
+    benchmark_app -m X.xml -d CPU -hint none -nstreams 1 -nireq 1 -nthreads 2 -api sync -t 10 -infer_precision P
 
 (what edgecomp's runner calls: one infer request, reused, and its synchronous ``infer()``), and of the same
-with ``-api async`` for reference, with the differences in percent (the issue's bar: within 5%). Timings
-taken while other processes used more than a quarter of a core on average are flagged as indicative.
+with ``-api async`` for reference, with the differences in percent (the issue's bar: within 5%), at the IR's
+own inference precision P (f32, or bf16: benchmark_app's default on a bf16 CPU, which edgecomp's fp32 rows pin
+away). Timings taken while other processes used more than a quarter of a core on average are flagged as
+indicative.
 
     python benchmarks/bench_targets.py [--runs 100] [--threads 2] [--keep DIR] [--skip-fidelity]
 """
@@ -40,6 +43,7 @@ from compress.eager import TorchRunner
 from compress.models import build_model
 from compress.prune import prune
 from compress.schema import ModelSpec, PruneSpec
+from targets.base import PRECISIONS
 from targets.bench import BenchResult, benchmark
 
 INPUT_SHAPE = (1, 3, 224, 224)
@@ -80,7 +84,7 @@ def export_all(
     for target, spec in targets.TARGETS.items():
         module = targets.get_target(target)
         for precision in spec.precisions:
-            if precision in DATA_DEPENDENT:
+            if precision in DATA_DEPENDENT or not cpu_computes(PRECISIONS[precision].computed_in):
                 continue
             path = folder / f"{name}-{target}-{precision}{spec.suffix}"
             seconds = None
@@ -91,6 +95,15 @@ def export_all(
                 seconds = round(time.perf_counter() - started, 1)
             files[target, precision] = (path, seconds)
     return files
+
+
+def cpu_computes(arithmetic: str) -> bool:
+    """Whether this CPU computes in `arithmetic` (bf16 rows appear only on CPUs with AVX-512 BF16 or AMX)."""
+    if arithmetic == "f32":
+        return True
+    import openvino as ov
+
+    return arithmetic.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def measure(
@@ -127,12 +140,13 @@ def latency_table(rows: list[Row]) -> Table:
     return table
 
 
-def benchmark_app_median(xml: Path, threads: int, api: str = "sync") -> float:
-    """The median latency (ms) OpenVINO's own benchmark_app reports for `xml`."""
+def benchmark_app_median(xml: Path, threads: int, api: str = "sync", precision: str = "f32") -> float:
+    """The median latency (ms) OpenVINO's own benchmark_app reports for `xml`, computed in `precision` (its
+    default on a bf16 CPU is bf16, where edgecomp's fp32 rows pin f32: compared unpinned, they differ ~2x)."""
     tool = Path(sys.executable).with_name("benchmark_app")
     command = [str(tool) if tool.is_file() else (shutil.which("benchmark_app") or "benchmark_app")]
     command += ["-m", str(xml), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-nireq", "1"]
-    command += ["-nthreads", str(threads), "-api", api, "-t", str(BENCHMARK_APP_SECONDS)]
+    command += ["-nthreads", str(threads), "-api", api, "-t", str(BENCHMARK_APP_SECONDS), "-infer_precision", precision]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"Median:\s*([0-9.]+)\s*(ms|us)", output)
     if match is None:
@@ -166,7 +180,8 @@ class OtherProcesses:
 
 
 def fidelity(xml: Path, threads: int, rounds: int = 2) -> None:
-    """edgecomp's p50 and benchmark_app's median on the same IR, same threads, same shape, same duration.
+    """edgecomp's p50 and benchmark_app's median on the same IR, same threads, same shape, same duration, same
+    inference precision (the file's: f32, or bf16 for a bf16 row's IR).
 
     The runs alternate `rounds` times and the best of each is compared: other work on the machine only ever
     slows a run down, and alternating keeps a burst of it from landing on one side only. benchmark_app runs
@@ -175,17 +190,19 @@ def fidelity(xml: Path, threads: int, rounds: int = 2) -> None:
     for, which OpenVINO's stream threads run faster than a synchronous call on a busy machine.
     """
     medians: dict[str, list[float]] = {"edgecomp": [], "sync": [], "async": []}
+    precision = targets.get_target("openvino").read_metadata(xml).get("inference_precision", "f32")
     others = OtherProcesses()
     for _ in range(rounds):
         runner = targets.load_runner(xml, threads=threads)
         medians["edgecomp"].append(benchmark(runner, warmup=20, time_budget_s=BENCHMARK_APP_SECONDS).latency_ms_p50)
         for api in ("sync", "async"):
-            medians[api].append(benchmark_app_median(xml, threads, api))
+            medians[api].append(benchmark_app_median(xml, threads, api, precision))
     ours = min(medians["edgecomp"])
     busy = others.cores()
     note = f" (other processes used {busy:.2f} cores meanwhile: indicative only)" if busy > BUSY_CORES else ""
     console.print(
-        f"Fidelity on {xml.name}, {threads} threads, best of {rounds} alternating {BENCHMARK_APP_SECONDS} s runs{note}"
+        f"Fidelity on {xml.name} ({precision}), {threads} threads, best of {rounds} alternating "
+        f"{BENCHMARK_APP_SECONDS} s runs{note}"
     )
     console.print(f"  edgecomp p50                    {ours:.3f} ms")
     for api in ("sync", "async"):
@@ -215,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.skip_fidelity:
             for name in ("dense", "pruned-0.5"):
-                fidelity(folder / f"{name}-openvino-fp32.xml", args.threads)
+                for precision in ("fp32", "bf16"):
+                    if cpu_computes(PRECISIONS[precision].computed_in):
+                        fidelity(folder / f"{name}-openvino-{precision}.xml", args.threads)
     return 0
 
 
