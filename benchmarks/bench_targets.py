@@ -99,11 +99,7 @@ def export_all(
 
 def cpu_computes(arithmetic: str) -> bool:
     """Whether this CPU computes in `arithmetic` (bf16 rows appear only on CPUs with AVX-512 BF16 or AMX)."""
-    if arithmetic == "f32":
-        return True
-    import openvino as ov
-
-    return arithmetic.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return targets.get_target("openvino").cpu_computes(arithmetic)
 
 
 def measure(

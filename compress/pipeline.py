@@ -33,7 +33,7 @@ from compress.schema import ExportSpec, Recipe
 from compress.tasks import TASKS
 from targets.accuracy_control import Search, export_sensitivity
 from targets.base import EdgecompError
-from targets.device import device_info, runtime_versions
+from targets.device import description
 from targets.fileio import write_json
 
 
@@ -117,7 +117,7 @@ class Pipeline:
                 "seed": self.recipe.train.seed,
                 "versions": package_versions(),
                 "git_commit": report.source_commit(),
-                "device": {**device_info(), "runtimes": runtime_versions()},
+                "device": description(),  # where the run was; remotely timed rows carry their own
                 "classes": self.context.num_classes,
                 "rows": rows,
                 "failed": self.deployment.failures,

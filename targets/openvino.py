@@ -120,10 +120,16 @@ def _signal_stack_kept() -> Iterator[None]:
         libc.sigaltstack(ctypes.byref(before), None)
 
 
+def cpu_computes(arithmetic: str) -> bool:
+    """Whether this machine's CPU plugin computes in `arithmetic` ("f32", "bf16": AVX-512 BF16 or AMX), asked of
+    the process's one Core (a Core of one's own, made and released, is what unmaps the signal stack)."""
+    return arithmetic == "f32" or arithmetic.upper() in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def _check_cpu_computes(precision: str) -> None:
     """Refuse a precision this machine's CPU plugin cannot compute in (bf16 needs AVX-512 BF16 or AMX)."""
-    capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if precision.upper() not in capabilities:
+    if not cpu_computes(precision):
+        capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         raise EdgecompError(
             f"openvino {precision}: this CPU cannot compute in {precision} (OpenVINO's CPU capabilities: "
             f"{', '.join(capabilities)}); drop {precision} from the openvino export on this machine"

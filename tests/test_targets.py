@@ -21,11 +21,7 @@ from targets.base import PRECISIONS, AccuracyControl, EdgecompError, key_error_l
 def cpu_computes(precision: str) -> bool:
     """Whether this machine's CPU computes in `precision`'s arithmetic (bf16 needs AVX-512 BF16 or AMX)."""
     computed_in = PRECISIONS[precision].computed_in
-    if computed_in == "f32":
-        return True
-    import openvino as ov
-
-    return computed_in.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return targets.get_target("openvino").cpu_computes(computed_in)
 
 
 PAIRS = [
@@ -663,11 +659,9 @@ def test_export_refuses_io_the_target_cannot_make(tiny_net: nn.Module, calibrati
 def test_openvino_bf16_runs_the_fp32_ir_in_bfloat16_where_the_cpu_has_it(tiny_net: nn.Module, tmp_path: Path) -> None:
     """bf16 is how OpenVINO runs an fp32 IR by default on CPUs with bf16: the file says so, the runner asks for
     it (its outputs move by bf16's rounding, not f32's) and its rows say so; elsewhere it is one clear refusal."""
-    import openvino as ov
-
     module = targets.get_target("openvino")
     example = torch.zeros(INPUT_SHAPE)
-    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if not module.cpu_computes("bf16"):
         with pytest.raises(EdgecompError, match="this CPU cannot compute in bf16"):
             module.export(tiny_net, example, "bf16", tmp_path / "bf16.xml", None, {})
         return
