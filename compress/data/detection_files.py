@@ -3,10 +3,10 @@
 A detection sample is `(image, target)`: the image as the classification sets give it (float32 [3, S, S],
 resized to S x S without keeping the aspect ratio, normalised with the set's statistics or `data.normalize`'s
 preset), and the target as float32 [M, 5], one row `(class, x1, y1, x2, y2)` per object with the box in [0, 1]
-of the image (x right, y down), rows past the image's objects all -1. M is fixed per set so that torch's default collate stacks a batch, and a split's
-targets concatenate to [N, M, 5], without a custom collate function in every loop that reads them.
-A COCO file's category ids become classes as `data.labels` says (`compress.data.categories`): contiguous, or
-coco91 for torchvision's COCO detectors as they are.
+of the image (x right, y down), rows past the image's objects all -1. M is fixed per set so that torch's default
+collate stacks a batch, and a split's targets concatenate to [N, M, 5], without a custom collate function in
+every loop that reads them. A COCO file's category ids become classes as `data.labels` says
+(`compress.data.categories`): contiguous, or coco91 for torchvision's COCO detectors as they are.
 
 Box coordinates are continuous pixel edges: pixel i spans [i, i + 1), so a box over pixel columns 0..9 of
 a 100-pixel-wide image is x1 = 0, x2 = 0.1. COCO's `[x, y, w, h]` already means that; VOC's 1-based
