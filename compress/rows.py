@@ -71,8 +71,12 @@ class Measurer:
     ) -> list[dict]:
         outputs = collect(runner, self.context.splits.test)
         scores = self.context.score(outputs)
-        per_image = self.context.task.correct(outputs, self.context.labels["test"])
+        labels = self.context.labels["test"]
+        per_image = self.context.task.correct(outputs, labels)
         paired = {} if per_image is None else {"samples": len(per_image), "correct": pack_correct(per_image)}
+        bounds = self.context.task.interval(outputs, labels)
+        if bounds is not None:  # a metric that is no mean over images (mAP) brings its own interval
+            paired = {"samples": len(labels), "accuracy_interval": [round(bound, 6) for bound in bounds]}
         bench = self.context.recipe.bench
         rows = []
         for threads in bench.threads:

@@ -109,3 +109,57 @@ def test_pycocotools_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
 def test_one_detections_per_image_is_required() -> None:
     with pytest.raises(ValueError, match="one Detections per image"):
         coco_map([found()], truth([(0, *BOX_A)], []))
+
+
+# ---- mAP@.5's bootstrap interval ------------------------------------------------------------------------------
+
+
+def noisy_split(images: int, seed: int = 1) -> tuple[list[Detections], np.ndarray]:
+    """Random images of up to 7 objects in 5 classes, detected with jittered boxes, a fifth of them in the wrong
+    class, plus up to 4 false positives each, at random scores: mAP@.5 around 0.3, every case COCOeval has."""
+    rng = np.random.default_rng(seed)
+    targets = np.full((images, 8, 5), -1.0)
+    detections = []
+    for i in range(images):
+        k = int(rng.integers(0, 8))
+        corner = rng.uniform(0, 0.6, (k, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(0.05, 0.4, (k, 2))], 1)
+        labels = rng.integers(0, 5, k)
+        targets[i, :k] = np.concatenate([labels[:, None], boxes], 1)
+        spurious = rng.uniform(0, 0.7, (int(rng.integers(0, 5)), 2))
+        shown = np.concatenate(
+            [boxes + rng.normal(0, 0.03, boxes.shape), np.concatenate([spurious, spurious + 0.2], 1)]
+        )
+        wrong = np.where(rng.random(k) < 0.2, rng.integers(0, 5, k), labels)
+        classes = np.concatenate([wrong, rng.integers(0, 5, len(spurious))])
+        detections.append(Detections(shown.astype(np.float32), rng.random(len(shown)).astype(np.float32), classes))
+    return detections, targets
+
+
+def test_each_bootstrap_draw_is_cocoevals_map50_of_the_drawn_images() -> None:
+    """A draw weights each image by how often it was drawn; COCOeval on the images repeated that often agrees
+    to the last digit, and with every weight 1 it is the split's own mAP@.5."""
+    from compress.tasks.coco_map import _evaluation, _matches_at_50, _weighted_map
+
+    detections, targets = noisy_split(120)
+    matches = _matches_at_50(_evaluation(detections, targets))
+    expected = coco_map(detections, targets)["map50"]
+    assert _weighted_map(matches, np.ones(120, np.int64)) == pytest.approx(expected, abs=1e-12)
+    weights = np.random.default_rng(3).multinomial(120, np.full(120, 1 / 120))
+    drawn = np.repeat(np.arange(120), weights)
+    expected = coco_map([detections[i] for i in drawn], targets[drawn])["map50"]
+    assert _weighted_map(matches, weights) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_interval_holds_the_estimate_narrows_with_more_images_and_repeats() -> None:
+    from compress.tasks.coco_map import map50_interval
+
+    small, large = noisy_split(40), noisy_split(400)
+    low, high = map50_interval(*small)
+    assert low < coco_map(*small)["map50"] < high
+    assert map50_interval(*small) == (low, high)  # a fixed seed: the same bounds on a rerun
+    wide, narrow = high - low, np.subtract(*map50_interval(*large)[::-1])
+    assert narrow < 0.6 * wide  # ~1/sqrt(10) of it in theory
+    perfect = [found(*[(row[0], 0.9, *row[1:]) for row in image if row[0] >= 0]) for image in small[1]]
+    assert map50_interval(perfect, small[1]) == (1.0, 1.0)
+    assert map50_interval([found() for _ in range(3)], truth([], [], [])) == (0.0, 0.0)
