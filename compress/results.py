@@ -98,7 +98,7 @@ class Row(_Strict):
     samples: Count | None = None  # test images the accuracy is over
     correct: str | None = None  # which of them the model got right (top-1): `pack_correct`, for paired tests
     # [low, high]: a 95% interval of `accuracy` where no per-image right/wrong gives one (mAP@.5: a bootstrap
-    # over the test images, `compress.tasks.coco_map.map50_interval`)
+    # over the test images, `compress.tasks.coco_map.coco_map_with_interval`)
     accuracy_interval: tuple[Number, Number] | None = None
     run: str | None = None  # which run, in a report over several
 

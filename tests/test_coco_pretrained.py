@@ -320,6 +320,8 @@ def test_a_local_91_slot_checkpoint_is_evaluated_and_quantized_as_it_is(pretrain
     for row in rows:
         assert row["epochs"] == 0 and row["accuracy"] == row["scores"]["map50"]
         assert 0 <= row["scores"]["map"] <= row["scores"]["map50"] <= 1
+        low, high = row["accuracy_interval"]  # mAP@.5's bootstrap over the 12 test images
+        assert row["samples"] == 12 and 0 <= low <= row["accuracy"] <= high <= 1
     fp32 = next(r for r in rows if r["target"] == "openvino" and r["precision"] == "fp32")
     assert fp32["parity"]["max_abs_diff"] < targets.get_target("openvino").TOLERANCE["fp32"]
     int8 = next(r for r in rows if r["precision"] == "int8")

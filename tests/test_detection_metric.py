@@ -151,15 +151,27 @@ def test_each_bootstrap_draw_is_cocoevals_map50_of_the_drawn_images() -> None:
     assert _weighted_map(matches, weights) == pytest.approx(expected, abs=1e-12)
 
 
-def test_the_interval_holds_the_estimate_narrows_with_more_images_and_repeats() -> None:
-    from compress.tasks.coco_map import map50_interval
+def test_the_interval_is_centred_on_the_estimate_narrows_with_more_images_and_repeats() -> None:
+    from compress.tasks.coco_map import coco_map_with_interval
 
     small, large = noisy_split(40), noisy_split(400)
-    low, high = map50_interval(*small)
-    assert low < coco_map(*small)["map50"] < high
-    assert map50_interval(*small) == (low, high)  # a fixed seed: the same bounds on a rerun
-    wide, narrow = high - low, np.subtract(*map50_interval(*large)[::-1])
-    assert narrow < 0.6 * wide  # ~1/sqrt(10) of it in theory
+    scores, (low, high) = coco_map_with_interval(*small)
+    assert scores == coco_map(*small)
+    assert low < scores["map50"] < high and scores["map50"] - low == pytest.approx(high - scores["map50"])
+    assert coco_map_with_interval(*small)[1] == (low, high)  # a fixed seed: the same bounds on a rerun
+    narrow = np.subtract(*coco_map_with_interval(*large)[1][::-1])
+    assert narrow < 0.6 * (high - low)  # ~1/sqrt(10) of it in theory
     perfect = [found(*[(row[0], 0.9, *row[1:]) for row in image if row[0] >= 0]) for image in small[1]]
-    assert map50_interval(perfect, small[1]) == (1.0, 1.0)
-    assert map50_interval([found() for _ in range(3)], truth([], [], [])) == (0.0, 0.0)
+    assert coco_map_with_interval(perfect, small[1])[1] == (1.0, 1.0)
+    assert coco_map_with_interval([found() for _ in range(3)], truth([], [], []))[1] == (0.0, 0.0)
+
+
+def test_bootstrap_draws_run_above_the_estimate_so_percentiles_would_sit_off_centre() -> None:
+    """Why the interval is the estimate +- 1.96 sd of the draws rather than their percentiles."""
+    from compress.tasks.coco_map import _evaluation, _matches_at_50, _weighted_map
+
+    detections, targets = noisy_split(400)
+    matches = _matches_at_50(_evaluation(detections, targets))
+    draws = np.random.default_rng(0).multinomial(400, np.full(400, 1 / 400), 100)
+    values = np.array([_weighted_map(matches, weights) for weights in draws])
+    assert values.mean() - coco_map(detections, targets)["map50"] > 0.3 * values.std()

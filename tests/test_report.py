@@ -694,7 +694,7 @@ def test_a_detection_rows_bootstrap_interval_is_shown_written_and_named_as_such(
         row.update(samples=500, accuracy_interval=bounds)
     paths = write_report(results, tmp_path)
     md = paths["md"].read_text()
-    assert "37.1–45.5" in md and "95% interval of mAP@.5: a bootstrap over the test images" in md
+    assert "37.1–45.5" in md and "95% interval of mAP@.5: ± 1.96 standard deviations of its bootstrap" in md
     assert "Wilson" not in md
     with paths["csv"].open(newline="") as f:
         kd = find(list(csv.DictReader(f)), candidate="kd")

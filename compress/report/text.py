@@ -78,8 +78,8 @@ INTERVAL_NOTE = (
 
 
 BOOTSTRAP_NOTE = (
-    "95% interval of mAP@.5: a bootstrap over the test images (drawn with replacement, a fixed seed); mAP is not a "
-    "mean over images, so rows are not compared image by image."
+    "95% interval of mAP@.5: ± 1.96 standard deviations of its bootstrap over the test images (drawn with "
+    "replacement, a fixed seed); mAP is not a mean over images, so rows are not compared image by image."
 )
 
 

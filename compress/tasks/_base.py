@@ -35,9 +35,11 @@ class Task(Protocol):
         None where it is not (mAP): the report's paired tests and intervals need it."""
         ...
 
-    def interval(self, outputs: list[np.ndarray], labels: np.ndarray) -> tuple[float, float] | None:
-        """A 95% interval of the headline metric where `correct` cannot give one (mAP: a bootstrap over the
-        images); None where it can (top-1: the report's Wilson interval from the per-image results)."""
+    def score_with_interval(
+        self, outputs: list[np.ndarray], labels: np.ndarray
+    ) -> tuple[dict[str, float], tuple[float, float] | None]:
+        """`score`, and a 95% interval of the headline metric where `correct` cannot give one (mAP: a bootstrap
+        over the images); None where it can (top-1: the report's Wilson interval from the per-image results)."""
         ...
 
     def uninformed(self, num_classes: int) -> tuple[float, float] | None:
