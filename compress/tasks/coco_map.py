@@ -185,7 +185,7 @@ def _weighted_map(categories: list[_CategoryMatches], weights: np.ndarray) -> fl
         counted = weights[category.image]
         true, false = np.cumsum(category.true * counted), np.cumsum(category.false * counted)
         precision = np.maximum.accumulate((true / (true + false + np.spacing(1)))[::-1])[::-1]
+        # Precision at each recall point, 0 past the last detection (and throughout where there is none).
         index = np.searchsorted(true / positives, recall_points, side="left")
-        reached = index < len(precision)
-        averages.append(np.where(reached, precision[np.minimum(index, len(precision) - 1)], 0.0).mean())
+        averages.append(np.append(precision, 0.0)[np.minimum(index, len(precision))].mean())
     return float(np.mean(averages)) if averages else 0.0
