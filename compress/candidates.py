@@ -152,6 +152,16 @@ def _prune_step(spec: PruneSpec, metrics: dict) -> str:
     )
 
 
+def _check_head_trained(fresh: list[str], weights: str, epochs: int, num_classes: int) -> None:
+    """Refuse to evaluate output layers that no weights and no training ever touched."""
+    if fresh and not epochs:
+        raise EdgecompError(
+            f"model.weights {weights}: its output layers ({fresh[0]}, ...) do not fit this model's {num_classes} "
+            "classes, so they start untrained, and train.epochs is 0: nothing would train them. Train them "
+            "(train.epochs > 0), or keep the weights' classes (torchvision's COCO detectors: data.labels: coco91)"
+        )
+
+
 def describe_distill(distill: DistillSpec | None) -> str:
     """How a fine-tune learned, for the lineage: 'labels' or 'KD a=0.7 T=4'."""
     if distill is None:
@@ -208,7 +218,8 @@ class CandidateBuilder:
             seed_everything(recipe.train.seed)
             model = build_model(recipe.model, self.context.num_classes)
             if recipe.model.weights:
-                load_pretrained(model, recipe.model.weights, recipe.model.arch)
+                fresh = load_pretrained(model, recipe.model.weights, recipe.model.arch)
+                _check_head_trained(fresh, recipe.model.weights, recipe.train.epochs, self.context.num_classes)
             criterion = self.training.criterion(model)
             return model, self.training.fit(model, recipe.train.epochs, recipe.train.lr, criterion, "dense")
 

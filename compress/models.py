@@ -228,19 +228,22 @@ def trusted_pickles(trust: bool) -> Iterator[None]:
 TORCHVISION_WEIGHTS = "torchvision"
 
 
-def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> None:
+def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> list[str]:
     """Load `source` into `model`: a state dict or edgecomp checkpoint path, or ``torchvision`` for
     torchvision's pretrained weights of `arch` (ImageNet for classifiers, COCO for
-    ssdlite320_mobilenet_v3_large; downloaded, so online only). With another class count than the
-    weights', the output layers (classifier, or a detector's class predictors) keep their fresh init and
-    everything else loads. Pickled Python objects (a whole saved module) load only inside
-    ``trusted_pickles(True)`` (``edgecomp run --trust``)."""
+    ssdlite320_mobilenet_v3_large; downloaded, or read from torch's hub cache). With another class count than
+    the weights', the output layers (classifier, or a detector's class predictors) keep their fresh init and
+    everything else loads; returned are the names of the tensors so left untrained (none when the classes fit).
+    Pickled Python objects (a whole saved module) load only inside ``trusted_pickles(True)``
+    (``edgecomp run --trust``)."""
     state = _torchvision_state(arch or "") if source == TORCHVISION_WEIGHTS else _read_weights(source)
     own = model.state_dict()
     outputs = output_layers(model)
     head = [f"{name}.{p}" for name, m in model.named_modules() if m in outputs for p in ("weight", "bias")]
-    state = {k: v for k, v in state.items() if not (k in head and k in own and v.shape != own[k].shape)}
+    fresh = [k for k in head if k in own and k in state and state[k].shape != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in fresh}
     load_weights(model, {**{k: own[k] for k in head if k in own}, **state}, source)
+    return fresh
 
 
 def _read_weights(source: str) -> dict[str, torch.Tensor]:
@@ -273,7 +276,8 @@ def _torchvision_state(arch: str) -> dict[str, torch.Tensor]:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise EdgecompError(
             f"could not download torchvision's {weights} ({type(error).__name__}); offline, download "
-            f"{weights.url} elsewhere and put it at {cached}, or set model.weights to the local .pth file"
+            f"{weights.url} elsewhere and put it at {cached} (torch's hub cache, under $TORCH_HOME), or set "
+            "model.weights to the local .pth file (--set model.weights=path/to/file.pth)"
         ) from None
 
 

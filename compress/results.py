@@ -97,6 +97,9 @@ class Row(_Strict):
     qat: dict[str, Any] | None = None  # int8-qat: epochs, final_loss, val_<metric>, lr, seconds
     samples: Count | None = None  # test images the accuracy is over
     correct: str | None = None  # which of them the model got right (top-1): `pack_correct`, for paired tests
+    # [low, high]: a 95% interval of `accuracy` where no per-image right/wrong gives one (mAP@.5: a bootstrap
+    # over the test images, `compress.tasks.coco_map.coco_map_with_interval`)
+    accuracy_interval: tuple[Number, Number] | None = None
     run: str | None = None  # which run, in a report over several
 
     def correct_mask(self) -> np.ndarray | None:
@@ -229,6 +232,8 @@ def _problem(problem: dict[str, Any], data: dict[str, Any]) -> str:
         row = data["rows"][loc[1]]
         name = f"results row {loc[1]} ({row.get('candidate', '?')!r})" if isinstance(row, dict) else f"row {loc[1]}"
         field = ".".join(str(part) for part in loc[2:])
+        if loc[2] == "accuracy_interval":
+            return f"{name}: accuracy_interval must be [low, high], two numbers"
         if kind == "missing" or problem.get("input", 0) is None:
             return f"{name} has no {field}"
         if kind == "extra_forbidden":

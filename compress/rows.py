@@ -70,9 +70,12 @@ class Measurer:
         self, candidate: Candidate, target: str, precision: str, runner: Runner, size: int | None, parity
     ) -> list[dict]:
         outputs = collect(runner, self.context.splits.test)
-        scores = self.context.score(outputs)
-        per_image = self.context.task.correct(outputs, self.context.labels["test"])
+        labels = self.context.labels["test"]
+        scores, bounds = self.context.task.score_with_interval(outputs, labels)
+        per_image = self.context.task.correct(outputs, labels)
         paired = {} if per_image is None else {"samples": len(per_image), "correct": pack_correct(per_image)}
+        if bounds is not None:  # a metric that is no mean over images (mAP) brings its own interval
+            paired = {"samples": len(labels), "accuracy_interval": [round(bound, 6) for bound in bounds]}
         bench = self.context.recipe.bench
         rows = []
         for threads in bench.threads:

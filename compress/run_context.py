@@ -48,6 +48,13 @@ class RunContext:
             raise EdgecompError(
                 f"data set {recipe.data.dataset!r} has no labels: set model.num_classes to the pretrained model's"
             )
+        classes = recipe.model.num_classes
+        if splits.labelled and classes is not None and classes < splits.num_classes:
+            scheme = f" under data.labels: {recipe.data.labels}" if recipe.data.labels != "contiguous" else ""
+            raise EdgecompError(
+                f"model.num_classes is {classes}, fewer than the {splits.num_classes} classes data set "
+                f"{recipe.data.dataset!r} labels{scheme}: unset model.num_classes to use the data's"
+            )
         labels = {split: np.concatenate([y for _, y in as_numpy(getattr(splits, split))]) for split in ("val", "test")}
         run_dir = Path(run_dir)
         if distributed.is_main():

@@ -67,12 +67,26 @@ class DataSpec(Spec):
         description="imagefolder: resize the shorter side to image_size / crop_pct and centre-crop image_size "
         "(torchvision's and timm's evaluation transform, 0.875 for ImageNet models); unset: squash to a square",
     )
+    labels: Literal["contiguous", "coco91"] = Field(
+        "contiguous",
+        description="coco only: how category ids become classes: contiguous = sorted ids to 0..C-1 (a class head "
+        "trained here); coco91 = id k to output slot k of torchvision's COCO detectors (91 slots, background 0), "
+        "so their COCO weights predict as they are (they also expect normalize: tf)",
+    )
     augment: Literal["auto", "none", "photo", "pad_crop"] = Field(
         "auto",
         description="training batches only, in every training stage: photo = random-resized crop + flip, pad_crop "
         "= pad image_size/8 + random crop + flip; auto = the data set's default (photo for imagefolder, pad_crop "
         "for cifar10 and fashion_mnist, none for digits and detection sets)",
     )
+
+    @model_validator(mode="after")
+    def _labels_of_coco(self) -> DataSpec:
+        if self.labels != "contiguous" and self.dataset != "coco":
+            raise ValueError(
+                f"labels: {self.labels} maps COCO category ids, so it goes with dataset: coco, not {self.dataset}"
+            )
+        return self
 
 
 class TrainSpec(Spec):

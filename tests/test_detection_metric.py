@@ -109,3 +109,72 @@ def test_pycocotools_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
 def test_one_detections_per_image_is_required() -> None:
     with pytest.raises(ValueError, match="one Detections per image"):
         coco_map([found()], truth([(0, *BOX_A)], []))
+
+
+# ---- mAP@.5's bootstrap interval ------------------------------------------------------------------------------
+
+
+def noisy_split(images: int, seed: int = 1) -> tuple[list[Detections], np.ndarray]:
+    """Random images of up to 7 objects in 5 classes, detected with jittered boxes, a fifth of them in the wrong
+    class, plus up to 4 false positives each, at random scores: mAP@.5 around 0.3, every case COCOeval has."""
+    rng = np.random.default_rng(seed)
+    targets = np.full((images, 8, 5), -1.0)
+    detections = []
+    for i in range(images):
+        k = int(rng.integers(0, 8))
+        corner = rng.uniform(0, 0.6, (k, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(0.05, 0.4, (k, 2))], 1)
+        labels = rng.integers(0, 5, k)
+        targets[i, :k] = np.concatenate([labels[:, None], boxes], 1)
+        spurious = rng.uniform(0, 0.7, (int(rng.integers(0, 5)), 2))
+        shown = np.concatenate(
+            [boxes + rng.normal(0, 0.03, boxes.shape), np.concatenate([spurious, spurious + 0.2], 1)]
+        )
+        wrong = np.where(rng.random(k) < 0.2, rng.integers(0, 5, k), labels)
+        classes = np.concatenate([wrong, rng.integers(0, 5, len(spurious))])
+        detections.append(Detections(shown.astype(np.float32), rng.random(len(shown)).astype(np.float32), classes))
+    return detections, targets
+
+
+def test_each_bootstrap_draw_is_cocoevals_map50_of_the_drawn_images() -> None:
+    """A draw weights each image by how often it was drawn; COCOeval on the images repeated that often agrees
+    to the last digit, and with every weight 1 it is the split's own mAP@.5 (class 4 is never detected: AP 0)."""
+    from compress.tasks.coco_map import _evaluation, _matches_at_50, _weighted_map
+
+    detections, targets = noisy_split(120)
+    detections = [
+        Detections(d.boxes[d.labels != 4], d.scores[d.labels != 4], d.labels[d.labels != 4]) for d in detections
+    ]
+    matches = _matches_at_50(_evaluation(detections, targets))
+    expected = coco_map(detections, targets)["map50"]
+    assert _weighted_map(matches, np.ones(120, np.int64)) == pytest.approx(expected, abs=1e-12)
+    weights = np.random.default_rng(3).multinomial(120, np.full(120, 1 / 120))
+    drawn = np.repeat(np.arange(120), weights)
+    expected = coco_map([detections[i] for i in drawn], targets[drawn])["map50"]
+    assert _weighted_map(matches, weights) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_interval_is_centred_on_the_estimate_narrows_with_more_images_and_repeats() -> None:
+    from compress.tasks.coco_map import coco_map_with_interval
+
+    small, large = noisy_split(40), noisy_split(400)
+    scores, (low, high) = coco_map_with_interval(*small)
+    assert scores == coco_map(*small)
+    assert low < scores["map50"] < high and scores["map50"] - low == pytest.approx(high - scores["map50"])
+    assert coco_map_with_interval(*small)[1] == (low, high)  # a fixed seed: the same bounds on a rerun
+    narrow = np.subtract(*coco_map_with_interval(*large)[1][::-1])
+    assert narrow < 0.6 * (high - low)  # ~1/sqrt(10) of it in theory
+    perfect = [found(*[(row[0], 0.9, *row[1:]) for row in image if row[0] >= 0]) for image in small[1]]
+    assert coco_map_with_interval(perfect, small[1])[1] == (1.0, 1.0)
+    assert coco_map_with_interval([found() for _ in range(3)], truth([], [], []))[1] == (0.0, 0.0)
+
+
+def test_bootstrap_draws_run_above_the_estimate_so_percentiles_would_sit_off_centre() -> None:
+    """Why the interval is the estimate +- 1.96 sd of the draws rather than their percentiles."""
+    from compress.tasks.coco_map import _evaluation, _matches_at_50, _weighted_map
+
+    detections, targets = noisy_split(400)
+    matches = _matches_at_50(_evaluation(detections, targets))
+    draws = np.random.default_rng(0).multinomial(400, np.full(400, 1 / 400), 100)
+    values = np.array([_weighted_map(matches, weights) for weights in draws])
+    assert values.mean() - coco_map(detections, targets)["map50"] > 0.3 * values.std()

@@ -683,3 +683,24 @@ def test_no_int8_section_without_anything_to_say(results: dict[str, Any], tmp_pa
             row["latency_ms_p50"] = 1e-3  # faster than any fp32 twin
     write_report(results, tmp_path)
     assert "## int8" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_detection_rows_bootstrap_interval_is_shown_written_and_named_as_such(tmp_path: Path) -> None:
+    """mAP rows carry their 95% interval (a bootstrap made where the detections were): the table shows it, the
+    note says what it is, the CSV flattens it, results.json keeps it, and no paired test is claimed."""
+    results = results_with([("kd", "pytorch", "fp32", 0.412), ("scratch_b", "pytorch", "fp32", 0.398)])
+    results["metric"] = "map50"
+    for row, bounds in zip(results["rows"], ([0.371, 0.455], [0.356, 0.441]), strict=True):
+        row.update(samples=500, accuracy_interval=bounds)
+    paths = write_report(results, tmp_path)
+    md = paths["md"].read_text()
+    assert "37.1–45.5" in md and "95% interval of mAP@.5: ± 1.96 standard deviations of its bootstrap" in md
+    assert "Wilson" not in md
+    with paths["csv"].open(newline="") as f:
+        kd = find(list(csv.DictReader(f)), candidate="kd")
+    assert (kd["accuracy_low95"], kd["accuracy_high95"]) == ("0.371", "0.455") and "accuracy_interval" not in kd
+    assert Results.parse(results).dump()["rows"][0]["accuracy_interval"] == [0.371, 0.455]
+    [line] = scratch_verdicts(results)
+    assert "untested: mAP has no per-image right or wrong to pair" in line and "won" not in line
+    with pytest.raises(EdgecompError, match=r"accuracy_interval must be \[low, high\], two numbers"):
+        Results.parse(results | {"rows": [results["rows"][0] | {"accuracy_interval": [0.3]}]})

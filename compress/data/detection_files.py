@@ -1,10 +1,12 @@
 """`coco` and `voc`: detection sets read from a folder (data.root), and the target layout every detection set shares.
 
 A detection sample is `(image, target)`: the image as the classification sets give it (float32 [3, S, S],
-resized to S x S without keeping the aspect ratio, normalised), and the target as float32 [M, 5], one row
-`(class, x1, y1, x2, y2)` per object with the box in [0, 1] of the image (x right, y down), rows past the
-image's objects all -1. M is fixed per set so that torch's default collate stacks a batch, and a split's
-targets concatenate to [N, M, 5], without a custom collate function in every loop that reads them.
+resized to S x S without keeping the aspect ratio, normalised with the set's statistics or `data.normalize`'s
+preset), and the target as float32 [M, 5], one row `(class, x1, y1, x2, y2)` per object with the box in [0, 1]
+of the image (x right, y down), rows past the image's objects all -1. M is fixed per set so that torch's default
+collate stacks a batch, and a split's targets concatenate to [N, M, 5], without a custom collate function in
+every loop that reads them. A COCO file's category ids become classes as `data.labels` says
+(`compress.data.categories`): contiguous, or coco91 for torchvision's COCO detectors as they are.
 
 Box coordinates are continuous pixel edges: pixel i spans [i, i + 1), so a box over pixel columns 0..9 of
 a 100-pixel-wide image is x1 = 0, x2 = 0.1. COCO's `[x, y, w, h]` already means that; VOC's 1-based
@@ -26,14 +28,15 @@ from __future__ import annotations
 import json
 import warnings
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from compress.data._base import DATASETS, SPLIT_SEED, DataSplits, normalize
+from compress.data._base import DATASETS, SPLIT_SEED, DataSplits, normalization, normalize
+from compress.data.categories import CategoryMap, category_map
 from compress.data.folders import IMAGENET_MEAN, IMAGENET_STD, _open
 from compress.schema import DataSpec
 from targets.base import EdgecompError, did_you_mean
@@ -79,7 +82,7 @@ def detection_splits(
     spec: DataSpec, train: Dataset, val: Dataset, test: Dataset, num_classes: int, mean: tuple, std: tuple
 ) -> DataSplits:
     """Detection splits; their images are squashed to the square image size (boxes stay relative to it) and
-    normalised with the set's own mean/std (`data.normalize` does not apply to detection sets)."""
+    normalised with `mean`/`std`, which the datasets themselves apply."""
     return DataSplits(
         train=random_subset(train, spec.train_subset),
         val=val,
@@ -145,23 +148,28 @@ class AnnotatedImages:
             if not file.is_file():
                 raise EdgecompError(f"{self.source}: image {file} is missing; restore it or remove its annotation")
 
-    def dataset(self, image_size: int, index: Sequence[int] | None = None) -> DetectionFileDataset:
+    def dataset(self, spec: DataSpec, index: Sequence[int] | None = None) -> DetectionFileDataset:
         index = range(len(self.files)) if index is None else index
-        return DetectionFileDataset(
-            [self.files[i] for i in index], [self.sizes[i] for i in index], [self.rows[i] for i in index], image_size
-        )
+        picked = ([self.files[i] for i in index], [self.sizes[i] for i in index], [self.rows[i] for i in index])
+        return DetectionFileDataset(*picked, spec.image_size, normalization(spec, IMAGENET_MEAN, IMAGENET_STD))
 
 
 class DetectionFileDataset(Dataset):
-    """Image files with their object rows; decoded on access to RGB at size x size (ImageNet statistics)."""
+    """Image files with their object rows; decoded on access to RGB at size x size, normalised with `stats`
+    (mean, std: ImageNet's unless `data.normalize` says otherwise; torchvision's COCO SSDLite wants tf's [-1, 1])."""
 
     def __init__(
-        self, files: list[Path], sizes: list[tuple[int, int]], rows: list[np.ndarray], image_size: int
+        self,
+        files: list[Path],
+        sizes: list[tuple[int, int]],
+        rows: list[np.ndarray],
+        image_size: int,
+        stats: tuple[tuple, tuple],
     ) -> None:
         self.files, self.sizes, self.rows = files, sizes, rows
         self.image_size = image_size
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.mean = torch.tensor(stats[0], dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(stats[1], dtype=torch.float32).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -236,7 +244,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _coco_objects(data: dict, classes: dict[int, int], path: Path) -> dict[int, list]:
+def _coco_objects(data: dict, classes: Mapping[int, int], path: Path) -> dict[int, list]:
     """Image id -> [(class, x1, y1, x2, y2)] in pixels; crowd regions dropped (they mark a blob, not objects)."""
     objects: dict[int, list] = {}
     for annotation in data["annotations"]:
@@ -250,7 +258,7 @@ def _coco_objects(data: dict, classes: dict[int, int], path: Path) -> dict[int, 
     return objects
 
 
-def _coco_split(root: Path, path: Path, data: dict, classes: dict[int, int]) -> AnnotatedImages:
+def _coco_split(root: Path, path: Path, data: dict, classes: Mapping[int, int]) -> AnnotatedImages:
     folder = _coco_images_folder(root, path)
     parsed = AnnotatedImages(path.name)
     try:
@@ -267,15 +275,16 @@ def _coco_split(root: Path, path: Path, data: dict, classes: dict[int, int]) -> 
     return parsed
 
 
-def _coco_classes(train: dict, test: dict, paths: tuple[Path, Path]) -> dict[int, int]:
-    """COCO category id -> contiguous class 0..C-1, in sorted id order (COCO's ids have gaps)."""
+def _coco_classes(train: dict, test: dict, paths: tuple[Path, Path], scheme: str) -> CategoryMap:
+    """COCO category id -> class index under `data.labels` (`compress.data.categories`): contiguous 0..C-1 in
+    sorted id order (COCO's ids have gaps), or coco91's id - 1 (torchvision's COCO output slots)."""
     try:
-        ids = [sorted(int(c["id"]) for c in data["categories"]) for data in (train, test)]
-    except (KeyError, TypeError, ValueError) as error:
+        listed = [{int(c["id"]): str(c.get("name", "")) for c in data["categories"]} for data in (train, test)]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise EdgecompError(f"{paths[0].name} or {paths[1].name}: malformed 'categories' ({error})") from None
-    if ids[0] != ids[1] or not ids[0]:
+    if sorted(listed[0]) != sorted(listed[1]) or not listed[0]:
         raise EdgecompError(f"{paths[0].name} and {paths[1].name} must list the same, non-empty categories")
-    return {category: index for index, category in enumerate(ids[0])}
+    return category_map(listed[0], scheme, paths[0])
 
 
 def _with_validation(
@@ -285,27 +294,29 @@ def _with_validation(
     rest, val = carve_validation(len(train.files), source)
     return detection_splits(
         spec,
-        train.dataset(spec.image_size, rest),
-        train.dataset(spec.image_size, val),
-        test.dataset(spec.image_size),
+        train.dataset(spec, rest),
+        train.dataset(spec, val),
+        test.dataset(spec),
         num_classes,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
+        *normalization(spec, IMAGENET_MEAN, IMAGENET_STD),
     )
 
 
 @DATASETS.register("coco")
 def coco(spec: DataSpec) -> DataSplits:
-    """COCO-format detection: train2017 (less a fixed validation part) to train, val2017 to test.
+    """COCO-format detection: train2017 (less a fixed validation part) to train, val2017 to test; the classes are
+    the category ids as `data.labels` maps them (contiguous, or coco91 for torchvision's COCO detectors).
 
     Example: `data: {dataset: coco, root: ~/data/coco, image_size: 320}`.
     """
     root = _root(spec, "coco", COCO_LAYOUT)
     paths = _coco_pair(root)
     train_json, test_json = (_read_json(path) for path in paths)
-    classes = _coco_classes(train_json, test_json, paths)
-    train, test = (_coco_split(root, p, data, classes) for p, data in zip(paths, (train_json, test_json), strict=True))
-    return _with_validation(spec, train, test, len(classes), paths[0].name)
+    categories = _coco_classes(train_json, test_json, paths, spec.labels)
+    train, test = (
+        _coco_split(root, p, data, categories.classes) for p, data in zip(paths, (train_json, test_json), strict=True)
+    )
+    return _with_validation(spec, train, test, categories.num_classes, paths[0].name)
 
 
 # ---- Pascal VOC ---------------------------------------------------------------------------------------------

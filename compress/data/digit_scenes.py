@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from compress.data._base import DATASETS, DataSplits, normalize, stratified_split
+from compress.data._base import DATASETS, DataSplits, normalization, normalize, stratified_split
 from compress.data.detection_files import detection_splits
 from compress.data.digits import MEAN, STD, digit_images
 from compress.schema import DataSpec
@@ -248,11 +248,11 @@ def build_scenes(split: str, count: int) -> Scenes:
 class SceneDataset(Dataset):
     """Scenes held in memory as uint8; (normalised image at size x size, target [TARGET_ROWS, 5]) on access."""
 
-    def __init__(self, scenes: Scenes, image_size: int) -> None:
+    def __init__(self, scenes: Scenes, image_size: int, stats: tuple[tuple, tuple]) -> None:
         self.scenes = scenes
         self.image_size = image_size
-        self.mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+        self.mean = torch.tensor(stats[0], dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(stats[1], dtype=torch.float32).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.scenes.images)
@@ -267,5 +267,8 @@ class SceneDataset(Dataset):
 @DATASETS.register("digit_scenes")
 def digit_scenes(spec: DataSpec) -> DataSplits:
     """Handwritten digits on textured scenes, 10 classes. Example: `data: {dataset: digit_scenes, image_size: 128}`."""
-    train, val, test = (SceneDataset(build_scenes(split, count), spec.image_size) for split, count in SCENES.items())
-    return detection_splits(spec, train, val, test, NUM_CLASSES, MEAN, STD)
+    stats = normalization(spec, MEAN, STD)
+    train, val, test = (
+        SceneDataset(build_scenes(split, count), spec.image_size, stats) for split, count in SCENES.items()
+    )
+    return detection_splits(spec, train, val, test, NUM_CLASSES, *stats)

@@ -31,9 +31,10 @@ def csv_table(pairs: list[tuple[Row, dict[str, Any]]]) -> str:
 
 def _flat(row: Row) -> dict[str, Any]:
     """A results row's fields, its parity spread into parity_<key> columns, its per-image results (a bit
-    string for paired tests) as the accuracy's 95% interval instead."""
+    string for paired tests) or its bootstrap interval (mAP) as the accuracy's 95% interval columns."""
     fields = row.model_dump(mode="json", exclude_unset=True)
-    if fields.pop("correct", None) is not None:
+    per_image, carried = fields.pop("correct", None), fields.pop("accuracy_interval", None)
+    if per_image is not None or carried is not None:
         low, high = interval(row)
         fields |= {"accuracy_low95": round(low, 6), "accuracy_high95": round(high, 6)}
     parity = fields.pop("parity", None) or {}

@@ -1,4 +1,5 @@
-"""How sure a comparison is. An accuracy over n test images gets a 95% Wilson interval; two models scored on
+"""How sure a comparison is. An accuracy over n test images gets a 95% Wilson interval (a detector's mAP@.5
+carries its own bootstrap interval, made where its detections were: `Row.accuracy_interval`); two models scored on
 the same images are compared with McNemar's exact test on the images where they disagree, and a difference
 is called a win only when that test says so (p < 0.05). On 10,000 images one model's standard error is
 ~0.3 points near 90%: a 0.2-point margin is a tie within noise, whatever the table's rounding shows."""
@@ -25,7 +26,11 @@ def wilson(accuracy: float, samples: int, z: float = Z95) -> tuple[float, float]
 
 
 def interval(row: Row) -> tuple[float, float] | None:
-    """A row's 95% interval of its accuracy, where it says over how many images (top-1 rows do)."""
+    """A row's 95% interval of its accuracy: the one it carries (mAP@.5's bootstrap), else Wilson's where it
+    says which of how many images it got right (top-1 rows do); None for rows of runs that kept neither."""
+    if row.accuracy_interval is not None:
+        low, high = row.accuracy_interval
+        return float(low), float(high)
     if row.samples is None or row.correct is None:
         return None
     return wilson(row.accuracy, row.samples)
@@ -49,6 +54,7 @@ class Comparison:
     p: float | None  # McNemar's, or None where the rows carry no per-image results
     samples: int | None
     margin_pts: float  # 100 * (accuracy a - accuracy b)
+    untested_because: str = "these rows carry no per-image results (a run of this edgecomp keeps them)"
 
     @property
     def tested(self) -> bool:
@@ -61,13 +67,15 @@ class Comparison:
     def evidence(self) -> str:
         """'McNemar p = 0.41 on 360 paired images', or why there is no test."""
         if self.p is None:
-            return "untested: these rows carry no per-image results (a run of this edgecomp keeps them)"
+            return f"untested: {self.untested_because}"
         return f"McNemar p {_p(self.p)} on {self.samples} paired test images"
 
 
 def compare(a: Row, b: Row) -> Comparison:
     margin = 100 * (a.accuracy - b.accuracy)
     mask_a, mask_b = a.correct_mask(), b.correct_mask()
+    if a.accuracy_interval is not None or b.accuracy_interval is not None:
+        return Comparison(None, None, margin, "mAP has no per-image right or wrong to pair (see each 95% interval)")
     if mask_a is None or mask_b is None or len(mask_a) != len(mask_b):
         return Comparison(None, None, margin)
     return Comparison(mcnemar(mask_a, mask_b), len(mask_a), margin)
@@ -75,9 +83,10 @@ def compare(a: Row, b: Row) -> Comparison:
 
 def at_chance(row: Row, classes: int | None) -> bool:
     """Whether a top-1 accuracy is indistinguishable from guessing (1 / classes): its interval holds chance,
-    or it is below. A collapsed model gets no verdict. False where the row has no interval."""
+    or it is below. A collapsed model gets no verdict. False where the row has no per-image results (and for
+    mAP, which has no chance level)."""
     bounds = interval(row)
-    if not classes or bounds is None:
+    if not classes or bounds is None or row.correct is None:
         return False
     chance = 1 / classes
     return bounds[0] <= chance <= bounds[1] or row.accuracy < chance

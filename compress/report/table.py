@@ -120,7 +120,7 @@ def _computed(row: Row, dense_accuracy: float | None, dense_p50: float | None) -
         "threads": row.threads,
         "accuracy": row.accuracy,
         "accuracy_pct": 100 * row.accuracy,
-        "interval_pct": _percent_pair(interval(row)),  # 95% Wilson interval, where the row has per-image results
+        "interval_pct": _percent_pair(interval(row)),  # 95%: Wilson's (per-image results) or mAP's bootstrap
         "delta_pts": None if dense_accuracy is None else 100 * (row.accuracy - dense_accuracy),
         "p50_ms": row.latency_ms_p50,
         "p90_ms": row.latency_ms_p90,

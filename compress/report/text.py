@@ -77,10 +77,19 @@ INTERVAL_NOTE = (
 )
 
 
+BOOTSTRAP_NOTE = (
+    "95% interval of mAP@.5: ± 1.96 standard deviations of its bootstrap over the test images (drawn with "
+    "replacement, a fixed seed); mAP is not a mean over images, so rows are not compared image by image."
+)
+
+
 def table_note(table: list[dict[str, Any]]) -> str:
     note = TABLE_NOTE
-    if any(row.get("interval_pct") is not None for row in table):
+    carried = [row.get("result") is not None and row["result"].accuracy_interval is not None for row in table]
+    if any(row.get("interval_pct") is not None and not own for row, own in zip(table, carried, strict=True)):
         note += " " + INTERVAL_NOTE
+    if any(carried):
+        note += " " + BOOTSTRAP_NOTE
     drops = sorted({row["max_accuracy_drop"] for row in table if row.get("max_accuracy_drop") is not None})
     if not drops:
         return note

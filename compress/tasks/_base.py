@@ -35,6 +35,13 @@ class Task(Protocol):
         None where it is not (mAP): the report's paired tests and intervals need it."""
         ...
 
+    def score_with_interval(
+        self, outputs: list[np.ndarray], labels: np.ndarray
+    ) -> tuple[dict[str, float], tuple[float, float] | None]:
+        """`score`, and a 95% interval of the headline metric where `correct` cannot give one (mAP: a bootstrap
+        over the images); None where it can (top-1: the report's Wilson interval from the per-image results)."""
+        ...
+
     def uninformed(self, num_classes: int) -> tuple[float, float] | None:
         """(loss, headline metric) of a model that ignores its input, which a collapsed training stage sits at
         (`compress.collapse`): (ln C, 1 / C) for a classifier; None where no fixed point exists (a detector)."""

@@ -31,6 +31,9 @@ class Classification:
     def correct(self, outputs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
         return outputs[0].argmax(axis=1) == labels
 
+    def score_with_interval(self, outputs: list[np.ndarray], labels: np.ndarray) -> tuple[dict[str, float], None]:
+        return self.score(outputs, labels), None  # the rows keep `correct`: the report's Wilson interval
+
     def uninformed(self, num_classes: int) -> tuple[float, float] | None:
         return uniform_point(num_classes)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,8 @@ IMAGE_SIZE = 1000  # pixels per side of the image the normalised boxes are scale
 
 # COCOeval.stats positions of the numbers returned (its summarize() order).
 _STATS = {"map": 0, "map50": 1, "map75": 2, "mar100": 8}
+RESAMPLES, BOOTSTRAP_SEED = 300, 0  # the bootstrap of mAP@.5's interval: fixed, so a rerun gives the same bounds
+Z95 = 1.959963984540054  # two-sided 95% of a normal
 
 
 def coco_map(detections: list[Detections], targets: np.ndarray) -> dict[str, float]:
@@ -37,6 +40,43 @@ def coco_map(detections: list[Detections], targets: np.ndarray) -> dict[str, flo
     has no category to count against. COCOeval uses at most 100 detections per image and class.
     A split with nothing to find or nothing found scores 0, not NaN.
     """
+    return _scores(_evaluation(detections, targets))
+
+
+def coco_map_with_interval(
+    detections: list[Detections], targets: np.ndarray, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[dict[str, float], tuple[float, float]]:
+    """`coco_map`'s scores and a 95% interval of mAP@.5 from one evaluation (COCOeval's matching is most of the
+    time: ~1 min for 5,000 images of 100 detections on a 2-core machine).
+
+    mAP is not a mean over images, so no closed form (Wilson's, for top-1) applies: the test images are drawn
+    with replacement `resamples` times and each draw's mAP@.5 is COCOeval's accumulation over the drawn images,
+    from the per-image matches found once (a detection's match depends on its image alone), each image weighted
+    by how often it was drawn. The interval is mAP@.5 +- 1.96 standard deviations of those draws, clipped to
+    [0, 1], not their percentiles: the draws' mAP runs above the split's own (the running maximum of interpolated
+    precision rises on a draw's coarser curve; 0.6-1.5 standard deviations on synthetic splits of 200-2,000
+    images), so percentiles sit off-centre and can exclude the estimate itself."""
+    evaluation = _evaluation(detections, targets)
+    scores = _scores(evaluation)
+    if evaluation is None:
+        return scores, (0.0, 0.0)
+    categories = _matches_at_50(evaluation)
+    draws = np.random.default_rng(seed).multinomial(len(targets), np.full(len(targets), 1 / len(targets)), resamples)
+    spread = Z95 * float(np.std([_weighted_map(categories, weights) for weights in draws]))
+    return scores, (max(scores["map50"] - spread, 0.0), min(scores["map50"] + spread, 1.0))
+
+
+def _scores(evaluation: COCOeval | None) -> dict[str, float]:
+    if evaluation is None:
+        return dict.fromkeys(_STATS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {name: max(float(evaluation.stats[index]), 0.0) for name, index in _STATS.items()}  # -1: nothing to score
+
+
+def _evaluation(detections: list[Detections], targets: np.ndarray) -> COCOeval | None:
+    """COCOeval after `evaluate()` (per-image matches), or None where there is nothing to find or nothing found."""
     targets = np.asarray(targets, dtype=np.float64)
     if targets.ndim != 3 or targets.shape[2] != 5 or len(targets) != len(detections):
         raise ValueError(
@@ -46,9 +86,11 @@ def coco_map(detections: list[Detections], targets: np.ndarray) -> dict[str, flo
     truth = _ground_truth(targets)
     results = _results(detections)
     if not truth.dataset["annotations"] or not results:
-        return dict.fromkeys(_STATS, 0.0)
-    stats = _evaluate(truth, results)
-    return {name: max(float(stats[index]), 0.0) for name, index in _STATS.items()}  # -1: nothing to score
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints would interleave with the run's
+        evaluation = COCOeval(truth, truth.loadRes(results), iouType="bbox")
+        evaluation.evaluate()
+    return evaluation
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -96,11 +138,54 @@ def _results(detections: list[Detections]) -> list[dict[str, Any]]:
     ]
 
 
-def _evaluate(truth: COCO, results: list[dict[str, Any]]) -> np.ndarray:
-    """COCOeval's summary stats; its progress prints are swallowed (they would interleave with the run's)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluation = COCOeval(truth, truth.loadRes(results), iouType="bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return evaluation.stats
+@dataclass(frozen=True)
+class _CategoryMatches:
+    """One category's detections over the whole split at IoU .5, in COCOeval's order (best score first, ties in
+    image order): which image each is in, whether it is a true or a false positive (neither where COCOeval
+    ignores it), and each image's count of ground truths that count."""
+
+    image: np.ndarray  # [D] int
+    true: np.ndarray  # [D] bool
+    false: np.ndarray  # [D] bool
+    truths: np.ndarray  # [images] int
+
+
+def _matches_at_50(evaluation: COCOeval) -> list[_CategoryMatches]:
+    """Per category, the per-image matches of `evaluation.evaluate()` (area "all", at most 100 detections per
+    image, IoU threshold .5), laid out as `COCOeval.accumulate` concatenates them."""
+    params = evaluation.params
+    images, areas = len(params.imgIds), len(params.areaRng)
+    at_50 = int(np.argmin(np.abs(params.iouThrs - 0.5)))
+    found = []
+    for k in range(len(params.catIds)):
+        entries = [(i, e) for i in range(images) if (e := evaluation.evalImgs[k * areas * images + i]) is not None]
+        if not entries:
+            continue
+        scores = np.concatenate([e["dtScores"] for _, e in entries])
+        order = np.argsort(-scores, kind="mergesort")  # COCOeval's sort
+        image = np.concatenate([np.full(len(e["dtScores"]), i) for i, e in entries])[order]
+        matched = np.concatenate([e["dtMatches"][at_50] for _, e in entries])[order] > 0
+        ignored = np.concatenate([e["dtIgnore"][at_50] for _, e in entries])[order] > 0
+        truths = np.zeros(images, dtype=np.int64)
+        for i, e in entries:
+            truths[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+        found.append(_CategoryMatches(image.astype(np.int64), matched & ~ignored, ~matched & ~ignored, truths))
+    return found
+
+
+def _weighted_map(categories: list[_CategoryMatches], weights: np.ndarray) -> float:
+    """mAP@.5 of the split with image i counted weights[i] times: COCOeval's 101-point interpolated precision,
+    averaged over the categories that have a ground truth among the counted images."""
+    recall_points = np.linspace(0.0, 1.0, 101)
+    averages = []
+    for category in categories:
+        positives = float(np.dot(weights, category.truths))
+        if positives == 0:
+            continue
+        counted = weights[category.image]
+        true, false = np.cumsum(category.true * counted), np.cumsum(category.false * counted)
+        precision = np.maximum.accumulate((true / (true + false + np.spacing(1)))[::-1])[::-1]
+        # Precision at each recall point, 0 past the last detection (and throughout where there is none).
+        index = np.searchsorted(true / positives, recall_points, side="left")
+        averages.append(np.append(precision, 0.0)[np.minimum(index, len(precision))].mean())
+    return float(np.mean(averages)) if averages else 0.0

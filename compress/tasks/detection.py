@@ -17,7 +17,7 @@ from torch import nn
 
 from compress.detectors import detection_kd_loss, model_anchors, ssd_loss
 from compress.tasks._base import TASKS, Loss
-from compress.tasks.coco_map import coco_map
+from compress.tasks.coco_map import coco_map, coco_map_with_interval
 from targets.detect import DETECTOR_OUTPUTS, postprocess, split_outputs
 
 
@@ -48,6 +48,12 @@ class Detection:
 
     def correct(self, outputs: list[np.ndarray], labels: np.ndarray) -> None:
         return None  # mAP is not a mean over images: no per-image right or wrong
+
+    def score_with_interval(
+        self, outputs: list[np.ndarray], labels: np.ndarray
+    ) -> tuple[dict[str, float], tuple[float, float]]:
+        """The scores and mAP@.5's 95% bootstrap interval, the images resampled (`coco_map_with_interval`)."""
+        return coco_map_with_interval(postprocess(outputs), labels)
 
     def parity(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
         """Largest difference over logits and boxes, and how often the anchors' top class agrees."""
