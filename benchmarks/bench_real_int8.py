@@ -4,7 +4,8 @@
 MobileNetV3-Small 1.0, input in [-1, 1]), it exports fp32 and int8 files through every target in
 ``targets.TARGETS`` that makes int8 (with and without the `--keep-float` layers), calibrated on the
 even-numbered COCO128 photos (64), and prints per file: top-1 agreement with the fp32 PyTorch model on all
-128 photos and on the 64 held-out (odd-numbered) ones, p50 latency at `--threads`, the int8/fp32 latency
+128 photos and on the 64 held-out (odd-numbered) ones, the logits' SQNR against fp32 in dB and the photos
+whose top two outputs tie, p50 latency at `--threads`, the int8/fp32 latency
 ratio, and the layers kept in float; next to the vendor's own uint8 .tflite file of the same weights.
 Photos: shorter side 256, centre crop 224 (`compress.data.photos`). One photo is 0.78 points of 128.
 
