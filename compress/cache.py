@@ -19,7 +19,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 from compress import distributed
 from compress.models import load_checkpoint, save_checkpoint
 from compress.run_context import RunContext
-from targets.device import device_info, runtime_versions
+from targets.device import device_info, installed_versions, runtime_versions
 from targets.fileio import write_json
 
 VERSIONED_PACKAGES = ("edgecomp", "torch", "torchvision", "torch-pruning", "litert-torch", "torchao", "nncf")
@@ -41,13 +40,7 @@ def content_key(inputs: dict[str, Any]) -> str:
 
 
 def package_versions(names: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    return installed_versions(names)
 
 
 def measurement_context() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -50,8 +51,15 @@ def device_string() -> str:
 
 def runtime_versions() -> dict[str, str]:
     """Installed runtimes and their versions, read from package metadata without importing them."""
+    return installed_versions(_RUNTIMES)
+
+
+def installed_versions(names: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
+    """{name: version} of the installed distributions among `names` (a mapping renames them), from package
+    metadata, without importing them; absent ones are left out."""
+    renamed = names if isinstance(names, Mapping) else {name: name for name in names}
     versions = {}
-    for dist, name in _RUNTIMES.items():
+    for dist, name in renamed.items():
         try:
             versions[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
