@@ -683,3 +683,20 @@ def test_no_int8_section_without_anything_to_say(results: dict[str, Any], tmp_pa
             row["latency_ms_p50"] = 1e-3  # faster than any fp32 twin
     write_report(results, tmp_path)
     assert "## int8" not in (tmp_path / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- committed reports
+
+COMMITTED = sorted(path.parent for path in (Path(__file__).parents[1] / "reports").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda folder: folder.name)
+def test_committed_reports_render_again_byte_for_byte(folder: Path, tmp_path: Path) -> None:
+    """A one-seed run's report does not move when the report code does (seeds, or any other change that should
+    leave it alone): each committed results.json, rendered with its shipped recipe's `report:` section, gives
+    the committed files back exactly."""
+    from compress.recipe import load_recipe
+
+    spec = load_recipe(Path(__file__).parents[1] / "recipes" / f"{folder.name}.yaml").report
+    for path in write_report(Results.load(folder / "results.json"), tmp_path, spec).values():
+        assert path.read_bytes() == (folder / path.name).read_bytes(), path.name
