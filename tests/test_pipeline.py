@@ -395,3 +395,20 @@ def test_seeds_train_measure_and_report_every_candidate_once_per_seed(tmp_path, 
     assert sorted((r["candidate"], r["target"], r["accuracy"]) for r in alone["rows"]) == sorted(
         (r["candidate"], r["target"], r["accuracy"]) for r in results["rows"] if r["seed"] == 0
     )
+
+
+def test_each_seed_sees_its_own_train_spec_and_calibration_images(tmp_path) -> None:
+    """`RunContext.for_seed(s)`: seed 0 of `seeds: [0, 1]` is the one-seed run of seed 0 (train spec, hence stage
+    keys, and int8 calibration images); seed 1 draws other calibration images."""
+    from compress.run_context import RunContext
+
+    quiet = Console(quiet=True)
+    several = RunContext.create(
+        load_recipe(QUICKSTART, [*REDUCED, "train.seed=null", "train.seeds=[0, 1]"]), tmp_path / "a", quiet
+    )
+    alone = RunContext.create(load_recipe(QUICKSTART, REDUCED), tmp_path / "b", quiet)
+    zero, one = several.for_seed(0), several.for_seed(1)
+    assert zero.recipe.train == alone.recipe.train and one.recipe.train == alone.recipe.train.with_seed(1)
+    assert np.array_equal(zero.calibration(16), alone.calibration(16))
+    assert not np.array_equal(one.calibration(16), zero.calibration(16))
+    assert np.array_equal(several.calibration(16), zero.calibration(16))  # `seed` is the first of `seeds`
