@@ -144,7 +144,7 @@ def results_table(results: Results) -> Table:
         table.add_column(column, justify="left" if column in ("candidate", "kind", "target", "precision") else "right")
     for row in results.rows:
         table.add_row(
-            row.candidate,
+            row.candidate if row.seed is None else f"{row.candidate} (seed {row.seed})",
             KIND_LABELS.get(row.kind, row.kind),
             row.target,
             row.precision,

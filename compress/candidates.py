@@ -48,6 +48,11 @@ class Candidate:
     reference: list[np.ndarray] | None = None  # PyTorch outputs on the validation split
     qat: bool = False  # the recipe's qat stage applies to it: int8-qat rows beside its int8 ones
     pruned_from: Path | None = None  # the pruned checkpoint it was fine-tuned from (its accuracy is reported too)
+    seed: int | None = None  # its training seed in a recipe of several seeds (its rows carry it); None with one seed
+    folder: str = ""  # its export folder: the name, plus '-seed1' for a seed after the recipe's first
+
+    def __post_init__(self) -> None:
+        self.folder = self.folder or self.name
 
     def outputs_on(self, split) -> list[np.ndarray]:
         """PyTorch's outputs on the validation split, the parity reference; computed once, when first needed."""
@@ -78,14 +83,16 @@ def tagged(name: str, tag: str) -> str:
 class Training:
     """How a run trains a model: its data, optimizer settings and losses (labels, or KD from a teacher)."""
 
-    def __init__(self, context: RunContext) -> None:
-        self.context = context
+    def __init__(self, context: RunContext, seed: int | None = None) -> None:
+        self.context = context  # one seed's (`RunContext.for_seed`)
+        self.seed = seed  # named in the log and in a collapse's message, in a recipe of several seeds
         self.augment = resolve_augmentation(context.recipe.data.augment, context.splits)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, criterion, label: str) -> dict:
         """`train.fit` on the run's training split (augmented as the recipe says), then the val metric; a stage
         that collapsed (`compress.collapse`) raises here, before anything is saved or exported."""
         context = self.context
+        label = label if self.seed is None else f"{label} (seed {self.seed})"
         augment = Augmentation(self.augment, context.recipe.train.seed) if self.augment != "none" else None
         job = Fit(epochs=epochs, lr=lr, criterion=criterion, label=label, augment=augment)
         metrics = fit(model, context.splits.train, context.recipe.data.batch_size, context.recipe.train, job)
@@ -176,19 +183,29 @@ def scratch_b_epochs(dense_epochs: int, dense_macs: int, pruned_macs: int, max_e
 
 
 class CandidateBuilder:
-    """Builds (or loads from the stage cache) every candidate of a recipe."""
+    """Builds (or loads from the stage cache) every candidate of a recipe trained with one of its seeds (default:
+    the first). Each seed's stages are stages of their own: keyed by that seed's train spec, in folders named
+    after the seed (`TrainSpec.seed_tag`: 'dense-seed1/'; the first seed's keep the one-seed names)."""
 
-    def __init__(self, context: RunContext, stages: StageCache) -> None:
-        self.context = context
+    def __init__(self, context: RunContext, stages: StageCache, seed: int | None = None) -> None:
+        train = context.recipe.train
+        seed = train.seed_list[0] if seed is None else seed
+        self.seed_tag = train.seed_tag(seed)
+        self.row_seed = seed if train.several_seeds else None
+        self.context = context.for_seed(seed)
         self.stages = stages
-        self.training = Training(context)
+        self.training = Training(self.context, self.row_seed)
+
+    def _stage_name(self, name: str, tag: str = "") -> str:
+        """'finetune-l2' for the first seed, 'finetune-l2-seed1' for seed 1."""
+        return tagged(tagged(name, tag), self.seed_tag)
 
     def all(self) -> list[Candidate]:
         """Dense, then per branch (one without a sweep) the pruned candidate and, once per distinct pruned
         architecture, its scratch baselines (named after the first branch that produced it)."""
         recipe = self.context.recipe
         dense = self.dense()
-        if not self.context.splits.labelled:  # photos without labels: the dense model's predictions label them
+        if not self.context.splits.labelled and not self.seed_tag:  # no labels: the (first) dense model's predictions
             self.context.label_by(dense.model)
         candidates = [dense]
         scratched: set[str] = set()
@@ -223,9 +240,10 @@ class CandidateBuilder:
             criterion = self.training.criterion(model)
             return model, self.training.fit(model, recipe.train.epochs, recipe.train.lr, criterion, "dense")
 
-        model, _, key = self.stages.stage("dense", inputs, build)
+        stage = self._stage_name("dense")
+        model, _, key = self.stages.stage(stage, inputs, build)
         lineage = [f"dense({recipe.model.arch} x{recipe.model.width_mult:g}, {recipe.train.epochs} ep)"]
-        return self._candidate("dense", "dense", lineage, model, key, recipe.train.epochs, "dense")
+        return self._candidate("dense", "dense", lineage, model, key, recipe.train.epochs, stage)
 
     def pruned(self, dense: Candidate, branch: Branch) -> Pruned:
         spec = branch.prune
@@ -233,7 +251,7 @@ class CandidateBuilder:
         context = self.context
 
         def build() -> tuple[nn.Module, dict]:
-            model = load_checkpoint(self.stages.checkpoint("dense"), context.recipe.model)
+            model = load_checkpoint(dense.checkpoint, context.recipe.model)
             seed_everything(context.recipe.train.seed)
             loss = context.task.loss(model, 0.0)
             searched, target = None, spec
@@ -250,7 +268,7 @@ class CandidateBuilder:
             metrics = {"macs": macs, "params": params, "macs_fraction": macs / dense.macs, "arch": arch}
             return model, metrics | ({"latency": searched.as_dict()} if searched else {})
 
-        name = tagged("prune", branch.prune_tag)
+        name = self._stage_name("prune", branch.prune_tag)
         inputs = {"parent": dense.key, "prune": dump(spec)}
         if kind == "latency":  # what the pruned architecture is depends on the machine that timed it
             inputs |= {"bench": dump(context.recipe.bench), "measured_with": measurement_context()}
@@ -309,7 +327,7 @@ class CandidateBuilder:
             criterion = self.training.criterion(model, distill, teacher)
             return model, self.training.fit(model, spec.epochs, lr, criterion, "finetune" + " (KD)" * bool(distill))
 
-        stage = tagged("finetune", branch.tag)
+        stage = self._stage_name("finetune", branch.tag)
         model, _, key = self.stages.stage(stage, inputs, build)
         kind = "kd" if distill else "finetune"
         lineage = [*dense.lineage, pruned.step, f"finetune({spec.epochs} ep, lr {lr:g}, {describe_distill(distill)})"]
@@ -341,7 +359,7 @@ class CandidateBuilder:
                 model = reinitialize(load_checkpoint(pruned.checkpoint, recipe.model))
                 return model, self.training.fit(model, n, recipe.train.lr, self.training.criterion(model), label)
 
-            stage = tagged(kind, branch.prune_tag)
+            stage = self._stage_name(kind, branch.prune_tag)
             model, _, key = self.stages.stage(stage, inputs, build)
             lineage = [*dense.lineage, pruned.step, f"scratch-{variant}({epochs[variant]} ep, random init)"]
             name = tagged(f"scratch-{variant.lower()}", branch.prune_tag)
@@ -362,4 +380,18 @@ class CandidateBuilder:
         macs, params = count(model, self.context.example)
         checkpoint = checkpoint or self.stages.checkpoint(stage)
         arch = architecture_id(model)
-        return Candidate(name, kind, lineage, model.eval(), key, epochs, checkpoint, macs, params, arch)
+        folder = tagged(name, self.seed_tag)
+        return Candidate(
+            name,
+            kind,
+            lineage,
+            model.eval(),
+            key,
+            epochs,
+            checkpoint,
+            macs,
+            params,
+            arch,
+            seed=self.row_seed,
+            folder=folder,
+        )

@@ -47,6 +47,11 @@ class RowPlan:
     record: RowRecord
     measure: Callable[[], list[dict]]
     job: Callable[[], ExportJob] | None = None  # made when the rows are not recorded: calibration reads images
+    seed: int | None = None  # the candidate's, in a recipe of several seeds
+
+    @property
+    def label(self) -> str:
+        return self.candidate if self.seed is None else f"{self.candidate} (seed {self.seed})"
 
 
 class Deployment:
@@ -83,7 +88,8 @@ class Deployment:
                 self._files_measured_with = self._measured_with
 
     def _rows(self, candidates: list[Candidate]) -> list[dict]:
-        plans = [plan for candidate in candidates for plan in self.plans(candidate, candidates[0])]
+        dense = {candidate.seed: candidate for candidate in candidates if candidate.kind == "dense"}  # per seed
+        plans = [plan for c in candidates for plan in self.plans(c, dense.get(c.seed, candidates[0]))]
         saved = [plan.record.load(self.context.force) for plan in plans]
         jobs = [plan.job() for plan, rows in zip(plans, saved, strict=True) if rows is None and plan.job is not None]
         unmade: dict[str, str] = {}  # export path -> why the export failed
@@ -91,7 +97,11 @@ class Deployment:
             processes = worker_count(len(jobs), self.export_processes)
             self.context.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
             make_files(jobs, processes, done=self._made, failed=lambda job, e: unmade.setdefault(str(job.path), str(e)))
-        return [row for plan, rows in zip(plans, saved, strict=True) for row in rows or self._measured(plan, unmade)]
+        return [
+            with_seed(row, plan.seed)
+            for plan, rows in zip(plans, saved, strict=True)
+            for row in rows or self._measured(plan, unmade)
+        ]
 
     def _made(self, job: ExportJob, seconds: float) -> None:
         self.context.console.log(f"made {job.path.relative_to(self.context.run_dir)} ({seconds:.0f} s)")
@@ -146,7 +156,7 @@ class Deployment:
         path = self.export_path(candidate, target, precision, io)
         files = [str(path)] if target != "pytorch" else []
         record = RowRecord(path.with_suffix(".json"), inputs, files)
-        return RowPlan(candidate.name, target, precision, record, measure, job)
+        return RowPlan(candidate.name, target, precision, record, measure, job, candidate.seed)
 
     def _measured(self, plan: RowPlan, unmade: dict[str, str]) -> list[dict]:
         """`plan`'s rows, measured and recorded; none when its export or measurement failed (the failure is
@@ -161,12 +171,13 @@ class Deployment:
         console = self.context.console
         if reason is not None:
             failure = {"candidate": plan.candidate, "target": plan.target, "precision": plan.precision}
-            self.failures.append({**failure, "reason": reason})
-            console.log(f"[red]{plan.candidate} {plan.target} {plan.precision} failed[/red]: {reason}")
+            seed = {} if plan.seed is None else {"seed": plan.seed}
+            self.failures.append({**failure, "reason": reason, **seed})
+            console.log(f"[red]{plan.label} {plan.target} {plan.precision} failed[/red]: {reason}")
             return []
         plan.record.save(rows)
         console.log(
-            f"{plan.candidate} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f}, "
+            f"{plan.label} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f}, "
             f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)"
         )
         return rows
@@ -174,7 +185,7 @@ class Deployment:
     def export_path(self, candidate: Candidate, target: str, precision: str, io: str = "float") -> Path:
         suffix = targets.TARGETS[target].suffix if target in targets.TARGETS else ""
         name = f"{target}-{precision}" + ("" if io == "float" else f"-io{io}")
-        return self.context.run_dir / "exports" / candidate.name / f"{name}{suffix}"
+        return self.context.run_dir / "exports" / candidate.folder / f"{name}{suffix}"
 
     def export_job(
         self,
@@ -191,6 +202,7 @@ class Deployment:
         precisions; `label` names the rows' precision when it is not the export's (int8-qat: an int8 export
         of a QAT model)."""
         label = label or precision
+        context = self.context_of(candidate)
         metadata = {
             "recipe": self.context.recipe.name,
             "candidate": candidate.name,
@@ -202,7 +214,7 @@ class Deployment:
         }
         request = ExportRequest(
             precision,
-            self.context.calibration(calibration, calibration_root) if calibration else None,
+            context.calibration(calibration, calibration_root) if calibration else None,
             metadata,
             io,
             tuple(keep_float or ()),
@@ -210,6 +222,10 @@ class Deployment:
         model = Checkpoint(candidate.checkpoint, self.context.recipe.model) if candidate.checkpoint else candidate.model
         path = self.export_path(candidate, target, label, io)
         return ExportJob(target, model, tuple(self.context.splits.input_shape), path, request)
+
+    def context_of(self, candidate: Candidate) -> RunContext:
+        """The run as `candidate`'s seed sees it: its calibration images and its training setup (QAT)."""
+        return self.context if candidate.seed is None else self.context.for_seed(candidate.seed)
 
     def _accuracy_controlled_rows(
         self, candidate: Candidate, make_job: Callable[[], ExportJob], max_drop: float
@@ -231,7 +247,7 @@ class Deployment:
 
     def _qat_plan(self, candidate: Candidate, export: ExportSpec, dense: Candidate) -> RowPlan:
         spec = self.context.recipe.qat
-        training = Training(self.context)
+        training = Training(self.context_of(candidate), candidate.seed)
         teacher_key = training.teacher(spec.distill, dense)[1] if spec.distill else None
         options = export_options(export, "int8")
         inputs = {**options, "qat": dump(spec), "teacher": teacher_key, "train": training.inputs()}
@@ -240,8 +256,8 @@ class Deployment:
 
     def _qat_rows(self, candidate: Candidate, target: str, io: str, calibration: int, dense: Candidate) -> list[dict]:
         """Fine-tune `candidate` with `target`'s fake quantization, then export and measure it like int8."""
-        context, spec = self.context, self.context.recipe.qat
-        training = Training(context)
+        context, spec = self.context_of(candidate), self.context.recipe.qat
+        training = Training(context, candidate.seed)
         lr = spec.lr or context.recipe.train.lr / 100
         teacher = training.teacher(spec.distill, dense)[0] if spec.distill else None
 
@@ -299,6 +315,13 @@ def _accuracy_control_fields(module: Any, path: Path) -> dict[str, Any]:
     if "accuracy_control" in metadata:
         fields["sensitivity"] = json.loads(metadata["accuracy_control"])
     return fields
+
+
+def with_seed(row: dict, seed: int | None) -> dict:
+    """A row as results.json holds it: with its candidate's seed in a recipe of several. A record keeps its rows
+    without one, so a one-seed run and the first seed of a run of several share their records."""
+    row = {key: value for key, value in row.items() if key != "seed"}
+    return row if seed is None else {**row, "seed": seed}
 
 
 def _with_fields(measure: Callable[[], list[dict]], fields: dict[str, Any]) -> list[dict]:

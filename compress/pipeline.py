@@ -72,7 +72,9 @@ class Pipeline:
         return Deployment(self.context, self.export_processes)
 
     def candidates(self) -> list[Candidate]:
-        return CandidateBuilder(self.context, self.stages).all()
+        """Every candidate, once per seed of the recipe (`train.seeds`), the first seed's first."""
+        seeds = self.recipe.train.seed_list
+        return [c for seed in seeds for c in CandidateBuilder(self.context, self.stages, seed).all()]
 
     def sensitivity(self, target: str, groups: list[str] | None = None) -> Search:
         """The dense model's layer groups ranked by what int8 costs them on `target`: each group alone kept in
@@ -114,7 +116,7 @@ class Pipeline:
                 "metric": self.context.metric,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": self.command,
-                "seed": self.recipe.train.seed,
+                **self._seeds(),
                 "versions": package_versions(),
                 "git_commit": report.source_commit(),
                 "device": description(),  # where the run was; remotely timed rows carry their own
@@ -128,3 +130,8 @@ class Pipeline:
         results.write(self.run_dir / "results.json")
         report.write_report(results, self.run_dir, self.recipe.report)
         return results.dump()
+
+    def _seeds(self) -> dict:
+        """results.json's `seed`, or with several seeds `seeds` (each row then says its own)."""
+        train = self.recipe.train
+        return {"seeds": train.seed_list} if train.several_seeds else {"seed": train.seed}

@@ -101,6 +101,7 @@ class Row(_Strict):
     # over the test images, `compress.tasks.coco_map.coco_map_with_interval`)
     accuracy_interval: tuple[Number, Number] | None = None
     run: str | None = None  # which run, in a report over several
+    seed: Count | None = None  # the training seed of a recipe with several (`train.seeds`); absent with one
 
     def correct_mask(self) -> np.ndarray | None:
         """Per test image, whether the model got it right; None where the row does not say (detection, runs
@@ -132,6 +133,7 @@ class Failure(_Strict):
     precision: str
     reason: str
     run: str | None = None
+    seed: Count | None = None
 
 
 class Device(_Strict):
@@ -152,6 +154,7 @@ class RunInfo(_Strict):
     created: str | None = None
     command: str | None = None
     seed: int | None = None
+    seeds: list[int] | None = None  # a recipe of several seeds (its rows carry theirs); `seed` is then absent
     versions: dict[str, str] | None = None
     git_commit: str | None = None
     device: Device | None = None

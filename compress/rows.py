@@ -53,7 +53,7 @@ class Measurer:
         et al., EagleEye, ECCV 2020): with the dense model's statistics a heavily pruned net sits at chance
         whatever the criterion (Fashion-MNIST sweep: 10.0% for l2, taylor and random alike at 0.26 MACs).
         """
-        context = self.context
+        context = self.context if candidate.seed is None else self.context.for_seed(candidate.seed)
         shape = context.splits.input_shape
         rows = self.rows(candidate, "pytorch", "fp32", TorchRunner(candidate.model, shape), None, None)
         if candidate.pruned_from is None:

@@ -3,6 +3,7 @@ the run directory, the console. Frozen: no part of a run works only because anot
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,14 @@ class RunContext:
             write_text(run_dir / "recipe.resolved.yaml", dump_recipe(recipe))
         return cls(recipe, run_dir, task, splits, labels, console, force)
 
+    def for_seed(self, seed: int) -> RunContext:
+        """The run as one seed's models see it: the recipe's train spec with that one seed (`TrainSpec.with_seed`),
+        which drives their init, data order, augmentation, calibration images and cache keys. Shares the data."""
+        train = self.recipe.train
+        if train.seeds is None and seed == train.seed:
+            return self
+        return dataclasses.replace(self, recipe=self.recipe.model_copy(update={"train": train.with_seed(seed)}))
+
     @property
     def metric(self) -> str:
         """The headline metric's name: the task's, or "agreement" (with the dense fp32 model) without labels."""
@@ -94,10 +103,10 @@ class RunContext:
 
     def calibration(self, count: int, root: str | None = None) -> np.ndarray:
         """`count` train images, or `count` photos of the folder `root` read with the data's preprocessing (no
-        labels needed), the same ones for every export that asks for as many."""
-        key = (count, root)
+        labels needed), the same ones for every export of one seed's models that asks for as many."""
+        seed = self.recipe.train.seed
+        key = (count, root, seed)  # shared by the seeds' contexts (`for_seed`)
         if key not in self._calibration_sets:
-            seed = self.recipe.train.seed
             if root is None:
                 self._calibration_sets[key] = calibration_samples(self.splits, count, seed)
             else:

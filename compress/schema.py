@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from targets import TARGETS
 from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
@@ -26,6 +26,7 @@ from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
 PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
 Epochs = Annotated[int, Field(ge=0, le=100_000)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Spec(BaseModel):
@@ -97,7 +98,12 @@ class TrainSpec(Spec):
     weight_decay: float = Field(4e-5, ge=0.0)
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: Seed = Field(0, description="drives weights init, data order, augmentation and the calibration sample choice")
+    seeds: list[Seed] | None = Field(
+        None,
+        description="several seeds: every trained candidate is trained (and measured) once per seed and the report "
+        "shows the mean ± sd over them; seed: N is the one-seed shorthand, give one of the two",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs: auto = CUDA if present")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(
@@ -108,6 +114,67 @@ class TrainSpec(Spec):
         description="keep batch norm in eval mode with frozen weights in every training stage: for models whose BN "
         "is folded (deployment checkpoints, TF imports), which train-mode BN makes collapse",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_or_seeds(cls, data: Any) -> Any:
+        """`seed` is the one-seed shorthand of `seeds`: both given is refused (null counts as not given, so that
+        `--set train.seed=null` drops a recipe's seed); with `seeds`, `seed` is the first of them."""
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if key != "seed" or value is not None}
+        seeds = data.get("seeds")
+        if seeds is None:
+            return data
+        if "seed" in data:
+            raise ValueError(
+                "seed and seeds are both given: seed: N is one run, seeds: [0, 1, 2] trains every candidate once per "
+                "seed; keep one (on the command line, --set train.seed=null drops the recipe's seed)"
+            )
+        first = seeds[0] if isinstance(seeds, list) and seeds else None
+        valid = isinstance(first, int) and not isinstance(first, bool) and 0 <= first <= 2**32 - 1
+        return {**data, "seed": first} if valid else data  # else seeds' own error alone
+
+    @model_validator(mode="after")
+    def _seeds_listed_once(self) -> TrainSpec:
+        if self.seeds is None:
+            return self
+        if not self.seeds:
+            raise ValueError("seeds is empty: give one or more, e.g. seeds: [0, 1, 2] (or seed: 0 for one run)")
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(
+                f"seeds: {', '.join(map(str, repeated))} listed more than once; a seed trains the same models every "
+                "time, so list each seed once"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _one_seed_key(self, handler: Any) -> dict[str, Any]:
+        """Written with `seed` or `seeds`, never both, so a resolved recipe loads again, and a one-seed spec dumps
+        exactly as before `seeds` existed: the trained stages' cache keys hold this dump."""
+        data = handler(self)
+        data.pop("seed" if self.seeds is not None else "seeds", None)
+        return data
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every trained candidate is trained with: `seeds`, or the one `seed`."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    @property
+    def several_seeds(self) -> bool:
+        """Rows carry their seed and the report aggregates over seeds only then."""
+        return len(self.seed_list) > 1
+
+    def with_seed(self, seed: int) -> TrainSpec:
+        """The one-seed spec of `seed`: what that seed's models are trained (and keyed) with."""
+        return self.model_copy(update={"seed": seed, "seeds": None})
+
+    def seed_tag(self, seed: int) -> str:
+        """What names `seed`'s stages and export folders beside the first seed's: '' for the first seed (its
+        stages keep the one-seed names, so adding seeds to a finished run trains only the new ones), else 'seed1'."""
+        return "" if seed == self.seed_list[0] else f"seed{seed}"
 
 
 TARGET_KINDS = ("ratio", "macs", "params", "latency")

@@ -338,3 +338,77 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     assert any(
         step.startswith("prune(l2, latency=0.5 on onnx: asked 0.550 ms of dense 1.100") for step in kd["lineage"]
     )
+
+
+def test_seeds_train_measure_and_report_every_candidate_once_per_seed(tmp_path, monkeypatch) -> None:
+    """`train.seeds: [0, 1]`: dense, pruned+KD, Scratch-E and Scratch-B each trained once per seed, in stages of
+    their own; every seed's model exported and measured (rows carry the seed); the report shows each candidate's
+    mean ± sd over the two. The first seed's stages are a one-seed run's: the recipe with `seed: 0` then reuses
+    every stage and row. Fast parts stand in for slow ones the other tests cover: PyTorch eager timed in this process
+    (not a spawned one per row), the toy TorchScript target (tests/toy_target.py) for a converter."""
+    import statistics
+
+    import torch
+
+    import compress.rows
+    from compress.eager import _benchmark_here
+    from compress.schema import ExportSpec
+    from targets import TargetSpec
+
+    monkeypatch.setattr(compress.rows, "benchmark_eager", _benchmark_here)
+    monkeypatch.setitem(targets.TARGETS, "toy", TargetSpec("toy", "toy_target", ".toyjit", ("fp32",)))
+    overrides = [*REDUCED, "data.image_size=8", "data.train_subset=400", "train.epochs=1", "baselines.max_epochs=1"]
+    toy = {"exports": [ExportSpec(target="toy", precision=["fp32"])]}
+    recipe = load_recipe(QUICKSTART, [*overrides, "train.seed=null", "train.seeds=[0, 1]"]).model_copy(update=toy)
+    run_dir = tmp_path / "q"
+    results = Pipeline(recipe, run_dir, console=Console(quiet=True), export_processes=1).run()
+
+    kinds = ("dense", "kd", "scratch_e", "scratch_b")
+    assert results["seeds"] == [0, 1] and "seed" not in results and not results["failed"]
+    assert sorted((r["kind"], r["target"], r["seed"]) for r in results["rows"]) == sorted(
+        (kind, target, seed) for kind in kinds for target in ("pytorch", "toy") for seed in (0, 1)
+    )
+    first = {"dense", "prune", "finetune", "scratch_e", "scratch_b"}
+    assert set(stage_times(run_dir)) == first | {f"{name}-seed1" for name in first}
+    for name in first - {"prune"}:  # each seed's weights are its own
+        zero, one = (
+            torch.load(run_dir / stage / "model.pt", weights_only=True)["state_dict"]
+            for stage in (name, f"{name}-seed1")
+        )
+        assert any(not torch.equal(zero[k], one[k]) for k in zero), name
+    for candidate in ("dense", "pruned-kd", "scratch-e", "scratch-b"):
+        for folder in (candidate, f"{candidate}-seed1"):
+            assert (run_dir / "exports" / folder / "toy-fp32.toyjit").is_file()
+
+    md = (run_dir / "report.md").read_text()
+    for candidate, kind in zip(("dense", "pruned-kd", "scratch-e", "scratch-b"), kinds, strict=True):
+        accuracies = [r["accuracy"] for r in results["rows"] if (r["kind"], r["target"]) == (kind, "toy")]
+        mean, sd = 100 * statistics.fmean(accuracies), 100 * statistics.stdev(accuracies)
+        assert f"| {candidate} | " in md and f"| toy | fp32 | 1 | {mean:.1f} | ± {sd:.1f} (n=2) |" in md
+    assert "top-1 % (mean over seeds)" in md and "- seeds: 0, 1" in md
+
+    stages, records = stage_times(run_dir), record_times(run_dir)
+    one_seed = load_recipe(QUICKSTART, [*overrides, "train.seed=0"]).model_copy(update=toy)
+    alone = Pipeline(one_seed, run_dir, console=Console(quiet=True), export_processes=1).run()
+    assert stage_times(run_dir) == stages and record_times(run_dir) == records  # all of seed 0 reused
+    assert all("seed" not in row for row in alone["rows"]) and alone["seed"] == 0
+    assert sorted((r["candidate"], r["target"], r["accuracy"]) for r in alone["rows"]) == sorted(
+        (r["candidate"], r["target"], r["accuracy"]) for r in results["rows"] if r["seed"] == 0
+    )
+
+
+def test_each_seed_sees_its_own_train_spec_and_calibration_images(tmp_path) -> None:
+    """`RunContext.for_seed(s)`: seed 0 of `seeds: [0, 1]` is the one-seed run of seed 0 (train spec, hence stage
+    keys, and int8 calibration images); seed 1 draws other calibration images."""
+    from compress.run_context import RunContext
+
+    quiet = Console(quiet=True)
+    several = RunContext.create(
+        load_recipe(QUICKSTART, [*REDUCED, "train.seed=null", "train.seeds=[0, 1]"]), tmp_path / "a", quiet
+    )
+    alone = RunContext.create(load_recipe(QUICKSTART, REDUCED), tmp_path / "b", quiet)
+    zero, one = several.for_seed(0), several.for_seed(1)
+    assert zero.recipe.train == alone.recipe.train and one.recipe.train == alone.recipe.train.with_seed(1)
+    assert np.array_equal(zero.calibration(16), alone.calibration(16))
+    assert not np.array_equal(one.calibration(16), zero.calibration(16))
+    assert np.array_equal(several.calibration(16), zero.calibration(16))  # `seed` is the first of `seeds`

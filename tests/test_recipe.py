@@ -100,3 +100,46 @@ def test_overrides(tmp_path: Path) -> None:
         load_recipe(path, ["train.epochs"])
     with pytest.raises(EdgecompError, match=r"train\.epochz: unknown key"):
         load_recipe(path, ["train.epochz=3"])
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"seeds": []}, "recipe: train: seeds is empty: give one or more, e.g. seeds: [0, 1, 2]"),
+        ({"seeds": [0, 1, 0, 2, 1]}, "recipe: train: seeds: 0, 1 listed more than once"),
+        ({"seed": 0, "seeds": [0, 1]}, "recipe: train: seed and seeds are both given"),
+        ({"seeds": [0, -1]}, "recipe: train.seeds.1: Input should be greater than or equal to 0"),
+        ({"seeds": 3}, "recipe: train.seeds: Input should be a valid list"),
+    ],
+)
+def test_bad_seeds_are_one_clear_line(train: dict, message: str) -> None:
+    with pytest.raises(EdgecompError) as caught:
+        parse_recipe({**minimal(), "train": train})
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_seed_is_the_one_seed_shorthand_of_seeds(tmp_path: Path) -> None:
+    """`seed: N` (or none: 0) is one run; `seeds` several, the first also `seed`. A resolved recipe holds one of
+    the two keys, so it loads again; a one-seed train spec dumps as it did before `seeds` existed (the trained
+    stages' cache keys hold that dump), and so does each seed's own spec."""
+    from compress.recipe import dump_recipe
+
+    one = parse_recipe({**minimal(), "train": {"seed": 5}}).train
+    assert one.seed_list == [5] and not one.several_seeds and "seeds" not in one.model_dump()
+    several = parse_recipe({**minimal(), "train": {"seeds": [3, 1]}})
+    assert several.train.seed == 3 and several.train.seed_list == [3, 1] and several.train.several_seeds
+    assert [several.train.seed_tag(seed) for seed in (3, 1)] == ["", "seed1"]
+    assert (
+        several.train.with_seed(1).model_dump() == parse_recipe({**minimal(), "train": {"seed": 1}}).train.model_dump()
+    )
+    dumped = yaml.safe_load(dump_recipe(several))["train"]
+    assert dumped["seeds"] == [3, 1] and "seed" not in dumped
+    assert parse_recipe(yaml.safe_load(dump_recipe(several))) == several
+    assert not parse_recipe({**minimal(), "train": {"seeds": [7]}}).train.several_seeds  # one seed, as a list
+
+
+def test_a_recipes_seed_is_dropped_on_the_command_line_for_seeds(tmp_path: Path) -> None:
+    path = write(tmp_path, {**minimal(), "train": {"seed": 0}})
+    with pytest.raises(EdgecompError, match=r"--set train\.seed=null drops the recipe's seed"):
+        load_recipe(path, ["train.seeds=[0, 1]"])
+    assert load_recipe(path, ["train.seed=null", "train.seeds=[0, 1]"]).train.seed_list == [0, 1]

@@ -704,3 +704,20 @@ def test_a_detection_rows_bootstrap_interval_is_shown_written_and_named_as_such(
     assert "untested: mAP has no per-image right or wrong to pair" in line and "won" not in line
     with pytest.raises(EdgecompError, match=r"accuracy_interval must be \[low, high\], two numbers"):
         Results.parse(results | {"rows": [results["rows"][0] | {"accuracy_interval": [0.3]}]})
+
+
+# ---------------------------------------------------------------------------------------------- committed reports
+
+COMMITTED = sorted(path.parent for path in (Path(__file__).parents[1] / "reports").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda folder: folder.name)
+def test_committed_reports_render_again_byte_for_byte(folder: Path, tmp_path: Path) -> None:
+    """A one-seed run's report does not move when the report code does (seeds, or any other change that should
+    leave it alone): each committed results.json, rendered with its shipped recipe's `report:` section, gives
+    the committed files back exactly."""
+    from compress.recipe import load_recipe
+
+    spec = load_recipe(Path(__file__).parents[1] / "recipes" / f"{folder.name}.yaml").report
+    for path in write_report(Results.load(folder / "results.json"), tmp_path, spec).values():
+        assert path.read_bytes() == (folder / path.name).read_bytes(), path.name

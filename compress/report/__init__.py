@@ -29,7 +29,7 @@ from compress.report.markdown import markdown
 from compress.report.plot import plot_png
 from compress.report.recommend import Recommendation, recommend
 from compress.report.runs import combine_runs, load_results, recipes_spec, report_spec, source_commit
-from compress.report.table import KIND_LABELS, pareto_front, plot_points, table_pairs, table_rows
+from compress.report.table import KIND_LABELS, pareto_front, plot_points, table_groups, table_rows
 from compress.report.verdicts import scratch_verdicts
 from compress.results import Results
 from targets.base import EdgecompError
@@ -67,15 +67,15 @@ def write_report(results: Results | dict[str, Any], out_dir: Path, spec: ReportS
     """
     out_dir = Path(out_dir)
     results = Results.parse(results)
-    pairs = table_pairs(results)
-    table = [computed for _, computed in pairs]
+    groups = table_groups(results)
+    table = [computed for _, computed in groups]
     findings = find(results, table, spec)
     png = plot_png(results, table)
     contents = {
         "md": ("report.md", markdown(results, table, findings).encode("utf-8")),
         "html": ("report.html", html_page(results, table, findings, png).encode("utf-8")),
         "plot": ("plot.png", png),
-        "csv": ("results.csv", csv_table(pairs).encode("utf-8")),
+        "csv": ("results.csv", csv_table(groups).encode("utf-8")),
     }
     with ExitStack() as stack:
         for name, data in contents.values():

@@ -1,5 +1,7 @@
 """results.csv: one line per results row, in table order, with the computed Δ, speedup and front; safe to open
-in a spreadsheet (no cell runs as a formula)."""
+in a spreadsheet (no cell runs as a formula). With several seeds every seed's row has its line, and the columns
+its table row computed over the seeds: accuracy_mean, accuracy_sd (sample, over accuracy_seeds seeds); Δ,
+speedup and front are the table row's (of the means)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _PARITY = ("max_abs_diff", "mean_abs_diff", "top1_agreement")
 
 
-def csv_table(pairs: list[tuple[Row, dict[str, Any]]]) -> str:
-    """The results rows as they were set (plus parity spread into columns) and the table's computed columns."""
+def csv_table(groups: list[tuple[list[Row], dict[str, Any]]]) -> str:
+    """The results rows as they were set (plus parity spread into columns) and their table row's computed columns."""
     records = [
-        _flat(row) | {key: _round(computed[key]) for key in ("delta_pts", "speedup")} | {"front": computed["front"]}
-        for row, computed in pairs
+        _flat(row)
+        | _over_seeds(computed)
+        | {key: _round(computed[key]) for key in ("delta_pts", "speedup")}
+        | {"front": computed["front"]}
+        for rows, computed in groups
+        for row in rows
     ]
     fields = list(dict.fromkeys(key for record in records for key in record))
     buffer = io.StringIO()
@@ -39,6 +45,15 @@ def _flat(row: Row) -> dict[str, Any]:
         fields |= {"accuracy_low95": round(low, 6), "accuracy_high95": round(high, 6)}
     parity = fields.pop("parity", None) or {}
     return fields | {f"parity_{key}": None for key in _PARITY} | {f"parity_{k}": v for k, v in parity.items()}
+
+
+def _over_seeds(computed: dict[str, Any]) -> dict[str, Any]:
+    """A table row over seeds: its mean accuracy, the sample sd and how many seeds; nothing for a one-seed row."""
+    if computed["spread"] is None:
+        return {}
+    sd, count = computed["spread"]
+    mean = round(computed["accuracy"], 6)
+    return {"accuracy_mean": mean, "accuracy_sd": None if sd is None else round(sd / 100, 6), "accuracy_seeds": count}
 
 
 def _cell(value: Any) -> Any:

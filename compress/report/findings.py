@@ -37,6 +37,7 @@ def find(results: Results, table: list[dict[str, Any]], spec: ReportSpec | None)
 def failed_lines(results: Results | dict[str, Any]) -> list[str]:
     """One line per failed export or measurement of a run: what failed and why (the run measured the rest)."""
     return [
-        (f"{f.run}: " if f.run else "") + f"{f.candidate} {f.target} {f.precision}: {f.reason}"
+        (f"{f.run}: " if f.run else "")
+        + f"{f.candidate}{'' if f.seed is None else f' (seed {f.seed})'} {f.target} {f.precision}: {f.reason}"
         for f in Results.parse(results).failed
     ]

@@ -27,6 +27,12 @@ def ms(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else format(value, "#.3g")
 
 
+def spread(value: tuple[float | None, int]) -> str:
+    """A table row's accuracy over seeds: '± 0.8 (n=3)' (sample sd, points); one seed has none: '— (n=1)'."""
+    sd, seeds = value
+    return f"{NONE if sd is None else f'± {sd:.1f}'} (n={seeds})"
+
+
 def count(n: float) -> str:
     """700000 -> '700K', 2240000 -> '2.24M'."""
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"

@@ -79,7 +79,9 @@ def figure(results: Results, table: list[dict[str, Any]]) -> Figure:
         axes.set_visible(False)
     for axes in grid[::ncols]:
         axes.set_ylabel(f"{metric_label(results)} (%, higher is better)")
-    drawing.suptitle(f"{results.recipe or ''}: {metric_label(results)} against latency and MACs", x=0.01, ha="left")
+    over_seeds = " (mean ± sd over seeds)" if any(row.get("spread") for row in table) else ""
+    title = f"{results.recipe or ''}: {metric_label(results)}{over_seeds} against latency and MACs"
+    drawing.suptitle(title, x=0.01, ha="left")
     _legend(drawing, table, colours)
     return drawing
 
@@ -108,8 +110,12 @@ def _ring(colour: str) -> dict[str, Any]:
 
 
 def _draw_point(axes: Axes, x: float, row: dict[str, Any], colour: str) -> None:
-    """One variant; the dense fp32 reference also gets a ring, so the baseline is found at once."""
+    """One variant; the dense fp32 reference also gets a ring, so the baseline is found at once. A variant over
+    several seeds is their mean, with a bar of ± one sample sd."""
     axes.plot(x, row["accuracy_pct"], zorder=3, **_marker_style(row["kind"], row["precision"], colour))
+    sd = (row.get("spread") or (None, 0))[0]
+    if sd:
+        axes.errorbar(x, row["accuracy_pct"], yerr=sd, fmt="none", ecolor=colour, elinewidth=1.2, capsize=3, zorder=2)
     if row["kind"] == "dense" and row["precision"] == "fp32":
         axes.plot(x, row["accuracy_pct"], zorder=2, **_ring(colour))
 

@@ -7,8 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from compress.report.fmt import ms, signed
-from compress.report.stats import compare
+from compress.report.fmt import ms, signed, spread
+from compress.report.stats import compare_seeds
 
 if TYPE_CHECKING:
     from compress.schema import ReportSpec
@@ -111,21 +111,23 @@ def _pick_text(row: dict[str, Any], reference: Reference) -> str:
     drop = _drop_pts(row, reference)
     versus = f", {signed(-drop)} pts vs dense fp32 {reference[1]}" if reference and drop is not None else ""
     speedup = f", speedup {row['speedup']:.2f}× over dense {row['precision']}" if row["speedup"] is not None else ""
+    over_seeds = f" {spread(row['spread'])}" if row.get("spread") else ""
     return (
         f"{row['candidate']} ({row['label']}), {row['precision']}{threads}: "
-        f"{row['accuracy_pct']:.1f}%{versus}; p50 {ms(row['p50_ms'])} ms{speedup}"
+        f"{row['accuracy_pct']:.1f}%{over_seeds}{versus}; p50 {ms(row['p50_ms'])} ms{speedup}"
     )
 
 
 def _noise_text(best: dict[str, Any], fits: list[dict[str, Any]], spec: ReportSpec) -> str:
     """Under a latency budget the most accurate row wins; where a faster row of another candidate is not less
-    accurate by McNemar's test on the same test images, say so: the margin bought nothing provable."""
+    accurate by McNemar's test on the same test images (with several seeds, Welch's t-test over the seeds), say
+    so: the margin bought nothing provable."""
     if spec.latency_budget_ms is None:
         return ""
     ties = []
     for row in sorted(fits, key=lambda row: row["p50_ms"]):
         if row["candidate"] != best["candidate"] and row["p50_ms"] < best["p50_ms"]:
-            comparison = compare(best["result"], row["result"])
+            comparison = compare_seeds(best["results"], row["results"])
             if comparison.tested and not comparison.significant:
                 ties.append((row, comparison))
     if not ties:

@@ -2,6 +2,8 @@
 against dense, the Pareto front), as one plain dict per row that every writer and finding reads.
 
 The input is typed (`compress.results.Row`); the table rows are derived values, keyed by the column they fill.
+With several seeds (`train.seeds`) one table row stands for a candidate, target, precision and thread count over
+its seeds: the mean of each measurement, and the sample standard deviation of the accuracy (`spread`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from compress.report.stats import interval
+from compress.report.stats import interval, mean, sample_sd
 from compress.results import Results, Row
 
 KIND_LABELS = {
@@ -55,27 +57,49 @@ def table_rows(results: Results | dict[str, Any]) -> list[dict[str, Any]]:
     run, target and thread count. Sorted by run, target, precision, then accuracy (best first). Missing
     inputs give None, not 0.
     """
-    return [computed for _, computed in table_pairs(Results.parse(results))]
+    return [computed for _, computed in table_groups(Results.parse(results))]
 
 
-def table_pairs(results: Results) -> list[tuple[Row, dict[str, Any]]]:
-    """(results row, table row) in table order, so the csv and the table list rows alike."""
+def table_groups(results: Results) -> list[tuple[list[Row], dict[str, Any]]]:
+    """(the results rows a table row stands for, the table row) in table order, so the csv lists its rows
+    alike: one results row each, or with several seeds one per seed (`seed_groups`)."""
+    groups = [(rows, _computed(rows)) for rows in seed_groups(results.rows)]
     dense_accuracy: dict[tuple, float] = {}
     dense_p50: dict[tuple, float | None] = {}
-    for row in results.rows:
-        if row.kind == "dense":
-            setting = (row.run, row.target, row.precision)
-            dense_accuracy.setdefault(setting, row.accuracy)
-            dense_p50.setdefault((*setting, row.threads), row.latency_ms_p50)
-    pairs = []
-    for row in results.rows:
-        setting = (row.run, row.target, row.precision)
+    for _, computed in groups:
+        if computed["kind"] == "dense":
+            setting = (computed["run"], computed["target"], computed["precision"])
+            dense_accuracy.setdefault(setting, computed["accuracy"])
+            dense_p50.setdefault((*setting, computed["threads"]), computed["p50_ms"])
+    for _, computed in groups:
+        setting = (computed["run"], computed["target"], computed["precision"])
         if setting not in dense_accuracy:
-            setting = (*setting[:2], DENSE_PRECISION.get(row.precision, row.precision))
-        computed = _computed(row, dense_accuracy.get(setting), dense_p50.get((*setting, row.threads)))
-        pairs.append((row, computed))
-    _mark_fronts([computed for _, computed in pairs])
-    return sorted(pairs, key=lambda pair: _order(pair[1]))
+            setting = (*setting[:2], DENSE_PRECISION.get(computed["precision"], computed["precision"]))
+        reference = dense_accuracy.get(setting)
+        computed["delta_pts"] = None if reference is None else 100 * (computed["accuracy"] - reference)
+        computed["speedup"] = _ratio(dense_p50.get((*setting, computed["threads"])), computed["p50_ms"])
+    _mark_fronts([computed for _, computed in groups])
+    return sorted(groups, key=lambda group: _order(group[1]))
+
+
+def seed_groups(rows: list[Row]) -> list[list[Row]]:
+    """The results rows one table row stands for, in the order of their first row: a row without a seed alone;
+    rows with one, per run, candidate, target, precision and thread count, one row per seed (a second row of a
+    seed, e.g. int8 with float and with int8 I/O, opens a group of its own)."""
+    groups: list[list[Row]] = []
+    open_groups: dict[tuple, list[list[Row]]] = defaultdict(list)
+    for row in rows:
+        if row.seed is None:
+            groups.append([row])
+            continue
+        same = open_groups[(row.run, row.candidate, row.target, row.precision, row.threads)]
+        group = next((group for group in same if all(other.seed != row.seed for other in group)), None)
+        if group is None:
+            group = []
+            same.append(group)
+            groups.append(group)
+        group.append(row)
+    return groups
 
 
 def plot_points(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,8 +130,17 @@ def _mark_fronts(table: list[dict[str, Any]]) -> None:
             rows[i]["front"] = True
 
 
-def _computed(row: Row, dense_accuracy: float | None, dense_p50: float | None) -> dict[str, Any]:
-    parity = row.parity
+def _computed(rows: list[Row]) -> dict[str, Any]:
+    """One table row from its results rows (one, or one per seed): each measurement's mean over them (the value
+    itself for one row); Δ and speedup are set by `table_groups`."""
+    row = rows[0]
+    seeded = row.seed is not None
+
+    def average(field: str) -> Any:
+        return mean([getattr(each, field) for each in rows])
+
+    accuracy = average("accuracy")
+    parities = [each.parity for each in rows if each.parity is not None]
     return {
         "run": row.run,
         "candidate": row.candidate,
@@ -118,27 +151,34 @@ def _computed(row: Row, dense_accuracy: float | None, dense_p50: float | None) -
         "target": row.target,
         "precision": row.precision,
         "threads": row.threads,
-        "accuracy": row.accuracy,
-        "accuracy_pct": 100 * row.accuracy,
-        "interval_pct": _percent_pair(interval(row)),  # 95%: Wilson's (per-image results) or mAP's bootstrap
-        "delta_pts": None if dense_accuracy is None else 100 * (row.accuracy - dense_accuracy),
-        "p50_ms": row.latency_ms_p50,
-        "p90_ms": row.latency_ms_p90,
-        "speedup": _ratio(dense_p50, row.latency_ms_p50),
-        "macs": row.macs,
-        "macs_m": _scaled(row.macs, 1e-6),
-        "params": row.params,
-        "size_kb": row.size_kb,
-        "parity_max_abs_diff": parity and parity.max_abs_diff,
-        "parity_top1_pct": _scaled(parity and parity.top1_agreement, 100),
-        "map_pct": _scaled((row.scores or {}).get("map"), 100),  # a detector's mAP@[.5:.95]
-        "postprocess_ms": row.postprocess_ms_p50,  # a detector's numpy NMS step, apart from the model
+        "accuracy": accuracy,
+        "accuracy_pct": 100 * accuracy,
+        # 95%: Wilson's (per-image results) or mAP's bootstrap; one seed's model's, so not over seeds
+        "interval_pct": None if seeded else _percent_pair(interval(row)),
+        "spread": _spread(rows) if seeded else None,  # (sample sd of the accuracy in points, seeds measured)
+        "seeds": [each.seed for each in rows] if seeded else None,
+        "p50_ms": average("latency_ms_p50"),
+        "p90_ms": average("latency_ms_p90"),
+        "macs": average("macs"),
+        "macs_m": _scaled(average("macs"), 1e-6),
+        "params": average("params"),
+        "size_kb": mean([each.size_kb for each in rows]),
+        "parity_max_abs_diff": max((p.max_abs_diff for p in parities if p.max_abs_diff is not None), default=None),
+        "parity_top1_pct": _scaled(mean([p.top1_agreement for p in parities]), 100) if parities else None,
+        "map_pct": _scaled(mean([(each.scores or {}).get("map") for each in rows]), 100),  # detector mAP@[.5:.95]
+        "postprocess_ms": average("postprocess_ms_p50"),  # a detector's numpy NMS step, apart from the model
         "max_accuracy_drop": row.max_accuracy_drop,  # int8_ac's allowed drop, points
         "keep_float": row.keep_float,  # layer groups an int8 file keeps in float
         "sensitivity": row.sensitivity,  # int8_ac's search (TFLite, ONNX): each group's metric alone in float
         "front": False,
         "result": row,  # the typed row, for paired tests (`compress.report.stats.compare`)
+        "results": rows,  # every seed's, for tests over seeds (`compress.report.stats.compare_seeds`)
     }
+
+
+def _spread(rows: list[Row]) -> tuple[float | None, int]:
+    sd = sample_sd([row.accuracy for row in rows])
+    return (None if sd is None else 100 * sd), len(rows)
 
 
 def _order(row: dict[str, Any]) -> tuple:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compress.report.fmt import NONE, count, fmt, ms, signed
+from compress.report.fmt import NONE, count, fmt, ms, signed, spread
 from compress.report.recommend import Recommendation
 from compress.results import RESULTS_SCHEMA, Results, RunInfo
 
@@ -48,13 +48,15 @@ def columns(results: Results, table: list[dict[str, Any]]) -> list[Column]:
     def present(*columns: Column) -> list[Column]:
         return [column for column in columns if any(row.get(column.key) is not None for row in table)]
 
+    over_seeds = " (mean over seeds)" if seeded(table) else ""
     return ([Column("run", "run")] if several(results) else []) + [
         Column("candidate", "candidate"),
         Column("lineage", "label"),
         Column("target", "target"),
         Column("precision", "precision"),
         Column("threads", "threads", fmt("g")),
-        Column(f"{metric_label(results)} %", "accuracy_pct", fmt(".1f")),
+        Column(f"{metric_label(results)} %{over_seeds}", "accuracy_pct", fmt(".1f")),
+        *present(Column("± sd (n seeds)", "spread", spread)),
         *present(Column("95% interval", "interval_pct", lambda v: f"{v[0]:.1f}–{v[1]:.1f}")),
         Column("Δ pts", "delta_pts", signed),
         *present(Column(f"{METRIC_LABELS['map']} %", "map_pct", fmt(".1f"))),
@@ -83,6 +85,20 @@ BOOTSTRAP_NOTE = (
 )
 
 
+SEEDS_NOTE = (
+    "Several seeds: a row is the mean over its seeds' models (one trained per seed) of accuracy, latency, size and "
+    "parity agreement (parity difference: the largest); ± sd is the sample standard deviation of the accuracy over "
+    "them (n - 1 in the denominator), n the seeds measured; Δ and speedup compare means. Every seed's row is in "
+    "results.json and results.csv. Candidates are compared by Welch's t-test on their per-seed accuracies: a "
+    "difference the seed-to-seed spread explains is a tie within noise."
+)
+
+
+def seeded(table: list[dict[str, Any]]) -> bool:
+    """Whether the table has rows over several seeds (`train.seeds`)."""
+    return any(row.get("spread") is not None for row in table)
+
+
 def table_note(table: list[dict[str, Any]]) -> str:
     note = TABLE_NOTE
     carried = [row.get("result") is not None and row["result"].accuracy_interval is not None for row in table]
@@ -90,6 +106,8 @@ def table_note(table: list[dict[str, Any]]) -> str:
         note += " " + INTERVAL_NOTE
     if any(carried):
         note += " " + BOOTSTRAP_NOTE
+    if seeded(table):
+        note += " " + SEEDS_NOTE
     drops = sorted({row["max_accuracy_drop"] for row in table if row.get("max_accuracy_drop") is not None})
     if not drops:
         return note
@@ -150,14 +168,15 @@ def candidates(table: list[dict[str, Any]]) -> list[str]:
         if row["candidate"] not in seen:
             how = " → ".join(str(step) for step in row["lineage"]) or NONE
             epochs = f"; {row['epochs']} epochs" if row["epochs"] is not None else ""
-            seen[row["candidate"]] = f"{row['candidate']} ({row['label']}): {how}{epochs}"
+            seeds = f"; seeds {', '.join(map(str, row['seeds']))}" if row.get("seeds") else ""
+            seen[row["candidate"]] = f"{row['candidate']} ({row['label']}): {how}{epochs}{seeds}"
     return list(seen.values())
 
 
 def repro_lines(run: RunInfo) -> list[str]:
     versions = ", ".join(f"{name} {version}" for name, version in (run.versions or {}).items())
     return [
-        f"seed: {NONE if run.seed is None else run.seed}",
+        f"seeds: {', '.join(map(str, run.seeds))}" if run.seeds else f"seed: {NONE if run.seed is None else run.seed}",
         f"git commit: {run.git_commit or NONE}",
         f"versions: {versions or NONE}",
         f"results: schema {run.schema_version or RESULTS_SCHEMA}, created {run.created or NONE}",
