@@ -97,11 +97,7 @@ class Deployment:
             self.context.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
             make_files(jobs, processes, done=self._made, failed=lambda job, e: unmade.setdefault(str(job.path), str(e)))
         scored = [rows or self._scored(plan, unmade) for plan, rows in zip(plans, saved, strict=True)]
-        timed = self._timed(plans, scored)
-        for plan, rows, was in zip(plans, timed, saved, strict=True):
-            if rows and was is None:  # a record keeps the rows as first measured; later runs retime them
-                plan.record.save(rows)
-        return [row for rows in timed for row in rows]
+        return [row for rows in self._timed(plans, scored) for row in rows]
 
     def _timed(self, plans: list[RowPlan], scored: list[list[dict]]) -> list[list[dict]]:
         """Every scored row with its latency, all timed together (`compress.timing.time_rows`)."""
@@ -174,8 +170,9 @@ class Deployment:
         return RowPlan(candidate.name, target, precision, record, measure, timed, job)
 
     def _scored(self, plan: RowPlan, unmade: dict[str, str]) -> list[dict]:
-        """`plan`'s rows, scored (latencies still to take); none when its export or measurement failed (the
-        failure is kept in `self.failures` for results.json and the report, and a later run tries it again)."""
+        """`plan`'s rows, scored and recorded at once (a killed run resumes after them), their latencies still to
+        take; none when its export or measurement failed (the failure is kept in `self.failures` for results.json
+        and the report, and a later run tries it again)."""
         started = time.perf_counter()
         reason = next((unmade[f] for f in plan.record.files if f in unmade), None)
         if reason is None:
@@ -186,6 +183,7 @@ class Deployment:
         if reason is not None:
             self._failed(plan, reason)
             return []
+        plan.record.save(rows)  # without latencies: every run takes those (`compress.timing`)
         self.context.console.log(
             f"{plan.candidate} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f} "
             f"({time.perf_counter() - started:.0f} s)"

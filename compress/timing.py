@@ -1,14 +1,14 @@
 """A run's latencies, taken together once its rows are scored, so that a CPU whose speed drifts (a VM, another
 process) slows every row alike instead of the rows timed last.
 
-Every row of the run, whether measured now or loaded from its record (`compress.cache.RowRecord`: its accuracy
-and parity are kept, not its latency), is timed again here: all its files are loaded at once (one runner per
-file and thread count) and its PyTorch models copied into one timing process (`compress.eager.EagerTimers`),
-then `targets.bench.interleave` takes the recipe's `bench.runs` of each in `bench.rounds` rounds, each round a
-short burst of every one in turn, in an order shuffled per round with a fixed seed. With `bench.remote` the
-files are timed on that device in one command that interleaves them there the same way
-(`targets.remote.RemoteSession.bench_interleaved`); the PyTorch rows, which stay here, are interleaved with
-each other.
+Every row of the run, whether scored now or loaded from its record (`compress.cache.RowRecord`: it keeps the
+accuracy and parity, written before any latency is taken), is timed here: all its files are loaded at once (one
+runner per file and thread count) and its PyTorch models copied into one timing process
+(`compress.eager.EagerTimers`), then `targets.bench.interleave` takes the recipe's `bench.runs` of each in
+`bench.rounds` rounds, each round a short burst of every one in turn, in an order shuffled per round with a
+fixed seed. With `bench.remote` the files are timed on that device in one command that interleaves them there
+the same way (`targets.remote.RemoteSession.bench_interleaved`); the PyTorch rows, which stay here, are
+interleaved with each other.
 """
 
 from __future__ import annotations

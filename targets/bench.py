@@ -39,7 +39,6 @@ from targets.device import device_string
 
 POSTPROCESS_CHOICES = ("auto", "detection", "none")  # auto: detection when the output shapes are a detector's
 ROUNDS = 10  # rounds in which interleaved files share their runs
-REWARM = 1  # untimed inferences before each burst after a file's first: other models ran in between
 
 
 @dataclass(frozen=True)
@@ -140,9 +139,9 @@ def interleave(
     an order shuffled per round (fixed by `seed`); each result pools its bursts.
 
     `runs` keeps its meaning (inferences timed per model, split as evenly as can be over min(rounds, runs)
-    rounds), and so does `warmup` (untimed inferences before a model's first burst); each later burst starts
-    with `REWARM` untimed one(s), since other models ran in between. A timer whose burst raises an
-    `EdgecompError` gets that error as its result and no more turns.
+    rounds), and so does `warmup`: untimed inferences before timing, here before every burst, since other
+    models ran in between (after one untimed inference, a file's first timed one still read up to 2x slow on
+    the 2-core VM). A timer whose burst raises an `EdgecompError` gets that error as its result and no more turns.
     """
     _check_counts(warmup, runs, None)
     if rounds < 1:
@@ -154,7 +153,7 @@ def interleave(
             if i in failed:
                 continue
             try:
-                bursts[i].append(timers[i].burst(warmup if index == 0 else REWARM, size))
+                bursts[i].append(timers[i].burst(warmup, size))
             except EdgecompError as error:
                 failed[i] = error
     return [failed[i] if i in failed else _pooled(timer, bursts[i], warmup) for i, timer in enumerate(timers)]
