@@ -327,9 +327,10 @@ class BenchSpec(Spec):
     warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     runs: PositiveInt = 100
     rounds: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        10,
+        100,
         description="every row's runs are split over this many rounds (at most runs), each a burst of every row in "
-        "turn, so that a CPU whose speed drifts slows every row alike (`compress.timing`)",
+        "turn after `warmup` untimed inferences, so that a CPU whose speed drifts slows every row alike "
+        "(`compress.timing`); fewer rounds cost fewer untimed inferences",
     )
     remote: str | None = Field(None, description="user@host (a Host of ~/.ssh/config, ssh://user@host:port)")
     remote_python: str = Field("python3", min_length=1, description="the Python on the remote host")

@@ -15,7 +15,7 @@ are taken in rounds, each round a short burst of every one in turn (in an order 
 fixed seed), and each one's percentiles come from its bursts pooled. A CPU whose speed drifts over minutes
 (a VM, a phone warming up, another process) then slows every file alike instead of the ones timed last:
 
-    python -m targets.bench a.tflite b.xml --threads 1,2 --runs 100 --rounds 10 --json   # one JSON line each
+    python -m targets.bench a.tflite b.xml --threads 1,2 --runs 100 --json   # one JSON line each
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from targets.base import EdgecompError, Runner
 from targets.device import device_string
 
 POSTPROCESS_CHOICES = ("auto", "detection", "none")  # auto: detection when the output shapes are a detector's
-ROUNDS = 10  # rounds in which interleaved files share their runs
+ROUNDS = 100  # rounds in which interleaved files share their runs: with 100 runs, one timed run per burst
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,12 @@ def interleave(
 
     `runs` keeps its meaning (inferences timed per model, split as evenly as can be over min(rounds, runs)
     rounds), and so does `warmup`: untimed inferences before timing, here before every burst, since other
-    models ran in between (after one untimed inference, a file's first timed one still read up to 2x slow on
-    the 2-core VM). A timer whose burst raises an `EdgecompError` gets that error as its result and no more turns.
+    models ran in between (after a single untimed inference, OpenVINO files read 30-90% slow on the 2-core VM).
+    Many short bursts beat a few long ones where other processes come and go: a tiny model's burst is over
+    within a scheduler slice, so each burst is one draw of "the other core was free or not", and the median of
+    ten such draws flipped between the two (same-architecture files 20-120% apart in 3 of 8 tries, against at
+    most 6% in 8 with one run per burst). A timer whose burst raises an `EdgecompError` gets that error as its
+    result and no more turns.
     """
     _check_counts(warmup, runs, None)
     if rounds < 1:
