@@ -6,15 +6,16 @@ accuracy and parity, written before any latency is taken), is timed here: all it
 runner per file and thread count) and its PyTorch models copied into one timing process
 (`compress.eager.EagerTimers`), then `targets.bench.interleave` takes the recipe's `bench.runs` of each in
 `bench.rounds` rounds, each round a short burst of every one in turn, in an order shuffled per round with a
-fixed seed. With `bench.remote` the files are timed on that device in one command that interleaves them there
-the same way (`targets.remote.RemoteSession.bench_interleaved`); the PyTorch rows, which stay here, are
-interleaved with each other.
+fixed seed: the files together, then the PyTorch models together (see `take`). With `bench.remote` the files
+are timed on that device in one command that interleaves them there the same way
+(`targets.remote.RemoteSession.bench_interleaved`).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,40 +66,53 @@ def time_rows(
 def take(
     jobs: list[TimingJob], bench: BenchSpec, input_shape: tuple[int, ...], remote: RemoteSession | None = None
 ) -> list[BenchResult | EdgecompError]:
-    """The latency of every job (or why it could not be taken), in order: files on the remote device when there
-    is one, everything else here, each set interleaved."""
-    there = [i for i, job in enumerate(jobs) if remote is not None and isinstance(job.subject, Path)]
+    """The latency of every job (or why it could not be taken), in order. The files are interleaved with each
+    other (here, or on the remote device when there is one), then the PyTorch models with each other, here.
+
+    Not all in one interleaving: an eager burst, which has the timing process's threads take both cores, left the
+    TFLite bursts after it 30-50% slower than the same files interleaved alone or timed standalone (2-core VM;
+    a 50 ms pause after each eager burst did not help, and 50 ms of warm-up did only sometimes).
+    """
+    files = [i for i, job in enumerate(jobs) if isinstance(job.subject, Path)]
+    eager = [i for i, job in enumerate(jobs) if isinstance(job.subject, nn.Module)]
     results: dict[int, BenchResult | EdgecompError] = {}
-    if remote is not None and there:
-        paths = list(dict.fromkeys(jobs[i].subject for i in there))
-        threads = sorted({jobs[i].threads for i in there})
-        measured = remote.bench_interleaved(paths, threads, bench.runs, bench.warmup, bench.rounds)
-        by_job = dict(zip([(p, t) for p in paths for t in threads], measured, strict=True))
-        results.update((i, by_job[jobs[i].subject, jobs[i].threads]) for i in there)
-    here = [i for i in range(len(jobs)) if i not in results]
-    results.update(zip(here, _take_here([jobs[i] for i in here], bench, input_shape), strict=True))
+    if files and remote is not None:
+        results.update(zip(files, _files_there([jobs[i] for i in files], bench, remote), strict=True))
+    elif files:
+        loaders = [partial(_runner_timer, jobs[i]) for i in files]
+        results.update(zip(files, _loaded_and_interleaved(loaders, bench), strict=True))
+    if eager:
+        with EagerTimers() as pool:
+            loaders = [partial(pool.timer, jobs[i].subject, input_shape, jobs[i].threads) for i in eager]
+            results.update(zip(eager, _loaded_and_interleaved(loaders, bench), strict=True))
     return [results[i] for i in range(len(jobs))]
 
 
-def _take_here(
-    jobs: list[TimingJob], bench: BenchSpec, input_shape: tuple[int, ...]
-) -> list[BenchResult | EdgecompError]:
-    """Load every job at once (a file that does not load is that job's error), then `interleave` them."""
-    eager = any(isinstance(job.subject, nn.Module) for job in jobs)
-    with EagerTimers() if eager else nullcontext() as pool:
-        timers: dict[int, Timed] = {}
-        results: dict[int, BenchResult | EdgecompError] = {}
-        for index, job in enumerate(jobs):
-            try:
-                if isinstance(job.subject, nn.Module):
-                    timers[index] = pool.timer(job.subject, input_shape, job.threads)
-                else:
-                    timers[index] = RunnerTimer(targets.load_runner(job.subject, threads=job.threads))
-            except EdgecompError as error:
-                results[index] = error
-        timed = interleave(list(timers.values()), bench.warmup, bench.runs, bench.rounds)
-        results.update(zip(timers, timed, strict=True))
-    return [results[i] for i in range(len(jobs))]
+def _runner_timer(job: TimingJob) -> Timed:
+    return RunnerTimer(targets.load_runner(job.subject, threads=job.threads))
+
+
+def _files_there(jobs: list[TimingJob], bench: BenchSpec, remote: RemoteSession) -> list[BenchResult | EdgecompError]:
+    """The files' latencies on the remote device, all timed by one interleaved command there."""
+    paths = list(dict.fromkeys(job.subject for job in jobs))
+    threads = sorted({job.threads for job in jobs})
+    measured = remote.bench_interleaved(paths, threads, bench.runs, bench.warmup, bench.rounds)
+    by_job = dict(zip([(path, count) for path in paths for count in threads], measured, strict=True))
+    return [by_job[job.subject, job.threads] for job in jobs]
+
+
+def _loaded_and_interleaved(loaders: list[Callable[[], Timed]], bench: BenchSpec) -> list[BenchResult | EdgecompError]:
+    """Load every one at once (one that does not load gets its error), then `interleave` them."""
+    timers: dict[int, Timed] = {}
+    results: dict[int, BenchResult | EdgecompError] = {}
+    for index, load in enumerate(loaders):
+        try:
+            timers[index] = load()
+        except EdgecompError as error:
+            results[index] = error
+    timed = interleave(list(timers.values()), bench.warmup, bench.runs, bench.rounds)
+    results.update(zip(timers, timed, strict=True))
+    return [results[i] for i in range(len(loaders))]
 
 
 def with_latency(row: dict, timing: BenchResult, device: dict[str, Any] | None = None) -> dict:
