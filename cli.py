@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # wait, and when another process holds a core they spin against a descheduled partner. One detector
 # training step with 2 threads took 14.6 s instead of 0.58 s on this 2-core machine while another
 # training run was busy. Passive waiting costs little when the machine is quiet; users may still set it.
-# PyTorch eager rows are timed in a process without it (`compress.eager.benchmark_eager`): passive threads made
+# PyTorch eager rows are timed in a process without it (`compress.eager.EagerTimers`): passive threads made
 # small models' eager inference 5-6x slower. The marker says the policy is edgecomp's, not the user's.
 # A process spawned to time PyTorch eager re-imports this module: it says so with EDGECOMP_DEFAULT_OMP.
 if "OMP_WAIT_POLICY" not in os.environ and not os.environ.get("EDGECOMP_DEFAULT_OMP"):

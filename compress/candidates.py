@@ -271,7 +271,8 @@ class CandidateBuilder:
         name = self._stage_name("prune", branch.prune_tag)
         inputs = {"parent": dense.key, "prune": dump(spec)}
         if kind == "latency":  # what the pruned architecture is depends on the machine that timed it
-            inputs |= {"bench": dump(context.recipe.bench), "measured_with": measurement_context()}
+            bench = context.recipe.bench.model_dump(mode="json", exclude={"rounds"})  # how rows are timed, not probes
+            inputs |= {"bench": bench, "measured_with": measurement_context()}
         _, metrics, key = self.stages.stage(name, inputs, build)
         return Pruned(key, _prune_step(spec, metrics), metrics["macs"], self.stages.checkpoint(name), metrics["arch"])
 

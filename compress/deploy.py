@@ -1,11 +1,13 @@
 """Every candidate through every target and precision: the plan of rows, the files they need, their
 measurement, and the rows of quantization-aware training (``int8-qat``, see `compress.quantize`).
 
-Rows whose record still holds (`compress.cache.RowRecord`: same file inputs, device and versions) come from
-it. The files the others need are made first, in worker processes (`compress.exports`: converters are mostly
-single-threaded), then each row is measured in turn, so no latency is timed beside a conversion. int8_ac
-files (scored on the val split while they are made) and QAT rows (training first) are made where they are
-measured. An export or measurement that fails is kept in `failures` and the run goes on without its rows.
+Rows whose record still holds (`compress.cache.RowRecord`: same file inputs, device and versions) take their
+accuracy and parity from it. The files the others need are made first, in worker processes (`compress.exports`:
+converters are mostly single-threaded), then each of those rows is scored in turn. int8_ac files (scored on the
+val split while they are made) and QAT rows (training first) are made where they are scored. Last, every row
+of the run, recorded or new, is timed, all together (`compress.timing`): no latency is timed beside a
+conversion, and a CPU whose speed drifts slows every row alike. An export, a measurement or a timing that fails
+is kept in `failures` and the run goes on without its rows.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from compress.results import QAT_PRECISION
 from compress.rows import Measurer
 from compress.run_context import RunContext
 from compress.schema import BenchSpec, ExportSpec
+from compress.timing import time_rows
 from compress.train import predict
 from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, EdgecompError, ExportRequest
 from targets.remote import Remote, RemoteSession
@@ -38,14 +41,15 @@ from targets.remote import Remote, RemoteSession
 
 @dataclass
 class RowPlan:
-    """One record of rows (a candidate on one target in one precision): where it is kept, how to measure it,
-    and the file to make before that when it is not recorded."""
+    """One record of rows (a candidate on one target in one precision): where it is kept, how to score it, what
+    its latency is timed on (its file, or the PyTorch model), and the file to make first when it is not recorded."""
 
     candidate: str
     target: str
     precision: str
     record: RowRecord
     measure: Callable[[], list[dict]]
+    timed: Path | nn.Module
     job: Callable[[], ExportJob] | None = None  # made when the rows are not recorded: calibration reads images
     seed: int | None = None  # the candidate's, in a recipe of several seeds
 
@@ -60,6 +64,7 @@ class Deployment:
         self.export_processes = export_processes  # None: one per core (`compress.exports.worker_count`)
         self.measurer = Measurer(context)
         self.failures: list[dict] = []  # exports or measurements that failed: the run goes on without their rows
+        self.remote: RemoteSession | None = None  # where the files are timed with bench.remote, during `rows`
         self._measured_with = measurement_context()
         self._files_measured_with = self._measured_with  # with bench.remote: and the remote device
 
@@ -79,12 +84,12 @@ class Deployment:
         remote = Remote(bench.remote, bench.remote_python, tuple(bench.remote_ssh_options), bench.remote_timeout)
         with RemoteSession(remote) as session:
             self.context.console.log(f"timing exported files on {bench.remote}: {session.description}")
-            self.measurer.remote = session
+            self.remote = session
             self._files_measured_with = {**self._measured_with, "remote": session.description}
             try:
                 yield
             finally:
-                self.measurer.remote = None
+                self.remote = None
                 self._files_measured_with = self._measured_with
 
     def _rows(self, candidates: list[Candidate]) -> list[dict]:
@@ -97,11 +102,23 @@ class Deployment:
             processes = worker_count(len(jobs), self.export_processes)
             self.context.console.log(f"making {len(jobs)} export file(s) in {processes} process(es)")
             make_files(jobs, processes, done=self._made, failed=lambda job, e: unmade.setdefault(str(job.path), str(e)))
-        return [
-            with_seed(row, plan.seed)
-            for plan, rows in zip(plans, saved, strict=True)
-            for row in rows or self._measured(plan, unmade)
-        ]
+        scored = [rows or self._scored(plan, unmade) for plan, rows in zip(plans, saved, strict=True)]
+        timed = self._timed(plans, scored)
+        return [with_seed(row, plan.seed) for plan, rows in zip(plans, timed, strict=True) for row in rows]
+
+    def _timed(self, plans: list[RowPlan], scored: list[list[dict]]) -> list[list[dict]]:
+        """Every scored row with its latency, all timed together (`compress.timing.time_rows`)."""
+        bench, console = self.context.recipe.bench, self.context.console
+        count = sum(len(rows) for rows in scored)
+        where = f" (files on {bench.remote})" if self.remote is not None else ""
+        console.log(f"timing {count} row(s) together{where}: {bench.runs} runs each in {bench.rounds} rounds")
+        started = time.perf_counter()
+        shape = tuple(self.context.splits.input_shape)
+        timed, failed = time_rows(scored, [plan.timed for plan in plans], bench, shape, self.remote)
+        for index, reason in failed.items():
+            self._failed(plans[index], reason)
+        console.log(f"timed in {time.perf_counter() - started:.0f} s")
+        return timed
 
     def _made(self, job: ExportJob, seconds: float) -> None:
         self.context.console.log(f"made {job.path.relative_to(self.context.run_dir)} ({seconds:.0f} s)")
@@ -156,11 +173,13 @@ class Deployment:
         path = self.export_path(candidate, target, precision, io)
         files = [str(path)] if target != "pytorch" else []
         record = RowRecord(path.with_suffix(".json"), inputs, files)
-        return RowPlan(candidate.name, target, precision, record, measure, job, candidate.seed)
+        timed = candidate.model if target == "pytorch" else path
+        return RowPlan(candidate.name, target, precision, record, measure, timed, job, candidate.seed)
 
-    def _measured(self, plan: RowPlan, unmade: dict[str, str]) -> list[dict]:
-        """`plan`'s rows, measured and recorded; none when its export or measurement failed (the failure is
-        kept in `self.failures` for results.json and the report, and a later run tries it again)."""
+    def _scored(self, plan: RowPlan, unmade: dict[str, str]) -> list[dict]:
+        """`plan`'s rows, scored and recorded at once (a killed run resumes after them), their latencies still to
+        take; none when its export or measurement failed (the failure is kept in `self.failures` for results.json
+        and the report, and a later run tries it again)."""
         started = time.perf_counter()
         reason = next((unmade[f] for f in plan.record.files if f in unmade), None)
         if reason is None:
@@ -168,19 +187,21 @@ class Deployment:
                 rows = plan.measure()
             except EdgecompError as e:
                 reason = str(e)
-        console = self.context.console
         if reason is not None:
-            failure = {"candidate": plan.candidate, "target": plan.target, "precision": plan.precision}
-            seed = {} if plan.seed is None else {"seed": plan.seed}
-            self.failures.append({**failure, "reason": reason, **seed})
-            console.log(f"[red]{plan.label} {plan.target} {plan.precision} failed[/red]: {reason}")
+            self._failed(plan, reason)
             return []
-        plan.record.save(rows)
-        console.log(
-            f"{plan.label} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f}, "
-            f"p50 {rows[-1]['latency_ms_p50']:.3f} ms ({time.perf_counter() - started:.0f} s)"
+        plan.record.save(rows)  # without latencies: every run takes those (`compress.timing`)
+        self.context.console.log(
+            f"{plan.label} {plan.target} {plan.precision}: accuracy {rows[0]['accuracy']:.4f} "
+            f"({time.perf_counter() - started:.0f} s)"
         )
         return rows
+
+    def _failed(self, plan: RowPlan, reason: str) -> None:
+        failure = {"candidate": plan.candidate, "target": plan.target, "precision": plan.precision}
+        seed = {} if plan.seed is None else {"seed": plan.seed}
+        self.failures.append({**failure, "reason": reason, **seed})
+        self.context.console.log(f"[red]{plan.label} {plan.target} {plan.precision} failed[/red]: {reason}")
 
     def export_path(self, candidate: Candidate, target: str, precision: str, io: str = "float") -> Path:
         suffix = targets.TARGETS[target].suffix if target in targets.TARGETS else ""
@@ -287,8 +308,9 @@ class Deployment:
 
 def timing_spec(bench: BenchSpec) -> dict[str, Any]:
     """What a row's latency depends on in the bench spec; where it was timed is in "measured_with" (the remote
-    device's description, not how to log in to it), and a spec without `remote` keeps earlier runs' keys."""
-    return {key: value for key, value in dump(bench).items() if not key.startswith("remote")}
+    device's description, not how to log in to it), and a spec without `remote` keeps earlier runs' keys. Nor is
+    `rounds`: every run times its rows again (`compress.timing`), so it changes no recorded number."""
+    return {key: value for key, value in dump(bench).items() if not key.startswith("remote") and key != "rounds"}
 
 
 def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:

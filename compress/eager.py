@@ -1,20 +1,23 @@
 """PyTorch eager as a runner, so the reference rows go through the same evaluation and benchmark code
-as the exported files, and `benchmark_eager`, which times it the way a user's process would run it."""
+as the exported files, and `EagerTimers`, which times it the way a user's process would run it, in turns with
+the files (`targets.bench.interleave`)."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from targets.bench import BenchResult, benchmark
+from targets.bench import RunnerTimer, peak_rss_mb
 
 # Set by the CLI when it, not the user, chose OpenMP's passive wait policy (see cli.py); DEFAULT_OMP tells a
 # spawned process, which imports the parent's main module (the CLI) again, not to choose it.
@@ -60,28 +63,70 @@ def _as_list(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def benchmark_eager(
-    model: nn.Module, input_shape: tuple[int, ...], threads: int, warmup: int, runs: int
-) -> BenchResult:
-    """`targets.bench.benchmark` of `model` in PyTorch eager, in a fresh (spawned) process with OpenMP's
-    default wait policy, unless the user set one.
+class EagerTimers:
+    """One spawned process that holds a run's PyTorch models and times them in bursts (`targets.bench.Timed`), so
+    that they take their turns in `targets.bench.interleave` beside the exported files timed here.
 
-    The CLI makes OpenMP's threads wait passively (training beside another busy process stalled 25x with
-    spinning threads); OpenMP reads that once, when torch loads it. Passive threads sleep between the
-    parallel regions of every op, so eager inference of small models, hundreds of tiny ops, timed in the CLI's
-    process read 5-6x slow: the quickstart's MobileNetV2 x0.5 at 32 px 11.3-13.3 ms there against 1.9-2.6 ms
-    in a plain process (2 threads, AVX-512 VNNI). The exported files' runtimes have thread pools of their own
-    and are unaffected.
+    The process starts with OpenMP's default wait policy, unless the user set one. The CLI makes OpenMP's threads
+    wait passively (training beside another busy process stalled 25x with spinning threads); OpenMP reads that
+    once, when torch loads it. Passive threads sleep between the parallel regions of every op, so eager inference
+    of small models, hundreds of tiny ops, timed in the CLI's process read 5-6x slow: the quickstart's
+    MobileNetV2 x0.5 at 32 px 11.3-13.3 ms there against 1.9-2.6 ms in a plain process (2 threads, AVX-512
+    VNNI). The exported files' runtimes have thread pools of their own and are unaffected.
     """
-    context = multiprocessing.get_context("spawn")
-    with _default_wait_policy(), ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_benchmark_here, model, tuple(input_shape), threads, warmup, runs).result()
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._keys = itertools.count()
+
+    def __enter__(self) -> EagerTimers:
+        with _default_wait_policy():
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool.submit(os.getpid).result()  # the process starts now, in that environment
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def timer(self, model: nn.Module, input_shape: tuple[int, ...], threads: int) -> EagerTimer:
+        """`model` copied into the process, to be timed with `threads` on a random input of `input_shape`."""
+        assert self._pool is not None, "use EagerTimers as a context manager"
+        key = next(self._keys)
+        described = self._pool.submit(_hold, key, model, tuple(input_shape), threads).result()
+        return EagerTimer(self._pool, key, **described)
 
 
-def _benchmark_here(
-    model: nn.Module, input_shape: tuple[int, ...], threads: int, warmup: int, runs: int
-) -> BenchResult:
-    return benchmark(TorchRunner(model, input_shape, threads), warmup=warmup, runs=runs)
+class EagerTimer:
+    """A `targets.bench.Timed` whose model `EagerTimers`' process holds: each burst runs there."""
+
+    def __init__(
+        self, pool: ProcessPoolExecutor, key: int, threads: int, input_shape: tuple[int, ...], runtime: str
+    ) -> None:
+        self._pool, self._key = pool, key
+        self.threads, self.input_shape, self.runtime = threads, input_shape, runtime
+
+    def burst(self, warmup: int, runs: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._pool.submit(_burst, self._key, warmup, runs).result()
+
+    def peak_rss_mb(self) -> float:
+        return self._pool.submit(peak_rss_mb).result()
+
+
+_HELD: dict[int, RunnerTimer] = {}  # in the timing process: the models `EagerTimers` sent it, by key
+
+
+def _hold(key: int, model: nn.Module, input_shape: tuple[int, ...], threads: int) -> dict[str, Any]:
+    timer = RunnerTimer(TorchRunner(model, input_shape, threads))
+    _HELD[key] = timer
+    return {"threads": timer.threads, "input_shape": timer.input_shape, "runtime": timer.runtime}
+
+
+def _burst(key: int, warmup: int, runs: int) -> tuple[np.ndarray, np.ndarray | None]:
+    timer = _HELD[key]
+    torch.set_num_threads(timer.threads)  # one process times every thread count in turn
+    return timer.burst(warmup, runs)
 
 
 @contextmanager

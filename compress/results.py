@@ -144,6 +144,16 @@ class Device(_Strict):
     runtimes: dict[str, str] | None = None
 
 
+def timing_device(rows: list[Row]) -> tuple[str, Device] | None:
+    """Where a run's files were timed when that was not where it ran (`bench.remote`): the host and what it is,
+    from a row's `device`; None for a run timed where it ran."""
+    described = next((row.device for row in rows if row.device), None)
+    if described is None:
+        return None
+    device = Device.model_validate({key: described[key] for key in Device.model_fields if key in described})
+    return str(described.get("host", "another machine")), device
+
+
 class RunInfo(_Strict):
     """Where a run's numbers come from: enough to reproduce it."""
 

@@ -1,5 +1,6 @@
-"""Measuring a model in one runtime: accuracy on the test split, parity with PyTorch on the validation split,
-latency per thread count. One dict per thread count: a result row (`compress.results`)."""
+"""Scoring a model in one runtime: accuracy on the test split, parity with PyTorch on the validation split. One
+dict per thread count: a result row (`compress.results`), whose latency `compress.timing` fills in once every
+row of the run is scored, timing them all together."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from torch.optim.swa_utils import update_bn
 import targets
 from compress.candidates import Candidate
 from compress.data import as_numpy, make_loader
-from compress.eager import TorchRunner, benchmark_eager
+from compress.eager import TorchRunner
 from compress.models import load_checkpoint
 from compress.results import pack_correct
 from compress.run_context import RunContext
 from targets.base import EdgecompError, Runner
-from targets.bench import BenchResult, benchmark
-from targets.remote import RemoteSession
 
 ADAPTIVE_BN_SAMPLES = 1024  # training images that re-estimate a pruned model's BN statistics before it is scored
 
@@ -26,11 +25,9 @@ ADAPTIVE_BN_SAMPLES = 1024  # training images that re-estimate a pruned model's 
 class Measurer:
     def __init__(self, context: RunContext) -> None:
         self.context = context
-        # Where exported files are timed when not here (bench.remote); `compress.deploy` opens it for a run.
-        self.remote: RemoteSession | None = None
 
     def file_rows(self, candidate: Candidate, target: str, precision: str, path: Path, label: str | None = None):
-        """Load `candidate`'s file on `target`, check parity against PyTorch, and measure it; `label` names the
+        """Load `candidate`'s file on `target`, check parity against PyTorch, and score it; `label` names the
         rows' precision when it is not the export's (int8-qat)."""
         module = targets.get_target(target)
         runner = module.load(path)
@@ -76,10 +73,8 @@ class Measurer:
         paired = {} if per_image is None else {"samples": len(per_image), "correct": pack_correct(per_image)}
         if bounds is not None:  # a metric that is no mean over images (mAP) brings its own interval
             paired = {"samples": len(labels), "accuracy_interval": [round(bound, 6) for bound in bounds]}
-        bench = self.context.recipe.bench
         rows = []
-        for threads in bench.threads:
-            timing = self.timing(runner, threads)
+        for threads in self.context.recipe.bench.threads:
             rows.append(
                 {
                     "candidate": candidate.name,
@@ -89,8 +84,8 @@ class Measurer:
                     "precision": precision,
                     "accuracy": round(scores[self.context.task.metric], 6),
                     "scores": {name: round(value, 6) for name, value in scores.items()},
-                    "latency_ms_p50": round(timing.latency_ms_p50, 4),
-                    "latency_ms_p90": round(timing.latency_ms_p90, 4),
+                    "latency_ms_p50": None,  # `compress.timing.with_latency`: here, where a row has always had it
+                    "latency_ms_p90": None,
                     "threads": threads,
                     "macs": candidate.macs,
                     "params": candidate.params,
@@ -99,39 +94,10 @@ class Measurer:
                     "epochs": candidate.epochs,
                     "parity": parity,
                     "runtime": runner.runtime,
-                    **postprocess_timing(timing),
                     **paired,
-                    **self.timed_on(runner, timing),
                 }
             )
         return rows
-
-    def timing(self, runner: Runner, threads: int) -> BenchResult:
-        """The latency of `runner`'s model with `threads`: PyTorch eager in a process of its own (see
-        `compress.eager.benchmark_eager`), a file here or on the remote device."""
-        bench = self.context.recipe.bench
-        if isinstance(runner, TorchRunner):
-            return benchmark_eager(runner.model, runner.input_shape, threads, bench.warmup, bench.runs)
-        if self.remote is not None:
-            return self.remote.bench(runner.path, threads=threads, runs=bench.runs, warmup=bench.warmup)
-        return benchmark(targets.load_runner(runner.path, threads=threads), warmup=bench.warmup, runs=bench.runs)
-
-    def timed_on(self, runner: Runner, timing: BenchResult) -> dict:
-        """A remotely timed row's `device`: the host, what it is, and the runtime that timed the file there
-        (the row's `runtime` is this machine's, which scored it); nothing for a row timed here."""
-        if self.remote is None or isinstance(runner, TorchRunner):
-            return {}
-        return {"device": {**self.remote.description, "runtime": timing.runtime}}
-
-
-def postprocess_timing(timing: BenchResult) -> dict[str, float]:
-    """A detector's numpy post-processing latency (threshold, top-k, NMS), apart from the model's."""
-    if timing.postprocess_ms_p50 is None:
-        return {}
-    return {
-        "postprocess_ms_p50": round(timing.postprocess_ms_p50, 4),
-        "postprocess_ms_p90": round(timing.postprocess_ms_p90, 4),
-    }
 
 
 def collect(runner: Runner, dataset) -> list[np.ndarray]:

@@ -407,6 +407,12 @@ class BenchSpec(Spec):
     threads: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [2], min_length=1)
     warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     runs: PositiveInt = 100
+    rounds: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        100,
+        description="every row's runs are split over this many rounds (at most runs), each a burst of every row in "
+        "turn after `warmup` untimed inferences, so that a CPU whose speed drifts slows every row alike "
+        "(`compress.timing`); fewer rounds cost fewer untimed inferences",
+    )
     remote: str | None = Field(None, description="user@host (a Host of ~/.ssh/config, ssh://user@host:port)")
     remote_python: str = Field("python3", min_length=1, description="the Python on the remote host")
     remote_ssh_options: list[str] = Field(default_factory=list, description="ssh -o KEY=VALUE options, e.g. Port=2222")

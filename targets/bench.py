@@ -9,6 +9,13 @@ Only the runtime's inference call is timed: the input is copied in once by ``Run
 file (outputs ``[N, A, C+1]`` logits and ``[N, A, 4]`` boxes) is recognised by its output shapes, and the
 numpy post-processing its results need (``targets.detect.postprocess``: threshold, top-k, NMS) is timed
 separately on the model's own outputs, since a device pays for both.
+
+Several files (or thread counts) are timed together, interleaved (`interleave`): all are loaded, then the runs
+are taken in rounds, each round a short burst of every one in turn (in an order shuffled per round with a
+fixed seed), and each one's percentiles come from its bursts pooled. A CPU whose speed drifts over minutes
+(a VM, a phone warming up, another process) then slows every file alike instead of the ones timed last:
+
+    python -m targets.bench a.tflite b.xml --threads 1,2 --runs 100 --json   # one JSON line each
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +38,7 @@ from targets.base import EdgecompError, Runner
 from targets.device import device_string
 
 POSTPROCESS_CHOICES = ("auto", "detection", "none")  # auto: detection when the output shapes are a detector's
+ROUNDS = 100  # rounds in which interleaved files share their runs: with 100 runs, one timed run per burst
 
 
 @dataclass(frozen=True)
@@ -79,17 +87,103 @@ def benchmark(
     (``targets.load_runner(path, threads=n, shape=...)``). `postprocess` (see `POSTPROCESS_CHOICES`) adds
     the detection post-processing's latency on the last inference's outputs, timed the same way.
     """
-    if runs < 1 or warmup < 0 or (time_budget_s is not None and time_budget_s <= 0):
-        raise EdgecompError(
-            f"benchmark needs runs >= 1, warmup >= 0 and a positive time budget, "
-            f"got runs={runs}, warmup={warmup}, time_budget_s={time_budget_s}"
-        )
-    if postprocess not in POSTPROCESS_CHOICES:
-        raise EdgecompError(f"postprocess {postprocess!r}: expected one of {', '.join(POSTPROCESS_CHOICES)}")
-    x = np.random.default_rng(0).standard_normal(runner.input_shape).astype(np.float32)
-    ms = _latencies_ms(runner.bind(x), warmup, runs, time_budget_s)
-    post_ms = _postprocess_latencies_ms(runner, postprocess, warmup, runs, time_budget_s)
-    batch = int(runner.input_shape[0]) if runner.input_shape else 1
+    _check_counts(warmup, runs, time_budget_s)
+    timer = RunnerTimer(runner, postprocess)
+    ms, post_ms = timer.burst(warmup, runs, time_budget_s)
+    return bench_result(timer, ms, post_ms, warmup)
+
+
+class Timed(Protocol):
+    """What `interleave` times in bursts: a runner here (`RunnerTimer`), or a model another process holds (the
+    PyTorch eager rows of a run, `compress.eager.EagerTimers`)."""
+
+    threads: int
+    input_shape: tuple[int, ...]
+    runtime: str
+
+    def burst(self, warmup: int, runs: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Milliseconds of `runs` timed inferences after `warmup` untimed ones, then of a detector's
+        post-processing of the outputs (as many, after as many untimed ones), or None for other models."""
+        ...
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory of the process the model runs in."""
+        ...
+
+
+class RunnerTimer:
+    """A runner timed here, in bursts, on one random input copied in once (`Runner.bind`)."""
+
+    def __init__(self, runner: Runner, postprocess: str = "auto") -> None:
+        if postprocess not in POSTPROCESS_CHOICES:
+            raise EdgecompError(f"postprocess {postprocess!r}: expected one of {', '.join(POSTPROCESS_CHOICES)}")
+        self.runner = runner
+        self.threads, self.input_shape, self.runtime = runner.threads, tuple(runner.input_shape), runner.runtime
+        self._call = runner.bind(np.random.default_rng(0).standard_normal(runner.input_shape).astype(np.float32))
+        self._postprocess = postprocess
+
+    def burst(self, warmup: int, runs: int, time_budget_s: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        ms = _latencies_ms(self._call, warmup, runs, time_budget_s)
+        post_ms = _postprocess_latencies_ms(self.runner, self._postprocess, warmup, runs, time_budget_s)
+        self._postprocess = "none" if post_ms is None else "detection"  # decided once: later bursts read no file
+        return ms, post_ms
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
+
+
+def interleave(
+    timers: list[Timed], warmup: int = 10, runs: int = 100, rounds: int = ROUNDS, seed: int = 0
+) -> list[BenchResult | EdgecompError]:
+    """Time every one of `timers` `runs` times, all in the same rounds: each round a burst of each in turn, in
+    an order shuffled per round (fixed by `seed`); each result pools its bursts.
+
+    `runs` keeps its meaning (inferences timed per model, split as evenly as can be over min(rounds, runs)
+    rounds), and so does `warmup`: untimed inferences before timing, here before every burst, since other
+    models ran in between (after a single untimed inference, OpenVINO files read 30-90% slow on the 2-core VM).
+    Many short bursts beat a few long ones where other processes come and go: a tiny model's burst is over
+    within a scheduler slice, so each burst is one draw of "the other core was free or not", and the median of
+    ten such draws flipped between the two (same-architecture files 20-120% apart in 3 of 8 tries, against at
+    most 6% in 8 with one run per burst). A timer whose burst raises an `EdgecompError` gets that error as its
+    result and no more turns.
+    """
+    _check_counts(warmup, runs, None)
+    if rounds < 1:
+        raise EdgecompError(f"interleaved timing needs rounds >= 1, got {rounds}")
+    bursts: list[list[tuple[np.ndarray, np.ndarray | None]]] = [[] for _ in timers]
+    failed: dict[int, EdgecompError] = {}
+    for index, size in enumerate(round_sizes(runs, rounds)):
+        for i in round_order(len(timers), index, seed):
+            if i in failed:
+                continue
+            try:
+                bursts[i].append(timers[i].burst(warmup, size))
+            except EdgecompError as error:
+                failed[i] = error
+    return [failed[i] if i in failed else _pooled(timer, bursts[i], warmup) for i, timer in enumerate(timers)]
+
+
+def round_sizes(runs: int, rounds: int) -> list[int]:
+    """`runs` split over min(rounds, runs) rounds, the first ones a run larger where it does not divide."""
+    count = min(rounds, runs)
+    return [runs // count + (1 if index < runs % count else 0) for index in range(count)]
+
+
+def round_order(count: int, index: int, seed: int = 0) -> list[int]:
+    """The order of `count` models in round `index`: a permutation fixed by (seed, index)."""
+    return [int(i) for i in np.random.default_rng((seed, index)).permutation(count)]
+
+
+def _pooled(timer: Timed, bursts: list[tuple[np.ndarray, np.ndarray | None]], warmup: int) -> BenchResult:
+    ms = np.concatenate([model for model, _ in bursts])
+    posts = [post for _, post in bursts]
+    post_ms = None if any(post is None for post in posts) else np.concatenate(posts)
+    return bench_result(timer, ms, post_ms, warmup)
+
+
+def bench_result(timer: Timed, ms: np.ndarray, post_ms: np.ndarray | None, warmup: int) -> BenchResult:
+    """The percentiles of `timer`'s latencies `ms` (and `post_ms`, a detector's post-processing)."""
+    batch = int(timer.input_shape[0]) if timer.input_shape else 1
     return BenchResult(
         latency_ms_p50=float(np.percentile(ms, 50)),
         latency_ms_p90=float(np.percentile(ms, 90)),
@@ -98,15 +192,23 @@ def benchmark(
         throughput_per_s=float(batch * 1000.0 / ms.mean()),
         runs=len(ms),
         warmup=warmup,
-        threads=runner.threads,
+        threads=timer.threads,
         batch=batch,
-        input_shape=list(runner.input_shape),
-        peak_rss_mb=peak_rss_mb(),
-        runtime=runner.runtime,
+        input_shape=list(timer.input_shape),
+        peak_rss_mb=timer.peak_rss_mb(),
+        runtime=timer.runtime,
         device=device_string(),
         postprocess_ms_p50=None if post_ms is None else float(np.percentile(post_ms, 50)),
         postprocess_ms_p90=None if post_ms is None else float(np.percentile(post_ms, 90)),
     )
+
+
+def _check_counts(warmup: int, runs: int, time_budget_s: float | None) -> None:
+    if runs < 1 or warmup < 0 or (time_budget_s is not None and time_budget_s <= 0):
+        raise EdgecompError(
+            f"benchmark needs runs >= 1, warmup >= 0 and a positive time budget, "
+            f"got runs={runs}, warmup={warmup}, time_budget_s={time_budget_s}"
+        )
 
 
 def _latencies_ms(call: Callable[[], object], warmup: int, runs: int, time_budget_s: float | None) -> np.ndarray:
@@ -226,13 +328,26 @@ def _postprocess_rows(result: BenchResult) -> list[tuple[str, str]]:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m targets.bench", description="Latency of a .tflite, OpenVINO .xml or .onnx model file."
+        prog="python -m targets.bench", description="Latency of .tflite, OpenVINO .xml or .onnx model files."
     )
-    parser.add_argument("model", help="model file (.tflite, .onnx, or .xml with its .bin beside it)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
+    parser.add_argument(
+        "model", nargs="+", help="model file(s) (.tflite, .onnx, or .xml with its .bin beside it); several: interleaved"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_thread_counts,
+        default=[os.cpu_count() or 1],
+        help="CPU threads, or several joined by commas, e.g. 1,2: each file with each (default: all cores)",
+    )
     parser.add_argument("--runs", type=int, default=100, help="timed inferences (default: 100)")
     parser.add_argument("--time-budget", type=float, help="time inferences for this many seconds instead of --runs")
     parser.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default: 10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help=f"with several files or thread counts: rounds the runs are split over (default: {ROUNDS})",
+    )
     parser.add_argument("--batch", type=int, help="batch size (default: the file's)")
     parser.add_argument("--shape", help="input shape, e.g. 1x3x224x224 (needed when the file's input is dynamic)")
     parser.add_argument(
@@ -241,15 +356,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="also time a detector's numpy post-processing (default auto: when the outputs are a detector's)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON: one object (several files: one line each) instead of a table"
+    )
     return parser.parse_args(argv)
+
+
+def _thread_counts(text: str) -> list[int]:
+    """'2' -> [2], '1,2' -> [1, 2]."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive thread counts joined by commas, e.g. 1,2")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    jobs = [(model, threads) for model in args.model for threads in args.threads]
     try:
         shape = parse_shape(args.shape) if args.shape else None
-        runner = open_for_bench(args.model, threads=args.threads, shape=shape, batch=args.batch)
+        if len(jobs) > 1:
+            return _main_interleaved(args, jobs, shape)
+        runner = open_for_bench(args.model[0], threads=args.threads[0], shape=shape, batch=args.batch)
         result = benchmark(
             runner, warmup=args.warmup, runs=args.runs, time_budget_s=args.time_budget, postprocess=args.postprocess
         )
@@ -258,6 +389,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(result.to_json() if args.json else format_table(result))
     return 0
+
+
+def _main_interleaved(args: argparse.Namespace, jobs: list[tuple[str, int]], shape: tuple[int, ...] | None) -> int:
+    """Several files or thread counts, loaded together and timed by `interleave`: one JSON line (or table) per
+    file and thread count, in that order, a failed one saying why (``"error"``); exit status 2 if any failed."""
+    if args.time_budget is not None:
+        raise EdgecompError("--time-budget times one file at one thread count; several are timed in rounds of --runs")
+    loaded: dict[int, RunnerTimer] = {}
+    results: dict[int, BenchResult | EdgecompError] = {}
+    for index, (model, threads) in enumerate(jobs):
+        try:
+            loaded[index] = RunnerTimer(open_for_bench(model, threads, shape, args.batch), args.postprocess)
+        except EdgecompError as error:  # this file (e.g. no runtime for it here); the others are still timed
+            results[index] = error
+    timed = interleave(list(loaded.values()), args.warmup, args.runs, args.rounds)
+    results.update(zip(loaded, timed, strict=True))
+    for index, (model, threads) in enumerate(jobs):
+        result = results[index]
+        if isinstance(result, EdgecompError):
+            line = json.dumps({"model": model, "threads": threads, "error": str(result)}) if args.json else None
+            print(line or f"error: {model}: {result}", file=sys.stdout if args.json else sys.stderr)
+        else:
+            print(
+                json.dumps({"model": model, **result.as_dict()}) if args.json else f"{model}\n{format_table(result)}\n"
+            )
+    return 2 if any(isinstance(result, EdgecompError) for result in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from targets.base import EdgecompError
-from targets.bench import BenchResult
+from targets.bench import ROUNDS, BenchResult
 
 PACKAGE = Path(__file__).resolve().parent
 CONNECT_TIMEOUT_S = 10
@@ -122,7 +122,47 @@ class RemoteSession:
         command = self._python_command("targets.bench", args)
         output = self._run(command, None, f"timing {Path(path).name}", self.remote.timeout_s)
         data = self._json(output.splitlines(), f"timing {Path(path).name}")
-        return BenchResult(**{field.name: data[field.name] for field in fields(BenchResult) if field.name in data})
+        return _bench_result(data)
+
+    def bench_interleaved(
+        self, paths: list[Path], threads: list[int], runs: int = 100, warmup: int = 10, rounds: int = ROUNDS
+    ) -> list[BenchResult | EdgecompError]:
+        """Every file of `paths` with every thread count of `threads` (in that order, file by file), loaded together
+        on the host and timed there in interleaved rounds (`python -m targets.bench` of several files, see
+        `targets.bench.interleave`). Each result is a `BenchResult` or the error that one job met (a file that
+        did not copy or load, no runtime for it there) or the whole command met (every job then has it); the host's
+        time limit is the session's timeout per file and thread count."""
+        results: dict[tuple[int, int], BenchResult | EdgecompError] = {}
+        uploaded: dict[int, str] = {}  # index in paths -> the copy on the host
+        for index, path in enumerate(paths):
+            try:
+                uploaded[index] = self._upload(Path(path))
+            except EdgecompError as error:
+                results.update(((index, count), error) for count in threads)
+        jobs = [(index, count) for index in uploaded for count in threads]
+        counts = ",".join(map(str, threads))
+        args = [*uploaded.values(), "--json", "--threads", counts, "--runs", str(runs), "--warmup", str(warmup)]
+        try:
+            lines = self._bench_lines([*args, "--rounds", str(rounds)], len(jobs)) if jobs else []
+            timed = [
+                EdgecompError(f"{self.remote.host}: {x['error']}") if "error" in x else _bench_result(x) for x in lines
+            ]
+        except EdgecompError as error:
+            timed = [error for _ in jobs]
+        results.update(zip(jobs, timed, strict=True))
+        return [results[index, count] for index in range(len(paths)) for count in threads]
+
+    def _bench_lines(self, args: list[str], count: int) -> list[dict[str, Any]]:
+        """The last `count` JSON lines `python -m targets.bench ARGS` prints on the host (with several jobs, exit 2
+        says some failed, and their lines say why)."""
+        doing = f"timing {count} file(s) and thread count(s), {self.remote.timeout_s:g} s each"
+        limit = self.remote.timeout_s * count
+        script = self._python_command("targets.bench", args, limit)
+        done = self._ssh([], f"sh -c {shlex.quote(script)}", limit, None, doing, check=False)
+        lines = [line for line in done.stdout.decode(errors="replace").splitlines() if line.strip()][-count:]
+        if len(lines) == count and (done.returncode == 0 or (done.returncode == 2 and count > 1)):
+            return [self._json([line], doing) for line in lines]
+        raise EdgecompError(self._failure(done, doing))
 
     def close(self) -> None:
         """Remove the session's folder on the host and end the master connection (each at most once)."""
@@ -164,10 +204,10 @@ class RemoteSession:
             self._uploaded[digest] = f"{folder}/{path.name}"
         return self._uploaded[digest]
 
-    def _python_command(self, module: str, args: list[str]) -> str:
+    def _python_command(self, module: str, args: list[str], timeout_s: float | None = None) -> str:
         """The host's Python running `module` of its copy of targets, stopped there by `timeout` (where the
-        host has it) when the benchmark runs past the session's limit."""
-        seconds = math.ceil(self.remote.timeout_s)
+        host has it) when the benchmark runs past `timeout_s` (default: the session's limit)."""
+        seconds = math.ceil(timeout_s or self.remote.timeout_s)
         run = f"env PYTHONPATH={shlex.quote(self._package)} {shlex.quote(self.remote.python)} -m {module}"
         limit = f"if command -v timeout >/dev/null 2>&1; then set -- timeout -s KILL {seconds}; else set --; fi"
         return f'{limit}; cd {shlex.quote(self._folder)} && exec "$@" {run} {shlex.join(args)}'
@@ -232,6 +272,11 @@ class RemoteSession:
             f"{host}: {doing} failed with {python} (exit {code}: {last}); that Python needs numpy and the file's "
             "runtime (pip install numpy onnxruntime, ...), or pass --python PATH"
         )
+
+
+def _bench_result(data: dict[str, Any]) -> BenchResult:
+    """`python -m targets.bench --json`'s object as a `BenchResult` (keys a later version adds are left out)."""
+    return BenchResult(**{field.name: data[field.name] for field in fields(BenchResult) if field.name in data})
 
 
 def setup_script(digest: str, python: str) -> str:

@@ -1,4 +1,4 @@
-"""PyTorch eager rows are timed in a process with OpenMP's default wait policy (`compress.eager`)."""
+"""PyTorch eager rows are timed in a process with OpenMP's default wait policy (`compress.eager.EagerTimers`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import INPUT_SHAPE
 from torch import nn
 
-from compress.eager import DEFAULT_OMP, PASSIVE_BY_EDGECOMP, _default_wait_policy, benchmark_eager
+from compress.eager import DEFAULT_OMP, PASSIVE_BY_EDGECOMP, EagerTimers, _default_wait_policy
 
 
 def _spawned_environment() -> dict[str, str | None]:
@@ -37,6 +37,12 @@ def test_a_wait_policy_the_user_chose_is_kept(monkeypatch: pytest.MonkeyPatch) -
         assert _spawned_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_benchmark_eager_times_the_model_in_its_own_process(tiny_net: nn.Module) -> None:
-    result = benchmark_eager(tiny_net, INPUT_SHAPE, threads=1, warmup=1, runs=3)
-    assert result.runs == 3 and result.threads == 1 and result.latency_ms_p50 > 0
+def test_the_eager_timing_process_has_the_default_wait_policy(
+    tiny_net: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv(PASSIVE_BY_EDGECOMP, "1")
+    with EagerTimers() as timers:
+        assert timers._pool is not None and timers._pool.submit(os.getenv, "OMP_WAIT_POLICY").result() is None
+        ms, post_ms = timers.timer(tiny_net, INPUT_SHAPE, threads=1).burst(warmup=1, runs=3)
+    assert len(ms) == 3 and post_ms is None and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -89,6 +89,7 @@ NUMBERS = [
     "baselines.max_epochs",
     "bench.warmup",
     "bench.runs",
+    "bench.rounds",
 ]
 STRINGS = ["name", "model.arch", "data.dataset", "data.root", "model.weights", "exports.0.target"]
 BOOLS = ["model.small_input", "stages.0.prune.global_pruning"]
@@ -131,6 +132,7 @@ OUT_OF_RANGE: dict[str, st.SearchStrategy] = {
     "baselines.max_epochs": ints(max_value=0),
     "bench.warmup": ints(max_value=-1),
     "bench.runs": ints(max_value=0),
+    "bench.rounds": ints(max_value=0),
     "bench.threads.0": ints(max_value=0),
 }
 # Text a reader would call one line: no control characters, surrogates or line/paragraph separators.
@@ -469,6 +471,7 @@ HUGE_VALUES = [
     ("data.image_size=1000000", "data.image_size"),
     ("data.batch_size=1000000000000", "data.batch_size"),
     ("bench.runs=1000000000000", "bench.runs"),
+    ("bench.rounds=1000000", "bench.rounds"),
 ]
 
 

@@ -241,10 +241,20 @@ def record_times(run_dir: Path) -> dict[str, int]:
 
 
 def test_rows_measured_on_another_device_or_runtime_version_are_measured_again(tmp_path, monkeypatch) -> None:
-    """A resumed run reuses trained stages anywhere, but not latencies: a row's record is keyed by the device
-    and the converter and runtime versions it was measured with."""
+    """A resumed run reuses trained stages anywhere, but not measurements: a row's record is keyed by the device
+    and the converter and runtime versions it was measured with. Latencies are never reused: every run times all
+    its rows together, recorded or not."""
     import compress.cache
+    import compress.deploy
 
+    timed: list[list[str]] = []
+    real = compress.deploy.time_rows
+
+    def spy(rows, *args, **kwargs):
+        timed.append([row["candidate"] for group in rows for row in group])
+        return real(rows, *args, **kwargs)
+
+    monkeypatch.setattr(compress.deploy, "time_rows", spy)
     overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     run_dir = tmp_path / "q"
@@ -252,8 +262,10 @@ def test_rows_measured_on_another_device_or_runtime_version_are_measured_again(t
     stages, records = stage_times(run_dir), record_times(run_dir)
     assert len(records) == 2  # dense and pruned-kd, PyTorch rows
 
-    Pipeline(recipe, run_dir).run()
-    assert record_times(run_dir) == records  # same machine: every row from its record
+    again = Pipeline(recipe, run_dir).run()
+    assert record_times(run_dir) == records  # same machine: every row's accuracy from its record
+    assert timed == [["dense", "pruned-kd"]] * 2  # and every row timed again, in one interleaving
+    assert all(row["latency_ms_p50"] > 0 for row in again["rows"])
 
     other = {"cpu": "Ampere Altra", "cores": 4, "machine": "aarch64"}
     monkeypatch.setattr(compress.cache, "device_info", lambda: other)

@@ -149,6 +149,24 @@ def test_a_session_reuses_its_copies_and_removes_its_folder(sshd, onnx_file: Pat
     assert (package / "targets" / "bench.py").stat().st_mtime_ns == unpacked
 
 
+def test_a_session_times_several_files_interleaved_there(sshd, onnx_file: Path, tmp_path: Path) -> None:
+    """One command on the host loads every file and thread count and times them in rounds; a file that is not
+    there fails alone, and a file no runtime there opens fails alone with the device's own message."""
+    other = tmp_path / "other.onnx"
+    targets.export("onnx", make_tiny_net(seed=1), torch.zeros(INPUT_SHAPE), other, ExportRequest("fp32"))
+    unknown = tmp_path / "model.unknown"
+    unknown.write_bytes(b"no target opens this")
+    paths = [onnx_file, tmp_path / "gone.onnx", other, unknown]
+    with RemoteSession(Remote(sshd[0], sys.executable, sshd[1])) as session:
+        results = session.bench_interleaved(paths, [1, 2], runs=4, warmup=1, rounds=2)
+    assert len(results) == 8
+    for result, threads in zip([*results[:2], *results[4:6]], [1, 2, 1, 2], strict=True):
+        assert not isinstance(result, EdgecompError) and (result.runs, result.threads) == (4, threads)
+    assert all(isinstance(r, EdgecompError) and "gone.onnx: no such file" in str(r) for r in results[2:4])
+    assert all(isinstance(r, EdgecompError) and str(r).startswith(f"{sshd[0]}: ") for r in results[6:])
+    assert "no target opens '.unknown'" in str(results[6])
+
+
 def _one_line_error(sshd, onnx_file: Path, *args: str, python: str = sys.executable) -> str:
     done = edgecomp("bench", str(onnx_file), "--runs", "2", *remote_args(sshd, python), *args)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
@@ -191,7 +209,7 @@ def test_a_recipe_with_bench_remote_writes_rows_timed_there(sshd, tmp_path: Path
     overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
     recipe = load_recipe(QUICKSTART, overrides)
     remote = {"remote": sshd[0], "remote_python": sys.executable, "remote_ssh_options": list(sshd[1])}
-    bench = BenchSpec(**{**recipe.bench.model_dump(), **remote})
+    bench = BenchSpec(**{**recipe.bench.model_dump(), **remote, "threads": [1, 2]})  # two jobs: timed interleaved
     exports = [ExportSpec(target="onnx", precision=["fp32"])]
     recipe = recipe.model_copy(update={"stages": [], "exports": exports, "bench": bench})  # the dense model alone
     run_dir = tmp_path / "q"
@@ -199,7 +217,7 @@ def test_a_recipe_with_bench_remote_writes_rows_timed_there(sshd, tmp_path: Path
 
     rows = Results.load(run_dir / "results.json").rows
     timed_there = [row for row in rows if row.target == "onnx"]
-    assert [row.candidate for row in timed_there] == ["dense"]
+    assert [(row.candidate, row.threads) for row in timed_there] == [("dense", 1), ("dense", 2)]
     runtime = f"onnxruntime {runtime_versions()['onnxruntime']}"
     expected = {"host": sshd[0], **device_info(), "runtimes": runtime_versions(), "runtime": runtime}
     assert all(row.device == expected and row.latency_ms_p50 > 0 for row in timed_there)

@@ -554,6 +554,27 @@ def test_combined_runs_get_a_run_column_and_compare_within_a_run(results: dict[s
     assert md.count("## Reproduce") == 1 and md.count("### quickstart @") == 2
 
 
+def test_the_header_names_the_machine_the_files_were_timed_on(results: dict[str, Any], tmp_path: Path) -> None:
+    """With bench.remote the files' rows carry the device that timed them: the header (and a combined report's
+    run label) names it, and says the accuracy and the PyTorch rows come from the machine the run ran on."""
+    pi = {
+        "host": "pi@rpi",
+        "cpu": "Cortex-A76",
+        "cores": 4,
+        "machine": "aarch64",
+        "runtimes": {"ai_edge_litert": "2.3.0"},
+    }
+    for row in results["rows"]:
+        if row["target"] != "pytorch":
+            row["device"] = {**pi, "runtime": "ai_edge_litert 2.3.0"}
+    md = write_report(results, tmp_path)["md"].read_text()
+    header = md.splitlines()[2]
+    assert "files timed on pi@rpi: Cortex-A76, 4 cores, aarch64 · runtimes: ai_edge_litert 2.3.0" in header
+    assert header.index("Cortex-A76") < header.index("accuracy and PyTorch rows here: AMD EPYC 7B13, 2 cores")
+    labels = [run.label for run in report.combine_runs([results, copy.deepcopy(results)]).runs or []]
+    assert labels == ["quickstart @ Cortex-A76, 4 cores #1", "quickstart @ Cortex-A76, 4 cores #2"]
+
+
 def test_same_recipe_same_machine_runs_are_numbered(results: dict[str, Any]) -> None:
     combined = report.combine_runs([results, copy.deepcopy(results)])
     assert [run.label for run in combined.runs] == [

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.results import Results, Run
+from compress.results import Results, Run, timing_device
 from targets.base import EdgecompError
 
 if TYPE_CHECKING:
@@ -55,10 +55,12 @@ def _provenance(run: Results) -> dict:
 
 
 def _run_labels(runs: list[Results]) -> list[str]:
-    """'quickstart @ AMD EPYC 7B13, 2 cores'; numbered where two runs would read the same."""
+    """'quickstart @ AMD EPYC 7B13, 2 cores' (the machine its files were timed on); numbered where two runs would
+    read the same."""
     labels = []
     for run in runs:
-        device = run.device
+        timed = timing_device(run.rows)
+        device = timed[1] if timed else run.device
         parts = (device.cpu, f"{device.cores} cores" if device.cores else "") if device else ()
         machine = ", ".join(part for part in parts if part)
         labels.append(f"{run.recipe or 'unnamed'} @ {machine or 'unknown device'}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from compress.report.fmt import NONE, count, fmt, ms, signed, spread
 from compress.report.recommend import Recommendation
-from compress.results import RESULTS_SCHEMA, Results, RunInfo
+from compress.results import RESULTS_SCHEMA, Device, Results, Row, RunInfo, timing_device
 
 METRIC_LABELS = {
     "top1": "top-1",
@@ -137,24 +137,37 @@ def runs(results: Results) -> list[tuple[str | None, RunInfo]]:
 
 
 def meta_lines(results: Results) -> list[str]:
-    return [f"{label}: {_meta_line(run)}" if label else _meta_line(run) for label, run in runs(results)]
+    lines = []
+    for label, run in runs(results):
+        rows = [row for row in results.rows if label is None or row.run == label]
+        lines.append(f"{label}: {_meta_line(run, rows)}" if label else _meta_line(run, rows))
+    return lines
 
 
-def _meta_line(run: RunInfo) -> str:
-    """'2026-11-22 · classification, top-1 · AMD EPYC, 2 cores, x86_64 · runtimes: openvino 2026.4.1'."""
-    device = run.device
+def _meta_line(run: RunInfo, rows: list[Row]) -> str:
+    """'2026-11-22 · classification, top-1 · AMD EPYC, 2 cores, x86_64 · runtimes: openvino 2026.4.1'; where the
+    files were timed on another machine (bench.remote), that machine first, then this one (accuracy, PyTorch)."""
+    there = timing_device(rows)
+    parts = [run.created[:10] if run.created else "", ", ".join(p for p in (run.task, metric_label(run)) if p)]
+    if there is not None:
+        host, device = there
+        parts += [f"files timed on {host}: {_machine(device)}", _runtimes(device)]
+        parts += [f"accuracy and PyTorch rows here: {_machine(run.device)}", _runtimes(run.device)]
+    else:
+        parts += [_machine(run.device), _runtimes(run.device)]
+    return " · ".join(p for p in parts if p)
+
+
+def _machine(device: Device | None) -> str:
     machine = [device.cpu] if device and device.cpu else []
     machine += [f"{device.cores} cores"] if device and device.cores else []
     architecture = device and (device.machine or device.arch)
-    machine += [architecture] if architecture else []
+    return ", ".join(machine + ([architecture] if architecture else []))
+
+
+def _runtimes(device: Device | None) -> str:
     runtimes = ", ".join(f"{name} {version}" for name, version in ((device and device.runtimes) or {}).items())
-    parts = [
-        run.created[:10] if run.created else "",
-        ", ".join(p for p in (run.task, metric_label(run)) if p),
-        ", ".join(machine),
-        f"runtimes: {runtimes}" if runtimes else "",
-    ]
-    return " · ".join(p for p in parts if p)
+    return f"runtimes: {runtimes}" if runtimes else ""
 
 
 def pick_lines(picks: list[Recommendation]) -> list[str]:
