@@ -356,18 +356,15 @@ def test_seeds_train_measure_and_report_every_candidate_once_per_seed(tmp_path, 
     """`train.seeds: [0, 1]`: dense, pruned+KD, Scratch-E and Scratch-B each trained once per seed, in stages of
     their own; every seed's model exported and measured (rows carry the seed); the report shows each candidate's
     mean ± sd over the two. The first seed's stages are a one-seed run's: the recipe with `seed: 0` then reuses
-    every stage and row. Fast parts stand in for slow ones the other tests cover: PyTorch eager timed in this process
-    (not a spawned one per row), the toy TorchScript target (tests/toy_target.py) for a converter."""
+    every stage and row. The toy TorchScript target (tests/toy_target.py) stands in for a converter, which the other
+    tests cover."""
     import statistics
 
     import torch
 
-    import compress.rows
-    from compress.eager import _benchmark_here
     from compress.schema import ExportSpec
     from targets import TargetSpec
 
-    monkeypatch.setattr(compress.rows, "benchmark_eager", _benchmark_here)
     monkeypatch.setitem(targets.TARGETS, "toy", TargetSpec("toy", "toy_target", ".toyjit", ("fp32",)))
     overrides = [*REDUCED, "data.image_size=8", "data.train_subset=400", "train.epochs=1", "baselines.max_epochs=1"]
     toy = {"exports": [ExportSpec(target="toy", precision=["fp32"])]}
