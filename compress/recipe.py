@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from compress.data import DATASETS
 from compress.models import MODELS, parse_arch
 from compress.prune import IMPORTANCE
-from compress.schema import Recipe
+from compress.schema import UNION_TAGS, Recipe
 from compress.shipped import shipped_recipes
 from compress.tasks import TASKS
 from targets import TARGETS
@@ -29,9 +29,12 @@ from targets.base import EdgecompError, did_you_mean
 
 def _path(loc: tuple, data: Any, missing_ok: bool) -> str:
     """The error's location as keys and indices that exist in the user's data (pydantic adds the
-    names of union branches, e.g. 'list[constrained-float]', which mean nothing to a user)."""
+    names of union branches, e.g. 'list[constrained-float]', which mean nothing to a user; a tagged union's
+    tag, as 'alternatives' in stages.0.prune.alternatives.1.macs, is skipped: the path goes on after it)."""
     parts, node = [], data
     for part in loc:
+        if part in UNION_TAGS and not (isinstance(node, dict) and part in node):
+            continue
         if isinstance(node, dict):
             if part not in node:
                 parts += [part] if missing_ok else []  # a missing required key is named; a union label is not
@@ -75,7 +78,9 @@ def apply_override(data: dict, assignment: str) -> None:
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise EdgecompError(f"--set {key}: {'.'.join(parts[:i])} has no item {part!r}")
+                where = ".".join(parts[:i])
+                hint = "" if part.isdigit() else f" (a list: name an item by its index, e.g. {where}.0.{part})"
+                raise EdgecompError(f"--set {key}: {where} has no item {part!r}{hint}")
             index: Any = int(part)
         elif isinstance(node, dict):
             index = part
@@ -108,9 +113,11 @@ def _check_names(recipe: Recipe, source: str) -> None:
         ("task", lambda: TASKS.get(recipe.task)),
     ]
     for i, stage in enumerate(recipe.stages):
-        if stage.prune is not None:
-            names = stage.prune.importance if isinstance(stage.prune.importance, list) else [stage.prune.importance]
-            checks += [(f"stages.{i}.prune.importance", lambda n=name: IMPORTANCE.get(n)) for name in names]
+        alternatives = stage.prune if isinstance(stage.prune, list) else [stage.prune] if stage.prune else []
+        for j, spec in enumerate(alternatives):
+            where = f"stages.{i}.prune" + (f".{j}" if isinstance(stage.prune, list) else "") + ".importance"
+            names = spec.importance if isinstance(spec.importance, list) else [spec.importance]
+            checks += [(where, lambda n=name: IMPORTANCE.get(n)) for name in names]
     for where, check in checks:
         try:
             check()

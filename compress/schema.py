@@ -17,7 +17,16 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from targets import TARGETS
 from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
@@ -281,7 +290,7 @@ SWEEPABLE = {
 
 
 def _tag(name: str, value: Any) -> str:
-    """A swept value in a candidate's name: 'l2', 'macs0.5', 'on-tflite'."""
+    """A swept value in a candidate's name: 'l2', 'macs0.5', 'measured_on-tflite'."""
     if name == "importance":
         return str(value)
     return f"{name}-{value}" if isinstance(value, str) else f"{name}{value:g}"
@@ -306,10 +315,50 @@ def expand(spec: Spec | None) -> list[tuple[str, Spec | None]]:
     ]
 
 
-class StageSpec(Spec):
-    """One stage: a mapping with exactly one key naming its kind."""
+def _alternative_tag(alternative: PruneSpec, spec: PruneSpec) -> str:
+    """The tag of one candidate of a prune alternative (`spec`, one combination of `alternative`'s swept values):
+    its criterion when that is swept, then its target kind and value, and the target that measures a latency:
+    'macs0.5', 'latency0.5-on-tflite', 'taylor-ratio0.3'. Named so even with nothing swept, so that it says
+    which alternative made it."""
+    kind, value = spec.target
+    swept = [spec.importance] if isinstance(alternative.importance, list) else []
+    on = [f"on-{spec.measured_on}"] if kind == "latency" else []
+    return "-".join([*swept, f"{kind}{value:g}", *on])
 
-    prune: PruneSpec | None = None
+
+def expand_prune(prune: PruneSpec | list[PruneSpec]) -> list[tuple[str, PruneSpec]]:
+    """One (tag, scalar spec) per pruned architecture a prune stage asks for: a mapping's as `expand` names them
+    (so a recipe without alternatives keeps its stage names and keys); a list's, every alternative expanded,
+    each candidate named by its target (`_alternative_tag`).
+
+    >>> [tag for tag, _ in expand_prune([PruneSpec(latency=0.5, measured_on=["tflite", "onnx"]), PruneSpec(macs=0.5)])]
+    ['latency0.5-on-tflite', 'latency0.5-on-onnx', 'macs0.5']
+    """
+    if isinstance(prune, PruneSpec):
+        return expand(prune)
+    return [(_alternative_tag(alternative, spec), spec) for alternative in prune for _, spec in expand(alternative)]
+
+
+UNION_TAGS = ("one", "alternatives")  # the tags of the tagged union below, in an error's location
+
+
+def _one_or_alternatives(value: Any) -> str:
+    return UNION_TAGS[isinstance(value, list)]
+
+
+# `prune: {...}` or `prune: [{...}, {...}]`. Tagged, so that an error is reported for the form the user wrote
+# (an untagged union reports it once per form); the tag is dropped from the error's path (`compress.recipe`).
+PruneStage = Annotated[
+    Annotated[PruneSpec, Tag(UNION_TAGS[0])] | Annotated[list[PruneSpec], Tag(UNION_TAGS[1]), Field(min_length=1)],
+    Discriminator(_one_or_alternatives),
+]
+
+
+class StageSpec(Spec):
+    """One stage: a mapping with exactly one key naming its kind. `prune` may be a list of alternatives, each
+    expanded as a mapping is (e.g. a latency target next to a MACs one, to compare them in one run)."""
+
+    prune: PruneStage | None = None
     finetune: FinetuneSpec | None = None
     qat: QATSpec | None = None
 
@@ -318,6 +367,14 @@ class StageSpec(Spec):
         kinds = [name for name in type(self).model_fields if getattr(self, name) is not None]
         if len(kinds) != 1:
             raise ValueError(f"a stage names exactly one of {', '.join(type(self).model_fields)}")
+        tags = [tag for tag, _ in expand_prune(self.prune)] if isinstance(self.prune, list) else []
+        repeated = list(dict.fromkeys(tag for tag in tags if tags.count(tag) > 1))
+        if repeated:
+            raise ValueError(
+                f"prune: more than one candidate would be named {repeated[0]!r} (a candidate of alternatives is named "
+                "by its target): give each alternative its own target, or sweep what differs in one of them, e.g. "
+                "importance: [l2, taylor]"
+            )
         return self
 
     @property
@@ -478,7 +535,8 @@ class Recipe(Spec):
         return self
 
     @property
-    def prune(self) -> PruneSpec | None:
+    def prune(self) -> PruneSpec | list[PruneSpec] | None:
+        """The prune stage's spec, or its list of alternatives; `branches` expands either."""
         return next((stage.prune for stage in self.stages if stage.prune is not None), None)
 
     @property
@@ -498,12 +556,12 @@ class Recipe(Spec):
         return [e.target for e in self.exports if "int8" in e.precision and TARGETS[e.target].qat]
 
     def branches(self) -> list[Branch]:
-        """The pruned candidates this recipe asks for: one per combination of swept values."""
+        """The pruned candidates this recipe asks for: one per combination of swept values (of each alternative)."""
         if self.prune is None:
             return []
         return [
             Branch(prune_tag, prune, "-".join(tag for tag in (prune_tag, finetune_tag) if tag), finetune)
-            for prune_tag, prune in expand(self.prune)
+            for prune_tag, prune in expand_prune(self.prune)
             for finetune_tag, finetune in expand(self.finetune)
         ]
 
@@ -512,7 +570,7 @@ class Recipe(Spec):
 class Branch:
     """One pruned candidate's path: a scalar prune spec (shared by the scratch baselines) and fine-tune spec."""
 
-    prune_tag: str  # names the pruned architecture: '' without a sweep, e.g. 'l2-macs0.5' with one
+    prune_tag: str  # names the pruned architecture: '' without a sweep or alternatives, e.g. 'l2-macs0.5'
     prune: PruneSpec
     tag: str  # names the candidate: prune_tag plus any swept fine-tune values
     finetune: FinetuneSpec | None

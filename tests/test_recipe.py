@@ -143,3 +143,68 @@ def test_a_recipes_seed_is_dropped_on_the_command_line_for_seeds(tmp_path: Path)
     with pytest.raises(EdgecompError, match=r"--set train\.seed=null drops the recipe's seed"):
         load_recipe(path, ["train.seeds=[0, 1]"])
     assert load_recipe(path, ["train.seed=null", "train.seeds=[0, 1]"]).train.seed_list == [0, 1]
+
+
+# ---- prune alternatives: a latency target next to a MACs one, in one recipe (issue #19) ----------------------
+
+LATENCY_AND_MACS = [
+    {"latency": 0.5, "measured_on": ["tflite", "openvino"], "round_to": 8},
+    {"macs": 0.5, "round_to": 8},
+]
+
+
+def test_prune_alternatives_each_expand_and_name_their_candidates_by_target() -> None:
+    recipe = parse_recipe({**minimal(), "stages": [{"prune": LATENCY_AND_MACS}, {"finetune": {"epochs": [1, 2]}}]})
+    branches = recipe.branches()
+    assert list(dict.fromkeys(b.prune_tag for b in branches)) == [
+        "latency0.5-on-tflite", "latency0.5-on-openvino", "macs0.5",
+    ]  # fmt: skip
+    assert [b.tag for b in branches][-2:] == ["macs0.5-epochs1", "macs0.5-epochs2"]
+    latency = branches[0].prune
+    assert (latency.latency, latency.measured_on, latency.round_to) == (0.5, "tflite", 8)
+    swept = parse_recipe({**minimal(), "stages": [{"prune": [{"ratio": 0.3, "importance": ["l2", "taylor"]}, {}]}]})
+    assert [b.prune_tag for b in swept.branches()] == ["l2-ratio0.3", "taylor-ratio0.3", "ratio0.5"]
+
+
+def test_one_prune_mapping_keeps_its_tags_and_its_stage_keys() -> None:
+    """A recipe without alternatives names (and keys) its stages as before: a run resumes from them."""
+    one = parse_recipe({**minimal(), "stages": [{"prune": LATENCY_AND_MACS[0]}]})
+    assert [b.prune_tag for b in one.branches()] == ["measured_on-tflite", "measured_on-openvino"]
+    assert parse_recipe({**minimal(), "stages": [{"prune": {"macs": 0.5}}]}).branches()[0].prune_tag == ""
+    alternatives = parse_recipe({**minimal(), "stages": [{"prune": LATENCY_AND_MACS}]})
+    assert one.branches()[0].prune == alternatives.branches()[0].prune  # the same scalar spec: the same key
+    assert parse_recipe(yaml.safe_load(yaml.safe_dump(alternatives.model_dump(mode="json")))) == alternatives
+
+
+@pytest.mark.parametrize(
+    ("prune", "message"),
+    [
+        (
+            [{"macs": 0.5}, {"macs": 0.5, "importance": "taylor"}],
+            "recipe: stages.0: prune: more than one candidate would be named 'macs0.5'",
+        ),
+        ([{"macs": 0.5}, {"macs": [0.3, 1.5]}], "recipe: stages.0.prune.1.macs"),
+        ([{"macs": 0.5}, {"macs": 0.3, "bogus": 1}], "recipe: stages.0.prune.1.bogus: unknown key"),
+        ([{"importance": "l9"}], "recipe: stages.0.prune.0.importance: unknown importance criterion 'l9'"),
+        ([{"latency": 0.5}], "recipe: stages.0.prune.0: a latency target names the target that measures it"),
+        ([{"macs": 0.5}, 3], "recipe: stages.0.prune.1: Input should be a valid dictionary"),
+        ([], "recipe: stages.0.prune: List should have at least 1 item"),
+    ],
+)
+def test_bad_prune_alternatives_are_one_clear_line(prune: list, message: str) -> None:
+    with pytest.raises(EdgecompError) as caught:
+        parse_recipe({**minimal(), "stages": [{"prune": prune}]})
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_overrides_reach_into_prune_alternatives(tmp_path: Path) -> None:
+    path = write(tmp_path, {**minimal(), "stages": [{"prune": LATENCY_AND_MACS}]})
+    assert load_recipe(path, ["stages.0.prune.1.macs=0.4"]).branches()[-1].prune_tag == "macs0.4"
+    hint = r"stages\.0\.prune has no item 'macs' \(a list: .* e\.g\. stages\.0\.prune\.0\.macs\)"
+    with pytest.raises(EdgecompError, match=hint):
+        load_recipe(path, ["stages.0.prune.macs=0.4"])
+
+
+def test_the_latency_quickstart_compares_latency_targets_with_a_macs_one() -> None:
+    tags = [b.prune_tag for b in load_recipe("latency-quickstart").branches()]
+    assert tags == ["latency0.5-on-tflite", "latency0.5-on-openvino", "macs0.5"]
