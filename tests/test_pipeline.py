@@ -313,9 +313,10 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
 
 
 def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypatch) -> None:
-    """The plumbing of `prune: {latency: 0.5, on: onnx}` with the measurement replaced by a latency the test
-    controls (linear in MACs): the stage keeps the search, its key holds the machine, the lineage says what was
-    asked and reached. compress.prune's tests check the search; `make bench` measures real runtimes."""
+    """The plumbing of `prune: [{latency: 0.5, measured_on: onnx}, {macs: 0.5}]` with the measurement replaced by a
+    latency the test controls (linear in MACs): the stage keeps the search, its key holds the machine, the lineage
+    says what was asked and reached, and the MACs-targeted alternative is a candidate beside it, each named by its
+    target. compress.prune's tests check the search; `make bench` measures real runtimes."""
     import torch
 
     from compress.candidates import CandidateBuilder
@@ -337,19 +338,26 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     recipe = recipe.model_copy(
         update={
-            "stages": [StageSpec(prune=PruneSpec(importance="l2", latency=0.5, measured_on="onnx")), recipe.stages[1]]
+            "stages": [
+                StageSpec(prune=[PruneSpec(latency=0.5, measured_on="onnx"), PruneSpec(macs=0.5)]),
+                recipe.stages[1],
+            ]
         }
     )
     results = Pipeline(recipe, tmp_path / "q", console=Console(quiet=True)).run()
-    stage = json.loads((tmp_path / "q" / "prune" / "stage.json").read_text())
+    stage = json.loads((tmp_path / "q" / "prune-latency0.5-on-onnx" / "stage.json").read_text())
     found = stage["metrics"]["latency"]
     assert found["reached_ms"] <= found["asked_ms"] == pytest.approx(0.55) and len(found["probes"]) == 6
     assert stage["inputs"]["measured_with"]["device"] and stage["metrics"]["macs_fraction"] <= 0.45 + 1e-6
     assert stage["metrics"]["macs_fraction"] == pytest.approx(found["macs"], abs=1e-4)  # the probe's ratio again
-    kd = next(row for row in results["rows"] if row["kind"] == "kd")
+    kd = {row["candidate"]: row for row in results["rows"] if row["kind"] == "kd"}
+    assert sorted(kd) == ["pruned-kd-latency0.5-on-onnx", "pruned-kd-macs0.5"] and not results["failed"]
     assert any(
-        step.startswith("prune(l2, latency=0.5 on onnx: asked 0.550 ms of dense 1.100") for step in kd["lineage"]
+        step.startswith("prune(l2, latency=0.5 on onnx: asked 0.550 ms of dense 1.100")
+        for step in kd["pruned-kd-latency0.5-on-onnx"]["lineage"]
     )
+    assert "prune(l2, macs=0.5, 1 step)" in kd["pruned-kd-macs0.5"]["lineage"]
+    assert 0.4 < kd["pruned-kd-macs0.5"]["macs"] / results["rows"][0]["macs"] <= 0.5
 
 
 def test_seeds_train_measure_and_report_every_candidate_once_per_seed(tmp_path, monkeypatch) -> None:
