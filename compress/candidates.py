@@ -5,12 +5,15 @@ Value of Network Pruning" (ICLR 2019). Each is a cached stage (`compress.cache.S
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 import targets
@@ -23,12 +26,14 @@ from compress.data.augment import resolve as resolve_augmentation
 from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
-from compress.prune import prune, search_latency
+from compress.prune import ProbeTiming, prune, search_latency
 from compress.run_context import RunContext
-from compress.schema import Branch, DistillSpec, PruneSpec, Spec
+from compress.schema import BenchSpec, Branch, DistillSpec, PruneSpec, Spec
+from compress.timing import TimingJob, take
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
 from targets.base import EdgecompError, ExportRequest
-from targets.bench import benchmark
+
+FP32 = ExportRequest("fp32")
 
 
 @dataclass
@@ -144,7 +149,8 @@ class Training:
 
 
 def _prune_step(spec: PruneSpec, metrics: dict) -> str:
-    """The lineage entry: 'prune(l2, macs=0.5, 1 step)', or for a latency target what it asked and reached."""
+    """The lineage entry: 'prune(l2, macs=0.5, 1 step)', or for a latency target what it reached, and the p50s of
+    the one timing (probe and dense model interleaved) that reached it."""
     kind, value = spec.target
     steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
     if spec.finetune_epochs_per_step:
@@ -153,10 +159,39 @@ def _prune_step(spec: PruneSpec, metrics: dict) -> str:
         return f"prune({spec.importance}, {kind}={value:g}, {steps})"
     found = metrics["latency"]
     return (
-        f"prune({spec.importance}, latency={value:g} on {spec.measured_on}: asked {found['asked_ms']:.3f} ms of dense "
-        f"{found['dense_ms']:.3f}, reached {found['reached_ms']:.3f} ms with ratio {found['ratio']:.3f}, "
-        f"{found['macs']:.3f} of the dense MACs, {steps})"
+        f"prune({spec.importance}, latency={value:g} on {spec.measured_on}: reached {found['reached']:.3f} of the "
+        f"dense p50 ({found['reached_ms']:.3f} ms vs dense {found['dense_ms']:.3f} ms, timed together) with ratio "
+        f"{found['ratio']:.3f}, {found['macs']:.3f} of the dense MACs, {steps})"
     )
+
+
+@contextmanager
+def timed_against(
+    reference: nn.Module, target: str, example: torch.Tensor, bench: BenchSpec, log: Callable[[str], None]
+) -> Iterator[Callable[[nn.Module], ProbeTiming]]:
+    """A function that exports a model's fp32 file for `target` and times it interleaved with `reference`'s file
+    (exported once, on entry), in one `compress.timing.take` with the recipe's bench settings (its rounds too)
+    and first thread count: a latency target's probe and the dense model, timed in the same rounds, so that a
+    machine whose speed drifts during a search slows both alike and their ratio holds. The files live until exit."""
+    threads, suffix = bench.threads[0], targets.TARGETS[target].suffix
+    with tempfile.TemporaryDirectory() as folder:
+        files = (Path(folder) / f"probe{index}{suffix}" for index in itertools.count())
+        dense = targets.export(target, reference.eval(), example, Path(folder) / f"dense{suffix}", FP32)
+
+        def timed(model: nn.Module) -> ProbeTiming:
+            probe = targets.export(target, model.eval(), example, next(files), FP32)
+            results = take([TimingJob(probe, threads), TimingJob(dense, threads)], bench, tuple(example.shape))
+            for result in results:
+                if isinstance(result, EdgecompError):
+                    raise result
+            timing = ProbeTiming(results[0].latency_ms_p50, results[1].latency_ms_p50)
+            log(
+                f"latency probe on {target}: {timing.fraction:.3f} of the dense p50 "
+                f"({timing.probe_ms:.3f} ms vs {timing.dense_ms:.3f} ms, timed together)"
+            )
+            return timing
+
+        yield timed
 
 
 def _check_head_trained(fresh: list[str], weights: str, epochs: int, num_classes: int) -> None:
@@ -256,10 +291,10 @@ class CandidateBuilder:
             loss = context.task.loss(model, 0.0)
             searched, target = None, spec
             if kind == "latency":  # measured on the target first: the MACs fraction that runs that fast
-                searched = search_latency(
-                    model, context.example, spec, self._latency_of(spec.measured_on), self._gradient_batches, loss
-                )
-                target = spec.model_copy(update={"latency": None, "measured_on": None, "ratio": searched.ratio})
+                bench, log = context.recipe.bench, context.console.log
+                with timed_against(model, spec.measured_on, context.example, bench, log) as timed:
+                    searched = search_latency(model, context.example, spec, timed, self._gradient_batches, loss)
+                target = spec.model_copy(update={"latency": None, "measured_on": None, "ratio": searched.found.ratio})
                 seed_everything(context.recipe.train.seed)
             prune(model, context.example, target, self._gradient_batches, loss, self._between_steps(spec))
             macs, params = count(model, context.example)
@@ -270,24 +305,10 @@ class CandidateBuilder:
 
         name = self._stage_name("prune", branch.prune_tag)
         inputs = {"parent": dense.key, "prune": dump(spec)}
-        if kind == "latency":  # what the pruned architecture is depends on the machine that timed it
-            bench = context.recipe.bench.model_dump(mode="json", exclude={"rounds"})  # how rows are timed, not probes
-            inputs |= {"bench": bench, "measured_with": measurement_context()}
+        if kind == "latency":  # what the pruned architecture is depends on the machine and settings that timed it
+            inputs |= {"bench": context.recipe.bench.model_dump(mode="json"), "measured_with": measurement_context()}
         _, metrics, key = self.stages.stage(name, inputs, build)
         return Pruned(key, _prune_step(spec, metrics), metrics["macs"], self.stages.checkpoint(name), metrics["arch"])
-
-    def _latency_of(self, target: str) -> Callable[[nn.Module], float]:
-        """p50 ms of a model's fp32 file on `target`, with the recipe's first thread count and bench settings."""
-        bench, example = self.context.recipe.bench, self.context.example
-
-        def latency_of(model: nn.Module) -> float:
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / f"probe{targets.TARGETS[target].suffix}"
-                targets.export(target, model.eval(), example, path, ExportRequest("fp32"))
-                runner = targets.load_runner(path, threads=bench.threads[0])
-                return benchmark(runner, warmup=bench.warmup, runs=bench.runs).latency_ms_p50
-
-        return latency_of
 
     def _warn_below_target(self, spec: PruneSpec, reached: float | None) -> None:
         """A target is a budget: pruning stops at or below it. Coarse channel steps can stop well below."""

@@ -136,25 +136,51 @@ def prune(
 
 
 @dataclass(frozen=True)
-class LatencySearch:
-    """What a latency target resolved to: the smallest channel ratio (of those tried) whose pruned model's
-    measured p50 on the target is within the latency asked."""
+class ProbeTiming:
+    """A pruned probe's p50 and the dense model's, taken in one interleaved timing (`compress.candidates.
+    timed_against`): their ratio is what a latency target is checked against. The dense model timed once, minutes
+    before a probe, would put whatever the machine's speed did in between (load, drift) into the ratio."""
 
-    asked_ms: float
+    probe_ms: float
     dense_ms: float
+
+    @property
+    def fraction(self) -> float:
+        """The probe's p50 as a fraction of the dense model's."""
+        return self.probe_ms / self.dense_ms
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One step of a latency search: a channel ratio tried, and how its pruned model measured."""
+
     ratio: float  # of channels removed per layer, as a `ratio` target prunes
     macs: float  # the fraction of the dense MACs that ratio left
-    reached_ms: float
-    probes: list[tuple[float, float, float]]  # (ratio tried, its MACs fraction, its p50 ms)
+    timing: ProbeTiming
+
+    def as_list(self) -> list[float]:
+        return [round(v, 4) for v in (self.ratio, self.macs, self.timing.probe_ms, self.timing.dense_ms)]
+
+
+@dataclass(frozen=True)
+class LatencySearch:
+    """What a latency target resolved to: the smallest channel ratio (of those tried) whose pruned model's
+    measured p50 on the target, over the dense model's in the same timing, is within the fraction asked."""
+
+    asked: float  # the fraction of the dense p50 asked
+    found: Probe  # the probe whose ratio the stage prunes to
+    probes: list[Probe]
 
     def as_dict(self) -> dict:
+        found = self.found
         return {
-            "asked_ms": round(self.asked_ms, 4),
-            "dense_ms": round(self.dense_ms, 4),
-            "ratio": round(self.ratio, 4),
-            "macs": round(self.macs, 4),
-            "reached_ms": round(self.reached_ms, 4),
-            "probes": [[round(value, 4) for value in probe] for probe in self.probes],
+            "asked": self.asked,
+            "ratio": round(found.ratio, 4),
+            "macs": round(found.macs, 4),
+            "reached": round(found.timing.fraction, 4),
+            "reached_ms": round(found.timing.probe_ms, 4),
+            "dense_ms": round(found.timing.dense_ms, 4),  # in the same timing as reached_ms
+            "probes": [probe.as_list() for probe in self.probes],  # ratio, MACs fraction, p50 ms, dense p50 ms
         }
 
 
@@ -162,35 +188,35 @@ def search_latency(
     model: nn.Module,
     example: torch.Tensor,
     spec: PruneSpec,
-    latency_of: Callable[[nn.Module], float],
+    timed_against_dense: Callable[[nn.Module], ProbeTiming],
     gradient_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     loss: Callable | None = None,
     probes: int = LATENCY_PROBES,
 ) -> LatencySearch:
-    """The channel ratio that meets `spec.latency` (a fraction of the dense model's p50, `latency_of` measuring
-    a model in the target's runtime), by bisection: each probe prunes a copy of `model` by a ratio with the
-    spec's criterion in one step and times its exported file. Latency is not proportional to MACs
+    """The channel ratio that meets `spec.latency` (a fraction of the dense model's p50), by bisection: each probe
+    prunes a copy of `model` by a ratio with the spec's criterion in one step, and `timed_against_dense` times it
+    in the target's runtime together with `model` (`ProbeTiming`). Latency is not proportional to MACs
     (memory-bound depthwise layers, runtime kernels that prefer some channel counts), so it is measured, not
     predicted. `model` is left as it is."""
-    dense_ms, dense_macs = latency_of(model), count(model, example)[0]
-    asked = spec.latency * dense_ms
+    dense_macs = count(model, example)[0]
     low, high, best, tried = 0.0, MAX_RATIO, None, []
     for _ in range(probes):
         ratio = (low + high) / 2
         copy = prune(deepcopy(model), example, _as_ratio(spec, ratio), gradient_batches, loss)
-        ms = latency_of(copy)
-        tried.append((ratio, count(copy, example)[0] / dense_macs, ms))
-        if ms <= asked:
-            best = tried[-1] if best is None or ratio < best[0] else best
+        tried.append(Probe(ratio, count(copy, example)[0] / dense_macs, timed_against_dense(copy)))
+        if tried[-1].timing.fraction <= spec.latency:
+            best = tried[-1] if best is None or ratio < best.ratio else best
             high = ratio
         else:
             low = ratio
     if best is None:
+        fastest = min(tried, key=lambda probe: probe.timing.fraction).timing
         raise EdgecompError(
-            f"prune.latency={spec.latency:g} on {spec.measured_on}: {asked:.3f} ms asked (dense {dense_ms:.3f} ms), "
-            f"but the fastest pruned model tried ran at {min(ms for *_, ms in tried):.3f} ms; ask for a larger fraction"
+            f"prune.latency={spec.latency:g} on {spec.measured_on}: the fastest pruned model tried ran at "
+            f"{fastest.fraction:.3f} of the dense p50 ({fastest.probe_ms:.3f} ms vs {fastest.dense_ms:.3f} ms, "
+            "timed together); ask for a larger fraction"
         )
-    return LatencySearch(asked, dense_ms, best[0], best[1], best[2], tried)
+    return LatencySearch(spec.latency, best, tried)
 
 
 def _as_ratio(spec: PruneSpec, ratio: float) -> PruneSpec:

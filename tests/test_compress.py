@@ -236,25 +236,32 @@ def _v2() -> nn.Module:
 
 
 def test_a_latency_target_is_the_largest_macs_fraction_measured_to_run_fast_enough() -> None:
-    """Bisection on the channel ratio with a latency the test controls (0.2 ms fixed + 1 ms x MACs fraction):
-    0.6 of the dense 1.2 ms needs at most 0.52 of the MACs; six probes land just under it."""
-    from compress.prune import search_latency
+    """Bisection on the channel ratio with a latency the test controls (0.2 ms fixed + 1 ms x MACs fraction, dense
+    1.2 ms), each probe timed together with the dense model on a machine that slows down 30% from one timing to
+    the next: 0.6 of the dense p50 needs at most 0.52 of the MACs whatever the drift, since each probe's fraction
+    comes from its own timing; six probes land just under it."""
+    from compress.prune import ProbeTiming, search_latency
 
     model = _v2()
     dense_macs = count(model, EXAMPLE[:1])[0]
+    timings: list[ProbeTiming] = []
 
-    def latency_of(candidate: nn.Module) -> float:
-        return 0.2 + count(candidate, EXAMPLE[:1])[0] / dense_macs
+    def timed_against_dense(candidate: nn.Module) -> ProbeTiming:
+        slower = 1.3 ** len(timings)
+        timings.append(ProbeTiming((0.2 + count(candidate, EXAMPLE[:1])[0] / dense_macs) * slower, 1.2 * slower))
+        return timings[-1]
 
-    found = search_latency(model, EXAMPLE[:1], PruneSpec(importance="l2", latency=0.6, measured_on="onnx"), latency_of)
-    assert found.dense_ms == pytest.approx(1.2) and found.asked_ms == pytest.approx(0.72)
-    assert found.reached_ms <= found.asked_ms and 0.45 <= found.macs <= 0.52
-    assert found.macs == pytest.approx(found.reached_ms - 0.2)
+    spec = PruneSpec(importance="l2", latency=0.6, measured_on="onnx")
+    found = search_latency(model, EXAMPLE[:1], spec, timed_against_dense)
+    assert found.asked == 0.6 and found.found.timing.fraction <= 0.6 and 0.45 <= found.found.macs <= 0.52
+    assert found.found.macs == pytest.approx(found.found.timing.fraction * 1.2 - 0.2)
+    assert found.as_dict()["dense_ms"] == round(found.found.timing.dense_ms, 4) != 1.2  # its own timing's
     assert len(found.probes) == 6 and count(model, EXAMPLE[:1])[0] == dense_macs  # the model is left whole
+    assert [probe.timing for probe in found.probes] == timings
     # the smallest ratio that met the target: every smaller ratio tried missed it
-    assert all(ms > found.asked_ms for ratio, _, ms in found.probes if ratio < found.ratio)
-    with pytest.raises(EdgecompError, match=r"latency=0\.6 on onnx: .* ask for a larger fraction"):
-        search_latency(model, EXAMPLE[:1], PruneSpec(latency=0.6, measured_on="onnx"), lambda candidate: 1.0)
+    assert all(probe.timing.fraction > 0.6 for probe in found.probes if probe.ratio < found.found.ratio)
+    with pytest.raises(EdgecompError, match=r"latency=0\.6 on onnx: .* ran at 1\.000 of the dense p50 .* larger"):
+        search_latency(model, EXAMPLE[:1], spec, lambda candidate: ProbeTiming(1.0, 1.0))
 
 
 def test_a_latency_target_names_the_target_that_measures_it() -> None:

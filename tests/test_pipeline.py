@@ -317,23 +317,20 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     latency the test controls (linear in MACs): the stage keeps the search, its key holds the machine, the lineage
     says what was asked and reached, and the MACs-targeted alternative is a candidate beside it, each named by its
     target. compress.prune's tests check the search; `make bench` measures real runtimes."""
-    import torch
+    from contextlib import contextmanager
 
-    from compress.candidates import CandidateBuilder
+    import compress.candidates
     from compress.measure import count
+    from compress.prune import ProbeTiming
 
-    def latency_of(self, target):
-        assert target == "onnx"
-        dense: list[int] = []  # the search measures the dense model first
+    @contextmanager
+    def timed_against(reference, target, example, bench, log):
+        assert target == "onnx" and bench.runs == 2
+        dense = count(reference, example)[0]  # each probe is timed with the dense model: 1.1 ms
 
-        def measure(model):
-            macs = count(model, torch.zeros(1, 3, 8, 8))[0]
-            dense[:] = dense or [macs]
-            return 0.1 + macs / dense[0]
+        yield lambda model: ProbeTiming(0.1 + count(model, example)[0] / dense, 1.1)
 
-        return measure
-
-    monkeypatch.setattr(CandidateBuilder, "_latency_of", latency_of)
+    monkeypatch.setattr(compress.candidates, "timed_against", timed_against)
     overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     recipe = recipe.model_copy(
@@ -347,13 +344,14 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     results = Pipeline(recipe, tmp_path / "q", console=Console(quiet=True)).run()
     stage = json.loads((tmp_path / "q" / "prune-latency0.5-on-onnx" / "stage.json").read_text())
     found = stage["metrics"]["latency"]
-    assert found["reached_ms"] <= found["asked_ms"] == pytest.approx(0.55) and len(found["probes"]) == 6
+    assert found["reached"] <= found["asked"] == 0.5 and len(found["probes"]) == 6 and found["dense_ms"] == 1.1
     assert stage["inputs"]["measured_with"]["device"] and stage["metrics"]["macs_fraction"] <= 0.45 + 1e-6
+    assert stage["inputs"]["bench"]["rounds"] == 100  # the probes are timed in rounds too
     assert stage["metrics"]["macs_fraction"] == pytest.approx(found["macs"], abs=1e-4)  # the probe's ratio again
     kd = {row["candidate"]: row for row in results["rows"] if row["kind"] == "kd"}
     assert sorted(kd) == ["pruned-kd-latency0.5-on-onnx", "pruned-kd-macs0.5"] and not results["failed"]
     assert any(
-        step.startswith("prune(l2, latency=0.5 on onnx: asked 0.550 ms of dense 1.100")
+        step.startswith("prune(l2, latency=0.5 on onnx: reached 0.4") and "ms vs dense 1.100 ms, timed together" in step
         for step in kd["pruned-kd-latency0.5-on-onnx"]["lineage"]
     )
     assert "prune(l2, macs=0.5, 1 step)" in kd["pruned-kd-macs0.5"]["lineage"]

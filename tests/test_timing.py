@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import INPUT_SHAPE
+from conftest import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import compress.timing
@@ -160,3 +160,35 @@ def test_with_latency_keeps_the_row_order_and_replaces_what_an_earlier_timing_se
 
 def _row(threads: int) -> dict:
     return {"candidate": "c", "latency_ms_p50": None, "latency_ms_p90": None, "threads": threads, "runtime": "r"}
+
+
+def test_a_latency_probe_is_timed_interleaved_with_the_dense_file_exported_once(
+    tiny_net: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A latency target's probes (`compress.candidates.timed_against`): the dense model's file is exported once, and
+    each probe's file is timed with it in one `take`, so the fraction is of two p50s of the same timing."""
+    import torch
+
+    import compress.candidates
+    import targets
+    from targets import TargetSpec
+
+    monkeypatch.setitem(targets.TARGETS, "toy", TargetSpec("toy", "toy_target", ".toyjit", ("fp32",)))
+    exported: list[Path] = []
+    timed: list[list[Path]] = []
+    real_export, real_take = targets.export, compress.candidates.take
+    monkeypatch.setattr(targets, "export", lambda *args: exported.append(args[3]) or real_export(*args))
+    monkeypatch.setattr(
+        compress.candidates, "take", lambda jobs, *a: timed.append([j.subject for j in jobs]) or real_take(jobs, *a)
+    )
+    said: list[str] = []
+    bench = BenchSpec(threads=[1], runs=4, warmup=1, rounds=2)
+    with compress.candidates.timed_against(tiny_net, "toy", torch.zeros(INPUT_SHAPE), bench, said.append) as time_it:
+        timings = [time_it(make_tiny_net(seed)) for seed in (1, 2)]
+    dense = exported[0]
+    assert exported == [dense, timed[0][0], timed[1][0]] and len(set(exported)) == 3  # the dense file once
+    assert timed == [[exported[1], dense], [exported[2], dense]]
+    for timing, line in zip(timings, said, strict=True):
+        assert timing.probe_ms > 0 and timing.dense_ms > 0 and timing.fraction == timing.probe_ms / timing.dense_ms
+        assert f"{timing.fraction:.3f} of the dense p50" in line and "timed together" in line
+    assert not dense.exists()  # the files are gone on exit
