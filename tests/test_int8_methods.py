@@ -274,3 +274,30 @@ def test_onnx_int8_weights_take_the_fitted_scales(tmp_path: Path) -> None:
     ]
     assert len(dequantized) == 1
     np.testing.assert_allclose(dequantized[0], weight, atol=1e-6)
+
+
+def test_openvino_int8_weights_take_the_fitted_scales(tmp_path: Path) -> None:
+    """NNCF sets weight ranges to max|w| and has no option for another: edgecomp re-sets them to `mse_scales`'
+    before NNCF's bias correction runs, so weights on a grid come back exactly from the IR's int8 weights. The
+    second conv, since the first one's weights are 7-bit (NNCF's overflow fix)."""
+    import openvino as ov
+
+    model = ReLU6Net().eval()
+    rng = np.random.default_rng(0)
+    levels = rng.integers(-100, 101, size=model.project.weight.shape)
+    levels[:, 0, 0, 0] = rng.integers(20, 120, size=len(levels))  # every channel's max on another level
+    with torch.no_grad():
+        model.project.weight.copy_(torch.from_numpy(levels * 0.013))
+    calibration = rng.uniform(-1, 1, (16, *INPUT_SHAPE[1:])).astype(np.float32)
+    path = targets.get_target("openvino").export(
+        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.xml", calibration, {}
+    )
+    weight = model.project.weight.detach().numpy()
+    dequantized = []
+    for op in ov.Core().read_model(str(path)).get_ops():  # int8 weights: Constant(i8) -> Convert -> Multiply(scale)
+        if op.get_type_name() == "Multiply" and op.input_value(0).get_node().get_type_name() == "Convert":
+            int8 = op.input_value(0).get_node().input_value(0).get_node()
+            if int8.get_type_name() == "Constant" and tuple(int8.get_output_shape(0)) == weight.shape:
+                dequantized.append(int8.get_data().astype(np.float64) * op.input_value(1).get_node().get_data())
+    assert len(dequantized) == 1
+    np.testing.assert_allclose(dequantized[0], weight, atol=1e-6)
