@@ -248,10 +248,16 @@ def sensitivity(
         title=f"{parsed.name}: int8 sensitivity on {target}, val split (float {100 * search.reference:.2f}, "
         f"all int8 {100 * search.int8:.2f})"
     )
-    for column in ("layer group", f"{metric} % with it alone in float", "recovered pts"):
+    db = dict(search.sqnr_db)
+    for column in ("layer group", f"{metric} % with it alone in float", "recovered pts", "outputs' SQNR dB"):
         table.add_column(column, justify="left" if column == "layer group" else "right")
-    for name, value in search.ranking:
-        table.add_row(name, f"{100 * value:.2f}", f"{100 * (value - search.int8):+.2f}")
+    for name, value in search.ranking:  # in the search's order: by SQNR where the outputs compare
+        table.add_row(
+            name,
+            f"{100 * value:.2f}",
+            f"{100 * (value - search.int8):+.2f}",
+            f"{db[name]:.1f}" if name in db else "n/a",
+        )
     console.print(table)
     if out is not None:
         write_json(
@@ -261,6 +267,7 @@ def sensitivity(
                 "reference": search.reference,
                 "int8": search.int8,
                 "ranking": [list(pair) for pair in search.ranking],
+                "sqnr_db": [list(pair) for pair in search.sqnr_db],
             },
         )
 

@@ -57,12 +57,14 @@ class Parity(_Strict):
 
 class Sensitivity(_Strict):
     """int8_ac's search (TFLite, ONNX): the float, all-int8 and chosen metric, and each layer group's metric
-    with that group alone in float, best first."""
+    with that group alone in float, best first; and (runs since the search ranked by it) each group's outputs'
+    SQNR against the float model's, the ranking's order."""
 
     reference: Number
     int8: Number
     final: Number
     ranking: list[tuple[str, Number]]
+    sqnr_db: list[tuple[str, Number]] | None = None
 
 
 class Row(_Strict):

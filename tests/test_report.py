@@ -669,6 +669,7 @@ def test_reproduce_block_has_commit_seed_versions_and_command(results: dict[str,
 
 def test_int8_section_flags_int8_slower_than_its_fp32_twin_and_says_what_stayed_float(tmp_path: Path) -> None:
     search = {"reference": 0.9, "int8": 0.7, "final": 0.85, "ranking": [["features.11", 0.8], ["features.3", 0.72]]}
+    search["sqnr_db"] = [["features.11", 14.24], ["features.3", 9.5]]
     rows = [
         timed("dense", "dense", "tflite", "fp32", 0.9, 1.0),
         timed("dense", "dense", "tflite", "int8", 0.7, 1.5),  # slower: flagged
@@ -691,8 +692,8 @@ def test_int8_section_flags_int8_slower_than_its_fp32_twin_and_says_what_stayed_
     assert lines[1].startswith("- dense tflite int8_dynamic: p50 3 ms, 3.00x") and "XNNPACK" in lines[1]
     assert lines[2] == (
         "- dense tflite int8_ac: kept in float: features.11; search on the val split: float 90.0, all int8 70.0, "
-        "chosen 85.0 (top-1 %); most sensitive groups (top-1 % with the group alone in float): features.11 80.0, "
-        "features.3 72.0"
+        "chosen 85.0 (top-1 %); most sensitive groups (top-1 % with the group alone in float; outputs' SQNR "
+        "against float): features.11 80.0 (14.2 dB), features.3 72.0 (9.5 dB)"
     )
     assert len(lines) == 3
     assert "<h2>int8</h2>" in (tmp_path / "report.html").read_text()

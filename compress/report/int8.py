@@ -53,11 +53,16 @@ def kept_float(table: list[dict[str, Any]], metric: str) -> list[str]:
             continue
         line = f"{_name(row)}: " + (f"kept in float: {', '.join(keep)}" if keep else "all layers in int8")
         if search:
-            ranked = ", ".join(f"{group} {100 * value:.1f}" for group, value in search.ranking[:RANKED_GROUPS_SHOWN])
+            db = dict(search.sqnr_db or [])
+            ranked = ", ".join(
+                f"{group} {100 * value:.1f}" + (f" ({db[group]:.1f} dB)" if group in db else "")
+                for group, value in search.ranking[:RANKED_GROUPS_SHOWN]
+            )
+            alone = f"{metric} % with the group alone in float" + ("; outputs' SQNR against float" if db else "")
             line += (
                 f"; search on the val split: float {100 * search.reference:.1f}, all int8 "
                 f"{100 * search.int8:.1f}, chosen {100 * search.final:.1f} ({metric} %)"
-                + (f"; most sensitive groups ({metric} % with the group alone in float): {ranked}" if ranked else "")
+                + (f"; most sensitive groups ({alone}): {ranked}" if ranked else "")
             )
         lines.append(line)
     return lines
