@@ -162,8 +162,6 @@ def export_and_measure(
     seconds = time.perf_counter() - started
     metadata = module.read_metadata(path)
     kept = ", ".join(json.loads(metadata["keep_float"])) if "keep_float" in metadata else ""
-    if precision == "int8_ac" and "keep_float" not in metadata:
-        kept = "(NNCF's choice, not listed)"
     return *measure(path, x, args.threads, args.runs), seconds, kept
 
 

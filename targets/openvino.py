@@ -25,7 +25,8 @@ int8_ac is ``nncf.quantize_with_accuracy_control`` with the same settings: it qu
 scores the float and the int8 IR on validation samples with the caller's metric (`targets.base.AccuracyControl`)
 and, while the drop exceeds the allowed one, returns to float the groups of layers whose outputs moved most
 (NNCF ranks them by how far each one's reverting brings the outputs back). The file is an ordinary int8 IR
-with fewer FakeQuantize ops; it costs several passes over the validation samples.
+with fewer FakeQuantize ops, whose metadata's ``keep_float`` names the layer groups left in float (as
+TFLite's and ONNX's int8_ac do); it costs several passes over the validation samples.
 
 Quantization-aware training uses NNCF's PyTorch path: ``prepare_qat`` runs ``nncf.quantize`` on the torch
 module itself (same preset and overflow fix), which returns it with trainable FakeQuantize
@@ -52,6 +53,7 @@ torch, openvino and nncf are imported only inside the functions that need them.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import sys
 import warnings
@@ -173,6 +175,7 @@ def export(
                 ov_model = _quantize_int8(ov_model, calibration, keep_float)
             elif precision == "int8_ac":
                 ov_model = _quantize_int8_ac(ov_model, calibration, accuracy_control, keep_float)
+                metadata = {**metadata, "keep_float": json.dumps(_float_groups(ov_model, model))}
     except Exception as e:
         raise export_failed("openvino", precision, e, model, example) from e
     for key, value in metadata.items():
@@ -263,6 +266,33 @@ def _settings(ov_model: Any, calibration: np.ndarray, keep_float: Sequence[str])
         "fast_bias_correction": False,
         "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False),
     }
+
+
+def _float_groups(ov_model: Any, model: torch.nn.Module) -> list[str]:
+    """The layer groups (`targets.accuracy_control.layer_groups`, as TFLite's and ONNX's int8_ac name them) with a
+    convolution or matmul an int8 IR computes in float: weights not int8, because NNCF's accuracy control reverted
+    them or an ignored scope kept them; in graph order."""
+    import torch
+
+    from targets.accuracy_control import layer_groups
+
+    groups, names = layer_groups(model), [name for name, _ in model.named_modules()]
+    layers = {name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+    def group_of(module: str) -> str:
+        # A conv fused with its batch norm answers to the norm's module (`_module_of`): the layer defined last
+        # before it is the conv.
+        if module not in layers and module in names:
+            module = next((n for n in reversed(names[: names.index(module)]) if n in layers), module)
+        return next((g for g in groups if module == g or module.startswith(g + ".")), module)
+
+    weighted = ("Convolution", "GroupConvolution", "MatMul")
+    kept = [
+        group_of(_module_of(op))
+        for op in ov_model.get_ordered_ops()
+        if op.get_type_name() in weighted and op.input_value(1).get_node().get_type_name() == "Constant"
+    ]
+    return list(dict.fromkeys(name for name in kept if name))
 
 
 def _module_of(op: Any) -> str:

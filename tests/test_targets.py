@@ -15,6 +15,7 @@ from conftest import INPUT_SHAPE, export_options
 from torch import nn
 
 import targets
+from targets.accuracy_control import layer_groups
 from targets.base import PRECISIONS, AccuracyControl, EdgecompError, key_error_line, ops_named_in, predict_in_batches
 
 
@@ -425,6 +426,10 @@ def test_openvino_int8_ac_keeps_layers_in_float_until_the_drop_is_met(
     strict = controlled(max_drop=0.5)
     assert _fake_quantize_ops(strict) < _fake_quantize_ops(plain)
     assert drop(strict) <= 0.5 + 0.01  # NNCF's own float run differs from PyTorch's by ~1e-4 pts
+    # the row says which layer groups NNCF sent back to float (named as TFLite's and ONNX's int8_ac name them)
+    kept = json.loads(module.read_metadata(strict)["keep_float"])
+    assert kept and set(kept) <= set(layer_groups(trained_net))
+    assert json.loads(module.read_metadata(loose)["keep_float"]) == []
 
 
 AC_TARGETS = [name for name, spec in targets.TARGETS.items() if "int8_ac" in spec.precisions]
@@ -448,10 +453,8 @@ def test_int8_ac_search_keeps_the_most_sensitive_groups_in_float_until_the_drop_
     target: str, trained_net: nn.Module, digits: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
     """TFLite and ONNX have no accuracy control of their own: `targets.accuracy_control` ranks the layer
-    groups by the metric with each alone in float (through the target's own int8 export), then keeps them in
-    float in that order until the drop holds, and writes what it did into the file's metadata."""
-    from targets.accuracy_control import layer_groups
-
+    groups by the outputs' SQNR with each alone in float (through the target's own int8 export), then keeps them
+    in float in that order until the drop holds, and writes what it did into the file's metadata."""
     samples = digits["test"][:64]
     with torch.no_grad():
         reference = trained_net(torch.from_numpy(samples)).numpy()
