@@ -248,22 +248,28 @@ def test_tflite_int8_runs_a_mobilenet_v3_block_in_one_int8_graph(tmp_path: Path)
     assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.98
 
 
+def _export_with_grid_weights(target: str, conv: str, tmp_path: Path) -> tuple[nn.Module, Path]:
+    """A ReLU6Net whose `conv` weights sit on a grid (each channel's max on another level, as QAT leaves them),
+    exported to `target`'s int8."""
+    model = ReLU6Net().eval()
+    rng = np.random.default_rng(0)
+    weight = getattr(model, conv).weight
+    levels = rng.integers(-100, 101, size=weight.shape)
+    levels[:, 0, 0, 0] = rng.integers(20, 120, size=len(levels))
+    with torch.no_grad():
+        weight.copy_(torch.from_numpy(levels * 0.013))
+    calibration = rng.uniform(-1, 1, (16, *INPUT_SHAPE[1:])).astype(np.float32)
+    out = tmp_path / f"m{targets.TARGETS[target].suffix}"
+    return model, targets.get_target(target).export(model, torch.zeros(INPUT_SHAPE), "int8", out, calibration, {})
+
+
 def test_onnx_int8_weights_take_the_fitted_scales(tmp_path: Path) -> None:
     """onnxruntime's own max|w| / 127 misses the grid QAT-trained weights sit on; the file's weight scales are
     `mse_scales`' (through its TensorQuantOverrides), so such weights come back exactly."""
     import onnx
     from onnx import numpy_helper
 
-    model = ReLU6Net().eval()
-    rng = np.random.default_rng(0)
-    levels = rng.integers(-100, 101, size=model.expand.weight.shape)
-    levels[:, 0, 0, 0] = rng.integers(20, 120, size=len(levels))  # every channel's max on another level
-    with torch.no_grad():
-        model.expand.weight.copy_(torch.from_numpy(levels * 0.013))
-    calibration = rng.uniform(-1, 1, (16, *INPUT_SHAPE[1:])).astype(np.float32)
-    path = targets.get_target("onnx").export(
-        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.onnx", calibration, {}
-    )
+    model, path = _export_with_grid_weights("onnx", "expand", tmp_path)
     graph = onnx.load(str(path)).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     weight = model.expand.weight.detach().numpy()
@@ -282,16 +288,7 @@ def test_openvino_int8_weights_take_the_fitted_scales(tmp_path: Path) -> None:
     second conv, since the first one's weights are 7-bit (NNCF's overflow fix)."""
     import openvino as ov
 
-    model = ReLU6Net().eval()
-    rng = np.random.default_rng(0)
-    levels = rng.integers(-100, 101, size=model.project.weight.shape)
-    levels[:, 0, 0, 0] = rng.integers(20, 120, size=len(levels))  # every channel's max on another level
-    with torch.no_grad():
-        model.project.weight.copy_(torch.from_numpy(levels * 0.013))
-    calibration = rng.uniform(-1, 1, (16, *INPUT_SHAPE[1:])).astype(np.float32)
-    path = targets.get_target("openvino").export(
-        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.xml", calibration, {}
-    )
+    model, path = _export_with_grid_weights("openvino", "project", tmp_path)
     weight = model.project.weight.detach().numpy()
     dequantized = []
     for op in ov.Core().read_model(str(path)).get_ops():  # int8 weights: Constant(i8) -> Convert -> Multiply(scale)
