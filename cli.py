@@ -14,7 +14,7 @@ import shlex
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -164,8 +164,13 @@ def _number(value: float | None, spec: str) -> str:
 
 @app.command()
 def bench(
-    model_file: Annotated[
-        Path, typer.Argument(help="A .tflite, .onnx or OpenVINO .xml file (its .bin beside it), made here or not.")
+    model_files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A .tflite, .onnx or OpenVINO .xml file (its .bin beside it), made here or not; several are timed "
+            "together, interleaved in rounds, so that their p50s compare.",
+            metavar="MODEL_FILE...",
+        ),
     ],
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 100,
@@ -188,12 +193,22 @@ def bench(
         list[str] | None, typer.Option("--ssh-option", help="With --remote: ssh -o KEY=VALUE (repeatable).")
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.001, help="With --remote: seconds the benchmark may take.")] = 600.0,
+    rounds: Annotated[int, typer.Option(min=1, help="With several files: rounds the runs are split over.")] = 100,
 ) -> None:
-    """Latency of one model file in its runtime: p50 / p90 / mean over timed runs, throughput, peak memory;
+    """Latency of a model file in its runtime: p50 / p90 / mean over timed runs, throughput, peak memory;
     for a detector, the latency of its post-processing (threshold, top-k, NMS) as well. With --remote, the
-    file is timed on another machine (which needs Python, numpy and the file's runtime, not edgecomp)."""
+    file is timed on another machine (which needs Python, numpy and the file's runtime, not edgecomp).
+    Several files are loaded together and timed in interleaved rounds (each round a short burst of each, in a
+    shuffled order), as `edgecomp run` times its rows: timed one after another, a drifting machine's speed
+    would show as a difference between the files."""
     from targets.bench import benchmark, open_for_bench, parse_shape
 
+    if len(model_files) > 1:
+        remote_args = (remote, python, ssh_option, timeout)
+        results = _bench_several(model_files, threads, runs, warmup, rounds, batch, shape, time_budget, remote_args)
+        _print_bench_several(results, as_json, remote)
+        return
+    model_file = model_files[0]
     options = {"runs": runs, "warmup": warmup, "time_budget_s": time_budget, "postprocess": postprocess}
     if remote is None:
         runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
@@ -214,6 +229,74 @@ def bench(
         value = value["host"] if key == "remote" else value  # its CPU is the device row's
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _bench_several(
+    files: list[Path],
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    rounds: int,
+    batch: int | None,
+    shape: str | None,
+    time_budget: float | None,
+    remote_args: tuple,
+) -> list[tuple[Path, Any]]:
+    """Each file's `BenchResult`, or the `EdgecompError` it met, timed together (`targets.bench.interleave`)."""
+    from targets.bench import RunnerTimer, interleave, open_for_bench, parse_shape
+
+    if time_budget is not None:
+        raise EdgecompError("--time-budget times one file; several are timed in rounds of --runs")
+    remote, python, ssh_option, timeout = remote_args
+    if remote is None:
+        results: dict[int, Any] = {}
+        timers: dict[int, RunnerTimer] = {}
+        for index, path in enumerate(files):
+            try:
+                timers[index] = RunnerTimer(open_for_bench(path, threads, parse_shape(shape) if shape else None, batch))
+            except EdgecompError as error:  # this file; the others are still timed
+                results[index] = error
+        results.update(zip(timers, interleave(list(timers.values()), warmup, runs, rounds), strict=True))
+        return [(path, results[index]) for index, path in enumerate(files)]
+    if threads is None or batch is not None or shape is not None:
+        raise EdgecompError(
+            "several files on --remote: give --threads (the host's core count is not known here); "
+            "--batch and --shape time one file"
+        )
+    from targets.remote import Remote, RemoteSession
+
+    with RemoteSession(Remote(remote, python, tuple(ssh_option or ()), timeout)) as session:
+        timed = session.bench_interleaved(files, [threads], runs, warmup, rounds)
+        return [(path, result) for path, result in zip(files, timed, strict=True)]
+
+
+def _print_bench_several(results: list[tuple[Path, Any]], as_json: bool, remote: str | None) -> None:
+    """One JSON line or table row per file; a file that failed says why, and the exit status is then 2."""
+    failed = [(path, result) for path, result in results if isinstance(result, EdgecompError)]
+    if as_json:
+        for path, result in results:
+            fields = {"error": str(result)} if isinstance(result, EdgecompError) else result.as_dict()
+            console.print(json.dumps({"model": str(path), **fields}), soft_wrap=True)
+    else:
+        table = Table(title="timed together, interleaved" + (f", on {remote}" if remote else ""))
+        for column in ("file", "p50 ms", "p90 ms", "mean ms", "runs", "threads", "runtime"):
+            table.add_column(column, justify="left" if column in ("file", "runtime") else "right")
+        for path, r in results:
+            if not isinstance(r, EdgecompError):
+                table.add_row(
+                    str(path),
+                    f"{r.latency_ms_p50:.4g}",
+                    f"{r.latency_ms_p90:.4g}",
+                    f"{r.latency_ms_mean:.4g}",
+                    str(r.runs),
+                    str(r.threads),
+                    r.runtime,
+                )
+        console.print(table)
+    for path, error in failed:
+        errors.print(f"error: {path}: {error}")
+    if failed:
+        raise typer.Exit(2)
 
 
 @app.command()

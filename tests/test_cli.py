@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,17 @@ def test_run_with_a_failed_export_exits_1_after_reporting_the_rest(tmp_path: Pat
     assert done.exit_code == 1, done.output
     assert "1 export(s) failed" in done.output and "dense tflite int8: tflite int8 export failed: X" in done.output
     assert "Report:" in done.output
+
+
+def test_bench_times_several_files_together(exported: Callable[[str, str], Path], tmp_path: Path) -> None:
+    """Several files: one JSON line each, timed in the same interleaved rounds; a file that cannot be opened
+    says why on its own line and the others are still timed (exit 2)."""
+    files = [exported("tflite", "fp32"), exported("onnx", "fp32")]
+    done = edgecomp("bench", *map(str, files), "nope.xml", "--json", "--runs", "6", "--rounds", "3", cwd=tmp_path)
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert done.returncode == 2 and [line["model"] for line in lines] == [*map(str, files), "nope.xml"]
+    assert [line["runtime"].split()[0] for line in lines[:2]] == ["ai_edge_litert", "onnxruntime"]
+    assert all(line["runs"] == 6 and line["latency_ms_p50"] > 0 for line in lines[:2])
+    assert "no such file" in lines[2]["error"] and "Traceback" not in done.stderr
+    budget = edgecomp("bench", *map(str, files), "--time-budget", "1", cwd=tmp_path)
+    assert budget.returncode != 0 and "--time-budget times one file" in budget.stderr
