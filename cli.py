@@ -219,6 +219,11 @@ def bench(
         with RemoteSession(Remote(remote, python, tuple(ssh_option or ()), timeout)) as session:
             result = session.bench(model_file, threads=threads, batch=batch, shape=shape, **options)
         fields = {**result.as_dict(), "remote": session.description}
+    _print_bench_one(fields, model_file, as_json, remote)
+
+
+def _print_bench_one(fields: dict[str, Any], model_file: Path, as_json: bool, remote: str | None) -> None:
+    """One file's benchmark: its JSON object, or a table of its fields."""
     if as_json:
         console.print_json(json.dumps(fields))
         return

@@ -92,8 +92,12 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
         "train": {"epochs": 0},
         "stages": [],
         "baselines": {"scratch": []},
-        "exports": [
-            {"target": target, "precision": ["fp32", "int8"], "calibration_samples": 32}
+        "exports": [  # fp32 files of real networks: TFLite's here; all three in `make bench-real` (CI time)
+            {
+                "target": target,
+                "precision": ["fp32", "int8"] if target == "tflite" else ["int8"],
+                "calibration_samples": 32,
+            }
             for target in ("tflite", "openvino", "onnx")
         ],
         "bench": {"threads": [1], "warmup": 1, "runs": 2},
@@ -101,6 +105,6 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     results = Pipeline(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", export_processes=1).run()
     accuracy = {(row["target"], row["precision"]): row["accuracy"] for row in results["rows"]}
-    assert results["failed"] == [] and len(accuracy) == 7
+    assert results["failed"] == [] and len(accuracy) == 5
     assert all(value == 1.0 for (_, precision), value in accuracy.items() if precision == "fp32"), accuracy
     assert all(value >= 0.85 for (_, precision), value in accuracy.items() if precision == "int8"), accuracy
