@@ -167,7 +167,9 @@ def _run(tmp_path: Path, nproc: int, *sets: str) -> Path:
 @pytest.mark.slow
 def test_quickstart_on_two_workers_matches_one(tmp_path: Path) -> None:
     # The one-worker reference is the dense model alone: only its accuracy is compared.
-    two, one = _run(tmp_path, 2), _run(tmp_path, 1, "stages=[]", "baselines.scratch=[]", "exports=[]")
+    # No scratch baselines here: they train as the dense model does (test_chaos, test_pipeline cover them; CI time).
+    no_scratch = "baselines.scratch=[]"
+    two, one = _run(tmp_path, 2, no_scratch), _run(tmp_path, 1, "stages=[]", no_scratch, "exports=[]")
     assert [p.name for p in two.parent.iterdir()] == ["quickstart"]
     assert len(list(two.glob("results.json"))) == 1
     rows = json.loads((two / "results.json").read_text())["rows"]
@@ -187,7 +189,7 @@ def test_quickstart_on_two_workers_matches_one(tmp_path: Path) -> None:
     assert dense_accuracy(one) > 0.5  # trained, not chance: the comparison below means something
     assert abs(dense_accuracy(two) - dense_accuracy(one)) <= 0.02
 
-    _run(tmp_path, 2)  # resume: every stage of the 2-worker run is found and loaded, none retrained
+    _run(tmp_path, 2, no_scratch)  # resume: every stage of the 2-worker run is found and loaded, none retrained
     stages = json.loads((two / "manifest.json").read_text())["stages"]
     assert stages and all(stage["cached"] for stage in stages.values())
 

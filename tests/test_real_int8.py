@@ -61,8 +61,8 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
     """`edgecomp run` of a PTQ-only recipe (no training, no stages, no baselines) on the real MobileNetV2, built
     from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`), on an imagefolder of COCO128 photos labelled with
     the fp32 model's own top-1 (so top-1 is agreement with fp32) read with `normalize: tf` and `crop_pct`:
-    every fp32 row gets all test photos right (the data pipeline feeds what the builder's preprocessing
-    does), and every target's int8 row stays within reach of it."""
+    the fp32 row gets all test photos right (the data pipeline feeds what the builder's preprocessing
+    does), and each int8 row stays within reach of it."""
     import shutil
 
     import yaml
@@ -92,19 +92,14 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
         "train": {"epochs": 0},
         "stages": [],
         "baselines": {"scratch": []},
-        "exports": [  # fp32 files of real networks: TFLite's here; all three in `make bench-real` (CI time)
-            {
-                "target": target,
-                "precision": ["fp32", "int8"] if target == "tflite" else ["int8"],
-                "calibration_samples": 32,
-            }
-            for target in ("tflite", "openvino", "onnx")
-        ],
+        # int8 of every target but TFLite, whose int8 of this model test_int8_of_a_real_mobilenet_v2_agrees_with_fp32
+        # makes; fp32 files of real networks are `make bench-real`'s (CI time)
+        "exports": [{"target": t, "precision": ["int8"], "calibration_samples": 32} for t in ("openvino", "onnx")],
         "bench": {"threads": [1], "warmup": 1, "runs": 2},
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     results = Pipeline(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", export_processes=1).run()
     accuracy = {(row["target"], row["precision"]): row["accuracy"] for row in results["rows"]}
-    assert results["failed"] == [] and len(accuracy) == 5
+    assert results["failed"] == [] and len(accuracy) == 3
     assert all(value == 1.0 for (_, precision), value in accuracy.items() if precision == "fp32"), accuracy
     assert all(value >= 0.85 for (_, precision), value in accuracy.items() if precision == "int8"), accuracy
