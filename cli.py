@@ -248,21 +248,15 @@ def _bench_several(
     remote_args: tuple,
 ) -> list[tuple[Path, Any]]:
     """Each file's `BenchResult`, or the `EdgecompError` it met, timed together (`targets.bench.interleave`)."""
-    from targets.bench import RunnerTimer, interleave, open_for_bench, parse_shape
+    from targets.bench import interleave_files, parse_shape
 
     if time_budget is not None:
         raise EdgecompError("--time-budget times one file; several are timed in rounds of --runs")
     remote, python, ssh_option, timeout = remote_args
     if remote is None:
-        results: dict[int, Any] = {}
-        timers: dict[int, RunnerTimer] = {}
-        for index, path in enumerate(files):
-            try:
-                timers[index] = RunnerTimer(open_for_bench(path, threads, parse_shape(shape) if shape else None, batch))
-            except EdgecompError as error:  # this file; the others are still timed
-                results[index] = error
-        results.update(zip(timers, interleave(list(timers.values()), warmup, runs, rounds), strict=True))
-        return [(path, results[index]) for index, path in enumerate(files)]
+        jobs = [(path, threads) for path in files]
+        timed = interleave_files(jobs, parse_shape(shape) if shape else None, batch, "auto", warmup, runs, rounds)
+        return list(zip(files, timed, strict=True))
     if threads is None or batch is not None or shape is not None:
         raise EdgecompError(
             "several files on --remote: give --threads (the host's core count is not known here); "

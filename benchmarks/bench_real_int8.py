@@ -35,6 +35,7 @@ from rich.table import Table
 
 import targets
 from compress.data.photos import read_photos
+from targets.accuracy_control import sqnr_db
 from targets.base import AccuracyControl
 from targets.bench import benchmark
 
@@ -81,7 +82,7 @@ def agreement(logits: np.ndarray, reference: np.ndarray, are_logits: bool = True
     SQNR in dB (10 log10 of signal over error energy: a few photos flipping moves agreement by 0.78 points
     each, SQNR shows the error underneath), and how many photos have a tie at the top."""
     same = logits.argmax(1) == reference.argmax(1)
-    sqnr = 10 * np.log10((reference**2).sum() / ((logits - reference) ** 2).sum()) if are_logits else float("nan")
+    sqnr = sqnr_db([logits], [reference]) if are_logits else float("nan")
     top = np.sort(logits, axis=1)
     return float(same.mean()), float(same[1::2].mean()), float(sqnr), int((top[:, -1] == top[:, -2]).sum())
 

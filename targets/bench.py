@@ -391,22 +391,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def interleave_files(
+    jobs: list[tuple[str | Path, int | None]],
+    shape: tuple[int, ...] | None,
+    batch: int | None,
+    postprocess: str,
+    warmup: int,
+    runs: int,
+    rounds: int,
+) -> list[BenchResult | EdgecompError]:
+    """Each (file, threads) job opened and all timed together by `interleave`, in `jobs`' order; a file that cannot
+    be opened (no runtime for it here, a bad file) gets its error as its result, and the others are still timed."""
+    loaded: dict[int, RunnerTimer] = {}
+    results: dict[int, BenchResult | EdgecompError] = {}
+    for index, (model, threads) in enumerate(jobs):
+        try:
+            loaded[index] = RunnerTimer(open_for_bench(model, threads, shape, batch), postprocess)
+        except EdgecompError as error:
+            results[index] = error
+    results.update(zip(loaded, interleave(list(loaded.values()), warmup, runs, rounds), strict=True))
+    return [results[index] for index in range(len(jobs))]
+
+
 def _main_interleaved(args: argparse.Namespace, jobs: list[tuple[str, int]], shape: tuple[int, ...] | None) -> int:
     """Several files or thread counts, loaded together and timed by `interleave`: one JSON line (or table) per
     file and thread count, in that order, a failed one saying why (``"error"``); exit status 2 if any failed."""
     if args.time_budget is not None:
         raise EdgecompError("--time-budget times one file at one thread count; several are timed in rounds of --runs")
-    loaded: dict[int, RunnerTimer] = {}
-    results: dict[int, BenchResult | EdgecompError] = {}
-    for index, (model, threads) in enumerate(jobs):
-        try:
-            loaded[index] = RunnerTimer(open_for_bench(model, threads, shape, args.batch), args.postprocess)
-        except EdgecompError as error:  # this file (e.g. no runtime for it here); the others are still timed
-            results[index] = error
-    timed = interleave(list(loaded.values()), args.warmup, args.runs, args.rounds)
-    results.update(zip(loaded, timed, strict=True))
-    for index, (model, threads) in enumerate(jobs):
-        result = results[index]
+    timed = interleave_files(jobs, shape, args.batch, args.postprocess, args.warmup, args.runs, args.rounds)
+    for (model, threads), result in zip(jobs, timed, strict=True):
         if isinstance(result, EdgecompError):
             line = json.dumps({"model": model, "threads": threads, "error": str(result)}) if args.json else None
             print(line or f"error: {model}: {result}", file=sys.stdout if args.json else sys.stderr)
@@ -414,7 +427,7 @@ def _main_interleaved(args: argparse.Namespace, jobs: list[tuple[str, int]], sha
             print(
                 json.dumps({"model": model, **result.as_dict()}) if args.json else f"{model}\n{format_table(result)}\n"
             )
-    return 2 if any(isinstance(result, EdgecompError) for result in results.values()) else 0
+    return 2 if any(isinstance(result, EdgecompError) for result in timed) else 0
 
 
 if __name__ == "__main__":
