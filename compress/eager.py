@@ -5,7 +5,6 @@ the files (`targets.bench.interleave`)."""
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.workers import spawned_pool
 from targets.bench import RunnerTimer, peak_rss_mb
 
 # Set by the CLI when it, not the user, chose OpenMP's passive wait policy (see cli.py); DEFAULT_OMP tells a
@@ -81,7 +81,7 @@ class EagerTimers:
 
     def __enter__(self) -> EagerTimers:
         with _default_wait_policy():
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = spawned_pool(1)
             self._pool.submit(os.getpid).result()  # the process starts now, in that environment
         return self
 

@@ -18,8 +18,6 @@ a converter's refusal stays the one-line `EdgecompError` that names the op.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -38,6 +36,7 @@ import targets
 from compress.models import load_checkpoint
 from compress.schema import ModelSpec
 from compress.train import cpu_threads
+from compress.workers import spawned_pool
 from targets.base import EdgecompError, ExportRequest
 from targets.fileio import temp_prefix
 
@@ -145,8 +144,7 @@ def _make_in_workers(
     failed: Callable[[ExportJob, EdgecompError], None] | None,
 ) -> None:
     threads = max(1, cpu_threads() // processes)  # calibration runs the model: the cores are shared out
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), threads))
+    pool = spawned_pool(processes, _worker_init, (threads,))
     pending = {pool.submit(_run, job): job for job in jobs}
     try:
         while pending:
@@ -188,22 +186,15 @@ def _stop(pool: ProcessPoolExecutor, folders: set[Path]) -> None:
                 temporary.unlink(missing_ok=True)
 
 
-def _worker_init(parent: int, threads: int) -> None:
+def _worker_init(threads: int) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent stops its workers, which would
-    # otherwise each print a KeyboardInterrupt traceback. A parent killed outright (SIGKILL) cannot, so a
-    # worker also leaves when its parent is gone instead of converting on for nobody.
+    # otherwise each print a KeyboardInterrupt traceback. (A parent killed outright cannot: `spawned_pool`'s
+    # workers leave when it is gone.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # tqdm (NNCF's and litert-torch's progress bars) otherwise makes a multiprocessing lock: a named
     # semaphore that a stopped worker leaves registered, and the resource tracker warns about at exit.
     tqdm.set_lock(threading.RLock())
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
-
-
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def _run(job: ExportJob) -> float:

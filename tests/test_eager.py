@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import INPUT_SHAPE
 from torch import nn
 
 from compress.eager import DEFAULT_OMP, PASSIVE_BY_EDGECOMP, EagerTimers, _default_wait_policy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spawned_environment() -> dict[str, str | None]:
@@ -46,3 +53,46 @@ def test_the_eager_timing_process_has_the_default_wait_policy(
         assert timers._pool is not None and timers._pool.submit(os.getenv, "OMP_WAIT_POLICY").result() is None
         ms, post_ms = timers.timer(tiny_net, INPUT_SHAPE, threads=1).burst(warmup=1, runs=3)
     assert len(ms) == 3 and post_ms is None and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+_KILLED_PARENT = """
+import os, signal, sys
+from compress.eager import EagerTimers
+from compress.workers import spawned_pool
+
+if __name__ == "__main__":
+    timers = EagerTimers().__enter__()
+    pool = spawned_pool(1)
+    children = [timers._pool.submit(os.getpid).result(), pool.submit(os.getpid).result()]
+    print(*children, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_worker_processes_leave_when_their_parent_is_killed(tmp_path) -> None:
+    """A pool worker holds its own call queue's writing end, so without a watch it waits for ever once its parent
+    is SIGKILLed, keeping the parent's stderr open: the chaos test's communicate() hung CI for 90 minutes."""
+    script = tmp_path / "killed_parent.py"
+    script.write_text(_KILLED_PARENT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        out, err = process.communicate(timeout=60)  # returns once no process holds the pipes
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("a worker outlived its SIGKILLed parent and kept its pipes open")
+    assert process.returncode == -signal.SIGKILL, err.decode()
+    children = [int(pid) for pid in out.split()]
+    assert len(children) == 2
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
