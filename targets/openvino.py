@@ -95,6 +95,32 @@ _METADATA_KEY = "edgecomp"  # rt_info section holding the metadata dict
 INFERENCE_PRECISION_KEY = "inference_precision"
 
 
+def _decline_telemetry_not_opted_into() -> None:
+    """OpenVINO's converter and NNCF send usage telemetry (openvino_telemetry) unless the user opted out; in
+    edgecomp's processes they send only if the user opted in (``opt_in_out --opt_in``, which writes the consent file
+    this honours). Each send forks the calling process, which holds torch's and JAX's threads (Python warns that
+    the child may deadlock), and waits up to 3 s for the network: 0.6-0.7 s per ``ov.convert_model`` measured
+    offline, 40x the conversion of a one-conv model (0.015 s). The library keeps no switch but the consent file
+    and a CI variable, so its consent check is wrapped, before nncf or openvino is imported."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # a device with the runtime only
+        return
+    check = OptInChecker.check
+    if getattr(check, "edgecomp", False):
+        return
+
+    def declined_unless_opted_in(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = check(self, *args, **kwargs)
+        return result if result == ConsentCheckResult.ACCEPTED else ConsentCheckResult.DECLINED
+
+    declined_unless_opted_in.edgecomp = True  # type: ignore[attr-defined]
+    OptInChecker.check = declined_unless_opted_in
+
+
+_decline_telemetry_not_opted_into()
+
+
 @cache
 def _core() -> Any:
     """The process's one ``ov.Core``, its CPU plugin loaded now and never released (see the module doc)."""

@@ -682,3 +682,23 @@ def test_openvino_bf16_runs_the_fp32_ir_in_bfloat16_where_the_cpu_has_it(tiny_ne
     fp32_diff = np.abs(fp32.predict(x)[0] - reference).max()
     assert fp32_diff < 1e-4 < bf16_diff < 0.1 * np.abs(reference).max()
     assert np.mean(bf16.predict(x)[0].argmax(1) == reference.argmax(1)) >= 0.9
+
+
+@pytest.mark.parametrize(("consent", "sends"), [(None, False), ("0", False), ("1", True)])
+def test_openvino_telemetry_is_sent_only_when_the_user_opted_in(monkeypatch, tmp_path, consent, sends) -> None:
+    """Each send forks this process beside torch's threads and waits for the network: 0.6-0.7 s per
+    ov.convert_model offline. openvino_telemetry sends unless opted out; under edgecomp, only if opted in."""
+    from openvino_telemetry import Telemetry
+    from openvino_telemetry.utils.opt_in_checker import OptInChecker
+
+    import targets.openvino  # noqa: F401  (wraps the consent check)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)
+    if consent is not None:
+        path = Path(OptInChecker().consent_file())
+        path.parent.mkdir(parents=True)
+        path.write_text(consent)
+    telemetry = Telemetry()
+    telemetry.init("edgecomp-test", "0", tid="G-TEST", backend="ga4", enable_opt_in_dialog=False, disable_in_ci=True)
+    assert telemetry.consent is sends
