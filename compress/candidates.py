@@ -150,7 +150,7 @@ class Training:
 
 def _prune_step(spec: PruneSpec, metrics: dict) -> str:
     """The lineage entry: 'prune(l2, macs=0.5, 1 step)', or for a latency target what it reached, and the p50s of
-    the one timing (probe and dense model interleaved) that reached it."""
+    the two timings (probe and dense model interleaved) that confirmed it."""
     kind, value = spec.target
     steps = f"{spec.iterative_steps} step" + "s" * (spec.iterative_steps > 1)
     if spec.finetune_epochs_per_step:
@@ -160,7 +160,8 @@ def _prune_step(spec: PruneSpec, metrics: dict) -> str:
     found = metrics["latency"]
     return (
         f"prune({spec.importance}, latency={value:g} on {spec.measured_on}: reached {found['reached']:.3f} of the "
-        f"dense p50 ({found['reached_ms']:.3f} ms vs dense {found['dense_ms']:.3f} ms, timed together) with ratio "
+        f"dense p50 ({found['reached_ms']:.3f} ms vs dense {found['dense_ms']:.3f} ms, timed together, mean of two "
+        f"timings) with ratio "
         f"{found['ratio']:.3f}, {found['macs']:.3f} of the dense MACs, {steps})"
     )
 
