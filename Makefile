@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-real reports install clean fuzz chaos arm-check
+.PHONY: demo test lint bench bench-real bench-latency reports install clean fuzz chaos arm-check
 
 # Reinstall only when the dependency pins change.
 $(INSTALLED): pyproject.toml
@@ -51,6 +51,10 @@ bench: $(INSTALLED)
 # the COCO128 photos, latency, the vendor's own int8 file beside them (~5 min on 2 cores).
 bench-real: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_real_int8.py
+
+# A latency prune target's choice against fresh timings of it, on TFLite and OpenVINO (~10 min on 2 cores).
+bench-latency: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_latency_search.py
 
 # Every quickstart export (runs/quickstart from `make demo`, else a reduced run) on aarch64 under qemu
 # against x86: sysroot and aarch64 wheels built once into ~/.cache/edgecomp/arm. Correctness, not speed.

@@ -204,7 +204,7 @@ def search_latency(
     low, high, tried, met = 0.0, MAX_RATIO, [], {}
     for _ in range(probes):
         ratio = (low + high) / 2
-        copy = prune(deepcopy(model), example, _as_ratio(spec, ratio), gradient_batches, loss)
+        copy = prune(deepcopy(model), example, as_ratio(spec, ratio), gradient_batches, loss)
         tried.append(Probe(ratio, count(copy, example)[0] / dense_macs, timed_against_dense(copy)))
         if tried[-1].timing.fraction <= spec.latency:
             met[ratio] = copy
@@ -244,7 +244,7 @@ def _confirmed(
     raise AssertionError("unreachable: the most pruned probe is kept")
 
 
-def _as_ratio(spec: PruneSpec, ratio: float) -> PruneSpec:
+def as_ratio(spec: PruneSpec, ratio: float) -> PruneSpec:
     """`spec` with its latency target replaced by a channel ratio, pruned in one go (a probe is not fine-tuned)."""
     return spec.model_copy(update={"latency": None, "measured_on": None, "ratio": ratio, "iterative_steps": 1})
 
