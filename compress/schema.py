@@ -422,9 +422,13 @@ class ExportSpec(Spec):
         description="int8 precisions: how each activation's int8 range is estimated from the calibration samples, "
         "through the target's own quantizer. "
         + "; ".join(f"{name}: {meaning}" for name, meaning in ACTIVATION_ESTIMATORS.items())
-        + ". Per target (its default first): "
-        + "; ".join(f"{name} {', '.join(spec.activations)}" for name, spec in TARGETS.items() if spec.activations)
-        + ". Default: the target's own. QAT rows train their ranges and ignore it",
+        + ". Per target: "
+        + "; ".join(
+            f"{name} {', '.join(spec.activations)} (default: {spec.default_activations or 'its library mixes them'})"
+            for name, spec in TARGETS.items()
+            if spec.activations
+        )
+        + ". QAT rows train their ranges and ignore it",
     )
 
     @model_validator(mode="before")

@@ -23,8 +23,8 @@ generic one), which the caller fine-tunes and hands back to ``export(..., "int8"
 typed request (precision, calibration, metadata, io, keep_float, accuracy control, activations), checked against
 the table line and `targets.base.PRECISIONS` first. A target whose table line lists ``activations`` takes
 ``activations=`` (a name of `targets.base.ACTIVATION_ESTIMATORS`) in its calibrated precisions, maps it to its own
-quantizer's range estimator and writes it into the file's metadata; without it the target's default (the
-first it lists) is used.
+quantizer's range estimator and writes it into the file's metadata; without it the target's library keeps its own
+default (``default_activations`` names it where it is one of them).
 
 Adding a target is one new module and one line in ``TARGETS``; adding a precision is one line in
 `targets.base.PRECISIONS` and the targets' code that makes it (tests/toy_target.py is a toy target).
@@ -54,9 +54,11 @@ class TargetSpec:
     io: tuple[str, ...] = ("float",)  # the input/output tensor types an export can have ("int8": quantised I/O)
     devices: tuple[str, ...] = ("CPU",)  # where the runner executes; accelerators are not driven yet
     qat: bool = False  # int8 from quantization-aware training: the module has prepare_qat
-    # the activation range estimators (`targets.base.ACTIVATION_ESTIMATORS`) its int8 quantizer has, its default
-    # first: what a recipe's `activations` may name for this target
+    # the activation range estimators (`targets.base.ACTIVATION_ESTIMATORS`) its int8 quantizer has: what a recipe's
+    # `activations` may name for this target; and which of them its int8 uses when none is named (None: none of
+    # them alone, e.g. NNCF's mix of estimators by quantizer)
     activations: tuple[str, ...] = ()
+    default_activations: str | None = None
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -68,6 +70,7 @@ TARGETS: dict[str, TargetSpec] = {
         ("float", "int8"),
         qat=True,
         activations=("mse", "minmax"),
+        default_activations="mse",
     ),
     "openvino": TargetSpec(
         "openvino",
@@ -75,10 +78,15 @@ TARGETS: dict[str, TargetSpec] = {
         ".xml",
         ("fp32", "fp16", "bf16", "int8", "int8_ac"),
         qat=True,
-        activations=("mean_minmax", "minmax", "percentile", "mse"),
+        activations=("minmax", "mean_minmax", "percentile", "mse"),
     ),
     "onnx": TargetSpec(
-        "onnx", "targets.onnx", ".onnx", ("fp32", "int8", "int8_ac"), activations=("percentile", "minmax", "entropy")
+        "onnx",
+        "targets.onnx",
+        ".onnx",
+        ("fp32", "int8", "int8_ac"),
+        activations=("percentile", "minmax", "entropy"),
+        default_activations="percentile",
     ),
 }
 
@@ -100,12 +108,12 @@ def activations_refusal(target: str, estimator: str) -> str | None:
     return None
 
 
-def activations_for(target: str, precision: str, activations: str | None) -> str:
+def activations_for(target: str, precision: str, activations: str | None) -> str | None:
     """The activation range estimator `target`'s `precision` export uses: `activations`, else the target's default
-    (the first its table line lists); an estimator the target lacks, or one given to a precision that calibrates
-    no ranges, is refused."""
+    (None where no one estimator is its default); an estimator the target lacks, or one given to a precision that
+    calibrates no ranges, is refused."""
     if activations is None:
-        return TARGETS[target].activations[0] if TARGETS[target].activations else ""
+        return TARGETS[target].default_activations
     if precision not in PRECISIONS or not PRECISIONS[precision].calibrated:
         raise EdgecompError(
             f"{target} {precision} calibrates no activation ranges: activations {activations!r} is for int8"
