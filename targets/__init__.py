@@ -85,7 +85,7 @@ TARGETS: dict[str, TargetSpec] = {
         "targets.onnx",
         ".onnx",
         ("fp32", "int8", "int8_ac"),
-        activations=("percentile", "minmax", "entropy"),
+        activations=("percentile", "minmax"),
         default_activations="percentile",
     ),
 }

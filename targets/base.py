@@ -94,7 +94,6 @@ ACTIVATION_ESTIMATORS: dict[str, str] = {
     "mean_minmax": "the mean over samples of each sample's lowest and highest value",
     "percentile": "a range that clips the rarest extreme values (a quantile of the values seen)",
     "mse": "the range whose int8 grid has the least squared error over a histogram of the values seen",
-    "entropy": "the range whose int8 histogram loses the least information (KL divergence) against the float one",
 }
 
 
