@@ -14,7 +14,11 @@ scaled to 224x224: the preprocessing alone moves agreement by points (the vendor
 With ``--ac``, int8_ac rows too: accuracy control holding agreement on the 64 calibration photos to `AC_BAR`
 (held-out agreement says whether that generalises), the layers it kept in float listed.
 
+With ``--activations NAME...`` (or ``all``), the int8 rows are the target's default and one per other activation
+range estimator it has among those (`targets.base.ACTIVATION_ESTIMATORS`, the recipe's ``activations``).
+
     python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...] [--ac]
+        [--activations all]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from rich.table import Table
 
 import targets
 from targets.accuracy_control import sqnr_db
-from targets.base import AccuracyControl
+from targets.base import ACTIVATION_ESTIMATORS, AccuracyControl
 from targets.bench import benchmark
 from targets.preprocess import DEFAULT_CROP_PCT, NORMALIZE, RESIZES, Preprocess, read_images
 
@@ -104,11 +108,10 @@ def model_rows(name: str, x: np.ndarray, args: argparse.Namespace, folder: Path)
     for target in args.targets:
         fp32_logits, fp32_ms, _, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
         rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference), fp32_ms, fp32_ms, 0.0))
-        settings = {"int8": []} | (
-            {f"int8 keep_float={KEEP_FLOAT[name]}": KEEP_FLOAT[name]} if KEEP_FLOAT[name] else {}
-        )
-        for setting, keep in settings.items():
-            logits, ms, seconds, _ = export_and_measure(model, target, "int8", x, x[::2], keep, args, folder)
+        for setting, keep, activations in int8_settings(name, target, args.activations):
+            logits, ms, seconds, _ = export_and_measure(
+                model, target, "int8", x, x[::2], keep, args, folder, activations=activations
+            )
             agree = agreement(logits, reference)
             rows.append(Row(name, target, setting, *agree, ms, fp32_ms, seconds, ", ".join(keep)))
             console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
@@ -119,6 +122,19 @@ def model_rows(name: str, x: np.ndarray, args: argparse.Namespace, folder: Path)
     # Its output 0 is TF's background class, and its outputs are softmax probabilities: no SQNR against logits.
     vendor = agreement(vendor_logits[:, 1:], reference, are_logits=False)
     return [*rows, Row(name, "vendor .tflite", "uint8 (TF QAT)", *vendor, vendor_ms, float("nan"), 0.0)]
+
+
+def int8_settings(name: str, target: str, wanted: list[str] | None) -> list[tuple[str, list[str], str | None]]:
+    """(label, keep_float, activations) of one model's int8 rows on `target`: plain int8 and the model's
+    `KEEP_FLOAT` layers in float, or with `wanted` (--activations) the target's default and one row per other
+    activation range estimator the target has among them ('all': every one it has)."""
+    keep = KEEP_FLOAT[name]
+    if not wanted:
+        return [("int8", [], None)] + ([(f"int8 keep_float={keep}", keep, None)] if keep else [])
+    spec = targets.TARGETS[target]
+    chosen = [a for a in spec.activations if a != spec.default_activations and ("all" in wanted or a in wanted)]
+    default = f"int8 default ({spec.default_activations or 'library mix'})"
+    return [(default, [], None)] + [(f"int8 activations={a}", [], a) for a in chosen]
 
 
 def ac_row(
@@ -155,10 +171,12 @@ def export_and_measure(
     args: argparse.Namespace,
     folder: Path,
     control: AccuracyControl | None = None,
+    activations: str | None = None,
 ) -> tuple[np.ndarray, float, float, str]:
     """Logits on `x`, p50 ms, export seconds of one file, and the layers it keeps in float."""
-    path = folder / f"{target}-{precision}-{len(keep_float)}{targets.TARGETS[target].suffix}"
+    path = folder / f"{target}-{precision}-{len(keep_float)}-{activations}{targets.TARGETS[target].suffix}"
     options = ({"keep_float": keep_float} if keep_float else {}) | ({"accuracy_control": control} if control else {})
+    options |= {"activations": activations} if activations else {}
     module = targets.get_target(target)
     started = time.perf_counter()
     module.export(model, torch.from_numpy(x[:1]), precision, path, calibration, {}, **options)
@@ -177,6 +195,13 @@ def main() -> int:
     parser.add_argument("--ac", action="store_true", help="add int8_ac rows (AC_BAR; ~5 min per model and target)")
     parser.add_argument(
         "--targets", nargs="+", default=[t for t, s in targets.TARGETS.items() if "int8" in s.precisions]
+    )
+    parser.add_argument(
+        "--activations",
+        nargs="+",
+        choices=[*ACTIVATION_ESTIMATORS, "all"],
+        help="int8 rows per activation range estimator instead of the plain and keep-float ones (each target's own "
+        "among these; 'all': every one it has)",
     )
     parser.add_argument(
         "--resize",

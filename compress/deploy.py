@@ -137,17 +137,15 @@ class Deployment:
 
     def _export_plan(self, candidate: Candidate, export: ExportSpec, precision: str) -> RowPlan:
         options = export_options(export, precision)  # what else makes the file: in its rows' key too
-        target, io, keep = export.target, export.io, options.get("keep_float", [])
-        calibration, root = options.get("calibration", 0), options.get("calibration_root")
-        job = partial(self.export_job, candidate, target, precision, io, calibration, keep, calibration_root=root)
+        target, io = export.target, export.io
+        job = partial(self.export_job, candidate, target, precision, io, **_job_settings(options))
         if PRECISIONS[precision].accuracy_controlled:  # made while measured: the search needs the metric, here
             measure = partial(self._accuracy_controlled_rows, candidate, job, options["max_accuracy_drop"])
             job = None
         else:
             path = self.export_path(candidate, target, precision, io)
             measure = partial(self.measurer.file_rows, candidate, target, precision, path)
-        if keep:  # the rows say which layers stayed float
-            measure = partial(_with_fields, measure, {"keep_float": keep})
+        measure = _stating_settings(measure, options)
         return self._plan(candidate, target, precision, measure, io, options, job)
 
     def _plan(
@@ -218,10 +216,11 @@ class Deployment:
         keep_float: list[str] | None = None,
         label: str | None = None,
         calibration_root: str | None = None,
+        activations: str | None = None,
     ) -> ExportJob:
         """The file of `candidate` on `target` in `precision`; `calibration` is the sample count of calibrated
         precisions; `label` names the rows' precision when it is not the export's (int8-qat: an int8 export
-        of a QAT model)."""
+        of a QAT model); `activations`: the activation range estimator (None: the target's default)."""
         label = label or precision
         context = self.context_of(candidate)
         metadata = {
@@ -239,6 +238,7 @@ class Deployment:
             metadata,
             io,
             tuple(keep_float or ()),
+            activations=activations,
         )
         model = Checkpoint(candidate.checkpoint, self.context.recipe.model) if candidate.checkpoint else candidate.model
         path = self.export_path(candidate, target, label, io)
@@ -270,7 +270,7 @@ class Deployment:
         spec = self.context.recipe.qat
         training = Training(self.context_of(candidate), candidate.seed)
         teacher_key = training.teacher(spec.distill, dense)[1] if spec.distill else None
-        options = export_options(export, "int8")
+        options = export_options(export, "int8", qat=True)
         inputs = {**options, "qat": dump(spec), "teacher": teacher_key, "train": training.inputs()}
         measure = partial(self._qat_rows, candidate, export.target, export.io, options["calibration"], dense)
         return self._plan(candidate, export.target, QAT_PRECISION, measure, export.io, inputs)
@@ -313,8 +313,10 @@ def timing_spec(bench: BenchSpec) -> dict[str, Any]:
     return {key: value for key, value in dump(bench).items() if not key.startswith("remote") and key != "rounds"}
 
 
-def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
-    """The settings besides target, precision and io that one export of `export` depends on."""
+def export_options(export: ExportSpec, precision: str, qat: bool = False) -> dict[str, Any]:
+    """The settings besides target, precision and io that one export of `export` depends on; with `qat`, those of
+    its int8-qat row, whose activation ranges are trained from the target's default calibration (not `activations`:
+    the recipe's estimator applies to post-training int8 only, and changing it keeps the QAT rows)."""
     options: dict[str, Any] = {}
     if precision in CALIBRATED_PRECISIONS:
         options["calibration"] = export.calibration_samples
@@ -324,6 +326,8 @@ def export_options(export: ExportSpec, precision: str) -> dict[str, Any]:
         options["max_accuracy_drop"] = export.max_accuracy_drop
     if export.keep_float and precision in CALIBRATED_PRECISIONS:
         options["keep_float"] = list(export.keep_float)
+    if export.activations is not None and precision in CALIBRATED_PRECISIONS and not qat:
+        options["activations"] = export.activations  # absent by default: runs made before it keep their records
     return options
 
 
@@ -344,6 +348,19 @@ def with_seed(row: dict, seed: int | None) -> dict:
     without one, so a one-seed run and the first seed of a run of several share their records."""
     row = {key: value for key, value in row.items() if key != "seed"}
     return row if seed is None else {**row, "seed": seed}
+
+
+def _job_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """`Deployment.export_job`'s settings from an export's `export_options`."""
+    keys = ("calibration", "keep_float", "calibration_root", "activations")
+    return {key: options[key] for key in keys if key in options}
+
+
+def _stating_settings(measure: Callable[[], list[dict]], options: dict[str, Any]) -> Callable[[], list[dict]]:
+    """`measure`, its rows also saying the int8 settings the recipe chose: which layers stayed float, how the
+    activation ranges were estimated."""
+    fields = {key: options[key] for key in ("keep_float", "activations") if options.get(key)}
+    return partial(_with_fields, measure, fields) if fields else measure
 
 
 def _with_fields(measure: Callable[[], list[dict]], fields: dict[str, Any]) -> list[dict]:

@@ -79,7 +79,7 @@ class Pipeline:
     def sensitivity(self, target: str, groups: list[str] | None = None) -> Search:
         """The dense model's layer groups ranked by what int8 costs them on `target`: each group alone kept in
         float, exported through the target's own int8 and scored on the val split with the task's metric
-        (`targets.accuracy_control.export_sensitivity`). Calibration and keep_float come from the recipe's
+        (`targets.accuracy_control.export_sensitivity`). Calibration, keep_float and activations come from the recipe's
         export of that target (default 256 samples)."""
         int8 = [name for name, spec in targets.TARGETS.items() if "int8" in spec.precisions]
         if target not in int8:
@@ -89,6 +89,7 @@ class Pipeline:
         export = next((e for e in self.recipe.exports if e.target == target), None)
         count = export.calibration_samples if export else ExportSpec.model_fields["calibration_samples"].default
         keep = list(export.keep_float) if export and export.keep_float else []
+        activations = {"activations": export.activations} if export and export.activations else {}
         return export_sensitivity(
             targets.get_target(target),
             dense.model,
@@ -97,6 +98,7 @@ class Pipeline:
             context.accuracy_control(0.0),
             groups,
             keep_float=keep,
+            **activations,
         )
 
     def run(self) -> dict | None:

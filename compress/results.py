@@ -95,6 +95,7 @@ class Row(_Strict):
     pruned_accuracy: Number | None = None  # a fine-tuned candidate's pruned model before the fine-tune
     max_accuracy_drop: Number | None = None  # int8_ac: the drop allowed, points
     keep_float: list[str] | None = None  # module-name globs an int8 file keeps in float
+    activations: str | None = None  # an int8 file's activation range estimator, where the recipe chose one
     sensitivity: Sensitivity | None = None
     qat: dict[str, Any] | None = None  # int8-qat: epochs, final_loss, val_<metric>, lr, seconds
     samples: Count | None = None  # test images the accuracy is over

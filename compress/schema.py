@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from targets import TARGETS
-from targets.base import CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
+from targets import TARGETS, activations_refusal
+from targets.base import ACTIVATION_ESTIMATORS, CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
 
 # Upper bounds keep absurd values (a 2**70 seed, 10**12 epochs) from failing hours into a run.
 PositiveInt = Annotated[int, Field(gt=0, le=1_000_000)]
@@ -417,6 +417,19 @@ class ExportSpec(Spec):
         default_factory=list,
         description="int8 precisions: module-name globs whose layers stay in float (e.g. 'features.11', 'classifier*')",
     )
+    activations: str | None = Field(
+        None,
+        description="int8 precisions: how each activation's int8 range is estimated from the calibration samples, "
+        "through the target's own quantizer. "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in ACTIVATION_ESTIMATORS.items())
+        + ". Per target: "
+        + "; ".join(
+            f"{name} {', '.join(spec.activations)} (default: {spec.default_activations or 'its library mixes them'})"
+            for name, spec in TARGETS.items()
+            if spec.activations
+        )
+        + ". QAT rows train their ranges and ignore it",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -448,6 +461,10 @@ class ExportSpec(Spec):
             raise ValueError(f"io {self.io!r} goes with precision [int8] only (float precisions have float I/O)")
         if self.keep_float and not set(self.precision) & set(CALIBRATED_PRECISIONS):
             raise ValueError("keep_float goes with an int8 precision (int8 or int8_ac) only")
+        if self.activations is not None and not set(self.precision) & set(CALIBRATED_PRECISIONS):
+            raise ValueError("activations goes with an int8 precision (int8 or int8_ac) only")
+        if self.activations is not None and (refusal := activations_refusal(self.target, self.activations)):
+            raise ValueError(f"activations: {refusal}")
         if self.max_accuracy_drop is not None and not any(map(_accuracy_controlled, self.precision)):
             raise ValueError("max_accuracy_drop goes with precision int8_ac (int8 with accuracy control) only")
         return self

@@ -20,8 +20,11 @@ nn.Module``: a trainable model with the target's own int8 fake quantization (its
 generic one), which the caller fine-tunes and hands back to ``export(..., "int8", ...)``.
 
 ``targets.export(target, model, example, out, ExportRequest(...))`` is how the PyTorch side calls them: one
-typed request (precision, calibration, metadata, io, keep_float, accuracy control), checked against the
-table line and `targets.base.PRECISIONS` first.
+typed request (precision, calibration, metadata, io, keep_float, accuracy control, activations), checked against
+the table line and `targets.base.PRECISIONS` first. A target whose table line lists ``activations`` takes
+``activations=`` (a name of `targets.base.ACTIVATION_ESTIMATORS`) in its calibrated precisions, maps it to its own
+quantizer's range estimator and writes it into the file's metadata; without it the target's library keeps its own
+default (``default_activations`` names it where it is one of them).
 
 Adding a target is one new module and one line in ``TARGETS``; adding a precision is one line in
 `targets.base.PRECISIONS` and the targets' code that makes it (tests/toy_target.py is a toy target).
@@ -35,7 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from targets.base import PRECISIONS, EdgecompError, ExportRequest, Runner, did_you_mean
+from targets.base import ACTIVATION_ESTIMATORS, PRECISIONS, EdgecompError, ExportRequest, Runner, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class TargetSpec:
     io: tuple[str, ...] = ("float",)  # the input/output tensor types an export can have ("int8": quantised I/O)
     devices: tuple[str, ...] = ("CPU",)  # where the runner executes; accelerators are not driven yet
     qat: bool = False  # int8 from quantization-aware training: the module has prepare_qat
+    # the activation range estimators (`targets.base.ACTIVATION_ESTIMATORS`) its int8 quantizer has: what a recipe's
+    # `activations` may name for this target; and which of them its int8 uses when none is named (None: none of
+    # them alone, e.g. NNCF's mix of estimators by quantizer)
+    activations: tuple[str, ...] = ()
+    default_activations: str | None = None
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -61,12 +69,58 @@ TARGETS: dict[str, TargetSpec] = {
         ("fp32", "fp16", "int8", "int8_ac", "int8_dynamic"),
         ("float", "int8"),
         qat=True,
+        activations=("mse", "minmax"),
+        default_activations="mse",
     ),
     "openvino": TargetSpec(
-        "openvino", "targets.openvino", ".xml", ("fp32", "fp16", "bf16", "int8", "int8_ac"), qat=True
+        "openvino",
+        "targets.openvino",
+        ".xml",
+        ("fp32", "fp16", "bf16", "int8", "int8_ac"),
+        qat=True,
+        activations=("minmax", "mean_minmax", "percentile", "mse"),
     ),
-    "onnx": TargetSpec("onnx", "targets.onnx", ".onnx", ("fp32", "int8", "int8_ac")),
+    "onnx": TargetSpec(
+        "onnx",
+        "targets.onnx",
+        ".onnx",
+        ("fp32", "int8", "int8_ac"),
+        activations=("percentile", "minmax"),
+        default_activations="percentile",
+    ),
 }
+
+
+def activations_refusal(target: str, estimator: str) -> str | None:
+    """Why `target`'s int8 cannot estimate activation ranges with `estimator`, or None when it can: an unknown
+    name lists the known ones, a name the target's quantizer lacks names the targets that have it."""
+    if estimator not in ACTIVATION_ESTIMATORS:
+        return (
+            f"unknown activation range estimator {estimator!r}{did_you_mean(estimator, ACTIVATION_ESTIMATORS)}; "
+            f"known: {', '.join(ACTIVATION_ESTIMATORS)}"
+        )
+    if estimator not in TARGETS[target].activations:
+        having = ", ".join(name for name, spec in TARGETS.items() if estimator in spec.activations) or "no target"
+        own = ", ".join(TARGETS[target].activations) or "none"
+        return (
+            f"{target} has no {estimator!r} activation range estimator (its quantizer has: {own}); offered by: {having}"
+        )
+    return None
+
+
+def activations_for(target: str, precision: str, activations: str | None) -> str | None:
+    """The activation range estimator `target`'s `precision` export uses: `activations`, else the target's default
+    (None where no one estimator is its default); an estimator the target lacks, or one given to a precision that
+    calibrates no ranges, is refused."""
+    if activations is None:
+        return TARGETS[target].default_activations
+    if precision not in PRECISIONS or not PRECISIONS[precision].calibrated:
+        raise EdgecompError(
+            f"{target} {precision} calibrates no activation ranges: activations {activations!r} is for int8"
+        )
+    if refusal := activations_refusal(target, activations):
+        raise EdgecompError(refusal)
+    return activations
 
 
 def get_target(name: str) -> ModuleType:
@@ -90,11 +144,14 @@ def export(target: str, model: Any, example: Any, out: Path, request: ExportRequ
     if (request.accuracy_control is not None) != precision.accuracy_controlled:
         need = "needs" if precision.accuracy_controlled else "takes no"
         raise EdgecompError(f"{target} {request.precision} {need} accuracy control")
+    activations_for(target, request.precision, request.activations)
     options: dict[str, Any] = {}  # only what the request sets: a target without keep_float need not take it
     if request.keep_float:
         options["keep_float"] = tuple(request.keep_float)
     if request.accuracy_control is not None:
         options["accuracy_control"] = request.accuracy_control
+    if request.activations is not None:
+        options["activations"] = request.activations
     calibration, metadata = request.calibration, dict(request.metadata)
     return module.export(model, example, request.precision, out, calibration, metadata, io=request.io, **options)
 

@@ -86,6 +86,16 @@ PRECISIONS: dict[str, PrecisionSpec] = {
 }
 CALIBRATED_PRECISIONS = tuple(name for name, spec in PRECISIONS.items() if spec.calibrated)
 
+# How a calibrated precision sets each activation tensor's int8 range from the calibration samples: the names a
+# recipe's ``activations`` takes. Each target maps the ones its own quantizer has (`TargetSpec.activations`) to
+# that library's estimator; none is written here by hand.
+ACTIVATION_ESTIMATORS: dict[str, str] = {
+    "minmax": "the lowest and highest value seen over all samples",
+    "mean_minmax": "the mean over samples of each sample's lowest and highest value",
+    "percentile": "a range that clips the rarest extreme values (a quantile of the values seen)",
+    "mse": "the range whose int8 grid has the least squared error over a histogram of the values seen",
+}
+
 
 @dataclass(frozen=True)
 class AccuracyControl:
@@ -110,6 +120,7 @@ class ExportRequest:
     io: str = "float"  # input/output tensor type ("int8": quantised I/O)
     keep_float: tuple[str, ...] = ()  # module-name globs kept in float (`matches_module`)
     accuracy_control: AccuracyControl | None = None  # for accuracy-controlled precisions (int8_ac)
+    activations: str | None = None  # an `ACTIVATION_ESTIMATORS` name; None: the target's own default
 
 
 def check_export_args(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS, get_target
+from targets import TARGETS, activations_for, get_target
 from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
     AccuracyControl,
@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 TOLERANCE = {"fp32": 1e-3}
 
 OPSET = 18  # pinned: the exported graph must not change with the installed torch's default
+# edgecomp's activation range estimators (`targets.base.ACTIVATION_ESTIMATORS`, this target's in `TARGETS`) ->
+# onnxruntime's CalibrationMethod: Percentile keeps 99.999% of the values (0.0005% cut off each side of one
+# histogram over all samples). Not offered: Entropy, whose KL search quantize_static runs with 128 histogram bins
+# for 128 quantized ones, so the one threshold it tries is the whole range (min-max in effect: the same files on
+# the real MobileNets); and Distribution, which fits float8 scales, not int8 ranges.
+_CALIBRATION_METHODS = {"percentile": "Percentile", "minmax": "MinMax"}
 _INPUT_NAME = "input"
 
 
@@ -62,20 +68,33 @@ def export(
     io: str = "float",
     keep_float: Sequence[str] = (),
     accuracy_control: AccuracyControl | None = None,
+    activations: str | None = None,
 ) -> Path:
     """Export `model` (static input shape of `example`) to an .onnx file at `out`, written atomically.
 
     `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
     ``int8_ac`` needs `accuracy_control` (`targets.accuracy_control`: int8 that keeps the costliest layer groups in
-    float).
+    float). `activations`: the calibration method of the activation ranges, by its edgecomp name
+    (`_CALIBRATION_METHODS`; default percentile), written into the metadata.
     """
     spec = TARGETS["onnx"]
     check_export_args("onnx", precision, spec.precisions, calibration, io, spec.io)
+    method = _CALIBRATION_METHODS[activations_for("onnx", precision, activations)]
     if precision == "int8_ac":
         control = require_control(accuracy_control, "onnx")
         return export_accuracy_controlled(
-            get_target("onnx"), model, example, out, calibration, metadata, control, io=io, keep_float=keep_float
+            get_target("onnx"),
+            model,
+            example,
+            out,
+            calibration,
+            metadata,
+            control,
+            io=io,
+            keep_float=keep_float,
+            activations=activations,
         )
+    metadata = metadata if activations is None else {**metadata, "activations": activations}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # as every other export does (atomic_path)
     fp32 = temp_sibling(out.with_name(f"fp32-{out.name}"))
@@ -83,7 +102,7 @@ def export(
         try:
             _export_fp32(model.eval(), example, fp32)
             if precision == "int8":
-                _quantize_int8(fp32, calibration, keep_float)
+                _quantize_int8(fp32, calibration, keep_float, method)
         except Exception as e:
             raise export_failed("onnx", precision, e, model, example) from e
         _save_with_metadata(fp32, out, metadata)
@@ -124,12 +143,16 @@ class _Calibration:
         self._next = ({_INPUT_NAME: sample[None]} for sample in self._samples)
 
 
-def _quantize_int8(path: Path, calibration: np.ndarray, keep_float: Sequence[str] = ()) -> None:
+def _quantize_int8(
+    path: Path, calibration: np.ndarray, keep_float: Sequence[str] = (), method: str = "Percentile"
+) -> None:
     """Quantise the fp32 file at `path` in place (QDQ, per-channel int8 weights, uint8 activations).
 
-    Activation ranges are onnxruntime's percentile calibration (99.999%), weight scales from `_weight_scales`. On the
-    real TF-slim MobileNetV2 / V3-Small (agreement with fp32 on 128 COCO128 photos, 64 calibration), min-max
-    with onnxruntime's own weight scales gave 90.6% / 57.8%, percentile alone 89.1% / 66.4%, both 93.0% / 67.2%.
+    Activation ranges are onnxruntime's calibration `method` (a CalibrationMethod name; the default, percentile:
+    99.999%; see `_CALIBRATION_METHODS`), weight scales from
+    `_weight_scales`. On the real TF-slim MobileNetV2 / V3-Small (agreement with fp32 on 128 COCO128 photos, 64
+    calibration), min-max with onnxruntime's own weight scales gave 90.6% / 57.8%, percentile alone 89.1% / 66.4%,
+    both 93.0% / 67.2%.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -144,7 +167,7 @@ def _quantize_int8(path: Path, calibration: np.ndarray, keep_float: Sequence[str
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=_nodes_in(path, keep_float),
-            calibrate_method=CalibrationMethod.Percentile,
+            calibrate_method=CalibrationMethod[method],
             extra_options={"TensorQuantOverrides": _weight_scales(path)},
         )
         os.replace(quantized, path)

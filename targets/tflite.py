@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS, get_target
+from targets import TARGETS, activations_for, get_target
 from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
     AccuracyControl,
@@ -79,25 +79,41 @@ def export(
     io: str = "float",
     keep_float: Sequence[str] = (),
     accuracy_control: AccuracyControl | None = None,
+    activations: str | None = None,
 ) -> Path:
     """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically.
 
     `io="int8"` keeps a full-int8 file's int8 input and output tensors (see the module doc). `keep_float`:
     module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float. ``int8_ac``
     needs `accuracy_control` (`targets.accuracy_control`: int8 that keeps the costliest layer groups in float).
+    `activations`: the torchao observer of the activation ranges, by its edgecomp name (`_ACTIVATION_OBSERVERS`;
+    default mse, litert-torch's HistogramObserver), written into the metadata; a QAT model's ranges are trained.
     """
     spec = TARGETS["tflite"]
     check_export_args("tflite", precision, spec.precisions, calibration, io, spec.io)
+    observer = _ACTIVATION_OBSERVERS[activations_for("tflite", precision, activations)] if activations else None
+    if activations is not None and is_qat_prepared(model):
+        raise EdgecompError(f"tflite {precision}: a QAT model's activation ranges are trained; activations is for PTQ")
     if precision == "int8_ac":
         control = require_control(accuracy_control, "tflite")
         return export_accuracy_controlled(
-            get_target("tflite"), model, example, out, calibration, metadata, control, io=io, keep_float=keep_float
+            get_target("tflite"),
+            model,
+            example,
+            out,
+            calibration,
+            metadata,
+            control,
+            io=io,
+            keep_float=keep_float,
+            activations=activations,
         )
+    metadata = metadata if activations is None else {**metadata, "activations": activations}
     model.eval()  # before export: a graph from torch.export refuses .eval()
     try:
         with _quiet_progress():
             if precision == "int8":
-                edge_model = _convert_int8(model, example, calibration, tuple(keep_float))
+                edge_model = _convert_int8(model, example, calibration, tuple(keep_float), observer)
             else:
                 edge_model = _convert(model, example, **_recipe_config(precision))
         content = bytes(edge_model.model_content())
@@ -126,14 +142,22 @@ def _recipe_config(precision: str) -> dict[str, Any]:
     return {"quant_config": recipes[precision]()} if precision in recipes else {}
 
 
-def _quantizer(qat: bool, keep_float: tuple[str, ...] = ()) -> Any:
+# edgecomp's activation range estimators (`targets.base.ACTIVATION_ESTIMATORS`, this target's in `TARGETS`) ->
+# torchao's PT2E observer: HistogramObserver (litert-torch's own choice) searches the range with the least L2
+# error of the quantized histogram; MinMaxObserver keeps the extremes of all samples.
+_ACTIVATION_OBSERVERS = {"mse": "HistogramObserver", "minmax": "MinMaxObserver"}
+
+
+def _quantizer(qat: bool, keep_float: tuple[str, ...] = (), observer: str | None = None) -> Any:
     """litert-torch's int8 scheme: symmetric, per-channel weights, static activations (fake-quant for QAT).
 
-    For PTQ, each weight channel's scale comes from `targets.weights.mse_scales` instead of max|w| / 127.
+    For PTQ, each weight channel's scale comes from `targets.weights.mse_scales` instead of max|w| / 127, and
+    `observer` (a torchao observer's name) replaces litert-torch's activation observer where given.
     """
     import dataclasses
 
     from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e import observer as observers
 
     from targets.tflite_quantizer import Quantizer
 
@@ -141,6 +165,10 @@ def _quantizer(qat: bool, keep_float: tuple[str, ...] = ()) -> Any:
     if not qat:
         weight = dataclasses.replace(config.weight, observer_or_fake_quant_ctr=_mse_weight_observer())
         config = dataclasses.replace(config, weight=weight)
+    if not qat and observer is not None:
+        ctr = getattr(observers, observer).with_args(eps=2**-12)  # litert-torch's eps
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
     return Quantizer(keep_float).set_global(config)
 
 
@@ -166,16 +194,20 @@ def _mse_weight_observer() -> type:
 
 
 def _convert_int8(
-    model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, keep_float: tuple[str, ...] = ()
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    calibration: np.ndarray,
+    keep_float: tuple[str, ...] = (),
+    observer: str | None = None,
 ) -> Any:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     if is_qat_prepared(model):
         return _convert_prepared(model, example, qat=True)
     graph, batch = _calibration_graph(model, example)
-    prepared = prepare_pt2e(graph, _quantizer(False, keep_float))
+    prepared = prepare_pt2e(graph, _quantizer(False, keep_float, observer))
     _calibrate(prepared, calibration, batch)
-    return _convert_prepared(prepared, example, False, keep_float)
+    return _convert_prepared(prepared, example, False, keep_float, observer)
 
 
 def _calibrate(prepared: torch.nn.Module, calibration: np.ndarray, batch: int) -> None:
@@ -188,7 +220,11 @@ def _calibrate(prepared: torch.nn.Module, calibration: np.ndarray, batch: int) -
 
 
 def _convert_prepared(
-    prepared: torch.nn.Module, example: torch.Tensor, qat: bool, keep_float: tuple[str, ...] = ()
+    prepared: torch.nn.Module,
+    example: torch.Tensor,
+    qat: bool,
+    keep_float: tuple[str, ...] = (),
+    observer: str | None = None,
 ) -> Any:
     """Observers or fake-quant modules -> quantize/dequantize pairs -> an int8 .tflite flatbuffer."""
     from litert_torch.quantize.quant_config import QuantConfig
@@ -197,7 +233,8 @@ def _convert_prepared(
     with _patterns_as_modules():
         quantized = convert_pt2e(prepared, fold_quantize=False)
     quantized.training = False  # traced from an eval model; exported graphs refuse .eval()
-    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=_quantizer(qat, keep_float)))
+    quantizer = _quantizer(qat, keep_float, observer)
+    return _convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
 
 def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray) -> torch.nn.Module:

@@ -2,7 +2,7 @@
 kept in float (by a recipe's `keep_float` or by int8_ac's search) with what the search measured.
 
 Reads the report's table rows (`compress.report.table.table_rows`): run, candidate, target, precision, threads,
-p50_ms, keep_float, sensitivity (a `compress.results.Sensitivity`).
+p50_ms, keep_float, activations, sensitivity (a `compress.results.Sensitivity`).
 """
 
 from __future__ import annotations
@@ -44,14 +44,17 @@ def slower_int8(table: list[dict[str, Any]]) -> list[str]:
 
 
 def kept_float(table: list[dict[str, Any]], metric: str) -> list[str]:
-    """One line per row with layers kept in float: which, and for int8_ac the search's own figures."""
+    """One line per row with layers kept in float or an activation range estimator the recipe chose: which, and
+    for int8_ac the search's own figures."""
     lines = []
     for row in table:
         keep = row.get("keep_float")
         search = row.get("sensitivity")
-        if not keep and not search:
+        activations = row.get("activations")
+        if not keep and not search and not activations:
             continue
-        line = f"{_name(row)}: " + (f"kept in float: {', '.join(keep)}" if keep else "all layers in int8")
+        line = f"{_name(row)}: " + (f"activation ranges: {activations}; " if activations else "")
+        line += f"kept in float: {', '.join(keep)}" if keep else "all layers in int8"
         if search:
             db = dict(search.sqnr_db or [])
             ranked = ", ".join(

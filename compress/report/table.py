@@ -169,6 +169,7 @@ def _computed(rows: list[Row]) -> dict[str, Any]:
         "postprocess_ms": average("postprocess_ms_p50"),  # a detector's numpy NMS step, apart from the model
         "max_accuracy_drop": row.max_accuracy_drop,  # int8_ac's allowed drop, points
         "keep_float": row.keep_float,  # layer groups an int8 file keeps in float
+        "activations": row.activations,  # the activation range estimator the recipe chose for an int8 file
         "sensitivity": row.sensitivity,  # int8_ac's search (TFLite, ONNX): each group's metric alone in float
         "front": False,
         "result": row,  # the typed row, for paired tests (`compress.report.stats.compare`)
