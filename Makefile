@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-real bench-latency reports install clean fuzz chaos arm-check
+.PHONY: demo test lint bench bench-real bench-latency bench-channels reports install clean fuzz chaos arm-check
 
 # Reinstall only when the dependency pins change.
 $(INSTALLED): pyproject.toml
@@ -55,6 +55,12 @@ bench-real: $(INSTALLED)
 # A latency prune target's choice against fresh timings of it, on TFLite and OpenVINO (~10 min on 2 cores).
 bench-latency: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_latency_search.py
+
+# Issue #19: whether channel counts that are multiples of 4/8/16 pay on each runtime: the quickstart's network
+# pruned to half its MACs with round_to none/4/8/16, and a 1x1-depthwise-1x1 stack for every C in 60..72, fp32
+# and int8 of every target, each part timed interleaved; ends with a computed verdict per runtime (~10 min on 2 cores).
+bench-channels: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_channels.py
 
 # Every quickstart export (runs/quickstart from `make demo`, else a reduced run) on aarch64 under qemu
 # against x86: sysroot and aarch64 wheels built once into ~/.cache/edgecomp/arm. Correctness, not speed.
