@@ -277,11 +277,19 @@ def spread(per_mac: dict[int, float]) -> float | None:
     return median(abs(per_mac[b] / per_mac[a] - 1) for a, b in pairs) if pairs else None
 
 
+def largest_step(p50: dict[int, float]) -> tuple[int, float] | None:
+    """(C, fraction) of the largest p50 rise from C to C + 1 in the sweep: where the runtime's kernels round up
+    (a step at a multiple of 16 says: one channel over 64 costs as much as sixteen)."""
+    rises = [(c, p50[c + 1] / p50[c] - 1) for c in p50 if c + 1 in p50]
+    return max(rises, key=lambda rise: rise[1]) if rises else None
+
+
 def faster(fraction: float) -> str:
     return f"{abs(fraction):.1%} {'faster' if fraction >= 0 else 'slower'}"
 
 
-def sweep_verdict(per_mac: dict[int, float]) -> str:
+def sweep_verdict(timings: list[Timed], runtime: str) -> str:
+    per_mac = per_mac_by_c(timings, runtime)
     noise = spread(per_mac)
     parts = []
     for multiple in MULTIPLES:
@@ -291,7 +299,9 @@ def sweep_verdict(per_mac: dict[int, float]) -> str:
         clear = "" if noise is None else (" (clear)" if gain > CLEAR * noise else " (within the spread)")
         parts.append(f"multiples of {multiple} {faster(gain)} per MAC than their +-1 neighbours{clear}")
     noise_text = "" if noise is None else f"; adjacent non-multiples of {min(MULTIPLES)} differ by {noise:.1%}"
-    return "sweep: " + ", ".join(parts) + noise_text
+    step = largest_step({t.file.variant: t.p50_ms for t in timings if t.file.runtime == runtime})
+    step_text = "" if step is None else f"; largest p50 step: {step[0]} -> {step[0] + 1} channels, {step[1]:+.1%}"
+    return "sweep: " + ", ".join(parts) + noise_text + step_text
 
 
 def network_verdict(runs: list[list[Timed]]) -> str:
@@ -316,7 +326,7 @@ def verdicts(network: list[list[Timed]], sweep: list[Timed]) -> list[str]:
         if len(own) > 1:
             parts.append(network_verdict(own))
         if any(t.file.runtime == runtime for t in sweep):
-            parts.append(sweep_verdict(per_mac_by_c(sweep, runtime)))
+            parts.append(sweep_verdict(sweep, runtime))
         lines.append(f"{runtime}:\n" + "\n".join(f"    {part}" for part in parts))
     return lines
 

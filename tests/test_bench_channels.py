@@ -28,7 +28,7 @@ def test_a_tiny_run_prints_both_tables_and_a_verdict(bench, tmp_path: Path, caps
     assert bench.main([*tiny, "--map-size", "8", "--keep", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "MobileNetV2 x0.5 pruned" in out and "Micro sweep" in out
-    assert "onnx fp32:" in out and "round_to=8" in out and "multiples of 16" in out
+    assert "onnx fp32:" in out and "round_to=8" in out and "multiples of 16" in out and "largest p50 step" in out
     assert sorted(path.name for path in tmp_path.glob("stack-*")) == [f"stack-{c}-onnx-fp32.onnx" for c in (15, 16, 17)]
 
 
@@ -40,6 +40,7 @@ def test_multiples_are_compared_with_their_neighbours_per_mac(bench) -> None:
     assert bench.neighbour_gain({64: 1.0}, 8) is None
     assert bench.spread(per_mac | {61: 1.1}) == pytest.approx(0.0)  # (61, 62) is one of six pairs
     assert bench.spread({63: 1.0, 64: 1.0}) is None
+    assert bench.largest_step({63: 1.0, 64: 1.0, 65: 1.5, 66: 1.5}) == (64, pytest.approx(0.5))
 
 
 def test_channel_range_and_round_to_arguments(bench) -> None:
