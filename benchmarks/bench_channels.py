@@ -258,13 +258,15 @@ def per_mac_by_c(timings: list[Timed], runtime: str) -> dict[int, float]:
     return {t.file.variant: t.ms_per_gmac for t in timings if t.file.runtime == runtime}
 
 
-def neighbour_gain(per_mac: dict[int, float], multiple: int) -> float | None:
+def neighbour_gain(per_mac: dict[int, float], multiple: int, alone: bool = False) -> float | None:
     """How much faster per MAC the multiples of `multiple` ran than their +-1 neighbours in the sweep, as a
-    fraction (0.1: 10% faster), averaged over the multiples that have a neighbour; None when none has."""
+    fraction (0.1: 10% faster), averaged over the multiples that have a neighbour; None when none has. With
+    `alone`, only the multiples of no larger one in MULTIPLES (60 and 68 for 4: 64 is a multiple of 16)."""
+    larger = [m for m in MULTIPLES if m > multiple and m % multiple == 0] if alone else []
     gains = []
     for c, cost in per_mac.items():
         neighbours = [per_mac[n] for n in (c - 1, c + 1) if n in per_mac]
-        if c % multiple == 0 and neighbours:
+        if c % multiple == 0 and neighbours and not any(c % m == 0 for m in larger):
             gains.append(float(np.mean(neighbours)) / cost - 1)
     return float(np.mean(gains)) if gains else None
 
@@ -297,7 +299,9 @@ def sweep_verdict(timings: list[Timed], runtime: str) -> str:
         if gain is None:
             continue
         clear = "" if noise is None else (" (clear)" if gain > CLEAR * noise else " (within the spread)")
-        parts.append(f"multiples of {multiple} {faster(gain)} per MAC than their +-1 neighbours{clear}")
+        alone = neighbour_gain(per_mac, multiple, alone=True)
+        alone_text = "" if alone in (None, gain) else f", {faster(alone)} those of no larger multiple"
+        parts.append(f"multiples of {multiple} {faster(gain)} per MAC than their +-1 neighbours{clear}{alone_text}")
     noise_text = "" if noise is None else f"; adjacent non-multiples of {min(MULTIPLES)} differ by {noise:.1%}"
     step = largest_step({t.file.variant: t.p50_ms for t in timings if t.file.runtime == runtime})
     step_text = "" if step is None else f"; largest p50 step: {step[0]} -> {step[0] + 1} channels, {step[1]:+.1%}"

@@ -38,6 +38,8 @@ def test_multiples_are_compared_with_their_neighbours_per_mac(bench) -> None:
     assert bench.neighbour_gain(per_mac, 8) == pytest.approx((0.25 + 1 / 0.9 - 1) / 2)  # 72 has 71 only
     assert bench.neighbour_gain(per_mac, 4) == pytest.approx((0 + 0.25 + 0 + 1 / 0.9 - 1) / 4)
     assert bench.neighbour_gain({64: 1.0}, 8) is None
+    assert bench.neighbour_gain(per_mac, 4, alone=True) == pytest.approx(0.0)  # 60 and 68: no faster
+    assert bench.neighbour_gain(per_mac, 8, alone=True) == pytest.approx(1 / 0.9 - 1)  # 72 only
     assert bench.spread(per_mac | {61: 1.1}) == pytest.approx(0.0)  # (61, 62) is one of six pairs
     assert bench.spread({63: 1.0, 64: 1.0}) is None
     assert bench.largest_step({63: 1.0, 64: 1.0, 65: 1.5, 66: 1.5}) == (64, pytest.approx(0.5))
