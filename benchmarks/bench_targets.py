@@ -45,6 +45,7 @@ from compress.prune import prune
 from compress.schema import ModelSpec, PruneSpec
 from targets.base import PRECISIONS
 from targets.bench import BenchResult, benchmark
+from targets.device import BUSY_CORES, OtherProcesses
 
 INPUT_SHAPE = (1, 3, 224, 224)
 CALIBRATION_SAMPLES = 32
@@ -52,7 +53,6 @@ CALIBRATION_SAMPLES = 32
 # depends on real data and a metric, which random weights do not have (`edgecomp run` measures it).
 DATA_DEPENDENT = {"int8_ac"}
 BENCHMARK_APP_SECONDS = 10
-BUSY_CORES = 0.25  # CPU that other processes used during a fidelity check, in cores, above which it is indicative
 console = Console()
 
 
@@ -148,31 +148,6 @@ def benchmark_app_median(xml: Path, threads: int, api: str = "sync", precision: 
     if match is None:
         raise RuntimeError(f"no 'Median:' line in benchmark_app's output:\n{output[-2000:]}")
     return float(match.group(1)) / (1000.0 if match.group(2) == "us" else 1.0)
-
-
-class OtherProcesses:
-    """The CPU other processes use from now on, in cores: the machine's busy time (/proc/stat) less this
-    process's and its waited-for children's (benchmark_app). A load average would count our own threads."""
-
-    def __init__(self) -> None:
-        self.start = (time.monotonic(), self._machine_busy_s(), self._own_s())
-
-    @staticmethod
-    def _machine_busy_s() -> float:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle, iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is inside user already
-
-    @staticmethod
-    def _own_s() -> float:
-        times = os.times()
-        return times.user + times.system + times.children_user + times.children_system
-
-    def cores(self) -> float:
-        wall, busy, own = self.start
-        elapsed = time.monotonic() - wall
-        return max(0.0, (self._machine_busy_s() - busy) - (self._own_s() - own)) / elapsed if elapsed > 0 else 0.0
 
 
 def fidelity(xml: Path, threads: int, rounds: int = 2) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +66,36 @@ def installed_versions(names: Mapping[str, str] | Iterable[str]) -> dict[str, st
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+# CPU other processes used while a benchmark timed, in cores, above which its figures are indicative: with
+# 2 threads on 2 cores, p50s then mix a free and a busy machine (a file's median flips between the two).
+BUSY_CORES = 0.25
+
+
+class OtherProcesses:
+    """The CPU other processes use from now on, in cores (Linux): the machine's busy time (/proc/stat) less this
+    process's and its waited-for children's (e.g. benchmark_app). A load average would count our own threads."""
+
+    def __init__(self) -> None:
+        self.start = (time.monotonic(), self._machine_busy_s(), self._own_s())
+
+    @staticmethod
+    def _machine_busy_s() -> float:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is inside user already
+
+    @staticmethod
+    def _own_s() -> float:
+        times = os.times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def cores(self) -> float:
+        wall, busy, own = self.start
+        elapsed = time.monotonic() - wall
+        return max(0.0, (self._machine_busy_s() - busy) - (self._own_s() - own)) / elapsed if elapsed > 0 else 0.0
 
 
 def description() -> dict[str, object]:
