@@ -48,7 +48,7 @@ from compress.prune import prune
 from compress.schema import ModelSpec, PruneSpec
 from targets.base import EdgecompError
 from targets.bench import interleave_files
-from targets.device import cpu_model
+from targets.device import BUSY_CORES, OtherProcesses, cpu_model
 
 MULTIPLES = (4, 8, 16)
 CALIBRATION_SAMPLES = 8  # int8 calibration inputs: latency does not depend on them, export time does
@@ -195,11 +195,15 @@ def time_all(files: list[File], args: argparse.Namespace, twice: set[Path] = fro
     """Every file timed in one interleaved run; a file in `twice` is opened as two runners (two timings)."""
     jobs = [file for file in files for _ in range(2 if file.path in twice else 1)]
     console.log(f"timing {len(jobs)} runners interleaved, {args.runs} runs each, {args.threads} threads")
-    started = time.perf_counter()
+    started, others = time.perf_counter(), OtherProcesses()
     results = interleave_files(
         [(job.path, args.threads) for job in jobs], None, None, "none", args.warmup, args.runs, args.rounds
     )
-    console.log(f"timed in {time.perf_counter() - started:.0f} s")
+    busy = others.cores()
+    console.print(
+        f"timed in {time.perf_counter() - started:.0f} s; other processes used {busy:.2f} cores meanwhile"
+        + (": indicative only, the p50s may mix a free and a busy machine" if busy > BUSY_CORES else "")
+    )
     timed: dict[Path, list[Timed]] = {}
     for job, result in zip(jobs, results, strict=True):
         if isinstance(result, EdgecompError):
