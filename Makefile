@@ -58,7 +58,7 @@ bench-latency: $(INSTALLED)
 
 # Issue #19: whether channel counts that are multiples of 4/8/16 pay on each runtime: the quickstart's network
 # pruned to half its MACs with round_to none/4/8/16, and a 1x1-depthwise-1x1 stack for every C in 60..72, fp32
-# and int8 of every target, each part timed interleaved; ends with a computed verdict per runtime (~10 min on 2 cores).
+# and int8 of every target, each part timed interleaved; ends with a computed verdict per runtime (~5 min on 2 quiet cores).
 bench-channels: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_channels.py
 
