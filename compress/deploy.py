@@ -364,4 +364,6 @@ def _stating_settings(measure: Callable[[], list[dict]], options: dict[str, Any]
 
 
 def _with_fields(measure: Callable[[], list[dict]], fields: dict[str, Any]) -> list[dict]:
-    return [{**row, **fields} for row in measure()]
+    # A row's own field wins: an int8_ac row's keep_float (read from its file) lists the recipe's layers and the
+    # ones the search kept float; the recipe's list alone would hide the search's.
+    return [{**fields, **row} for row in measure()]

@@ -231,3 +231,15 @@ def test_a_run_remakes_the_int8_file_when_its_estimator_changes(tmp_path: Path) 
     assert (
         "dense onnx int8: activation ranges: minmax; all layers in int8" in (tmp_path / "q" / "report.md").read_text()
     )
+
+
+def test_an_int8_ac_rows_own_float_layers_are_not_replaced_by_the_recipes() -> None:
+    """An int8_ac row reads keep_float from its file: the recipe's layers and those the search kept float."""
+    from compress.deploy import _stating_settings
+
+    def measure() -> list[dict]:
+        return [{"precision": "int8_ac", "keep_float": ["classifier", "features.11"]}, {"precision": "int8"}]
+
+    rows = _stating_settings(measure, {"keep_float": ["classifier"], "activations": "minmax"})()
+    assert rows[0] == {"precision": "int8_ac", "keep_float": ["classifier", "features.11"], "activations": "minmax"}
+    assert rows[1] == {"precision": "int8", "keep_float": ["classifier"], "activations": "minmax"}
