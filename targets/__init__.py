@@ -33,6 +33,7 @@ Adding a target is one new module and one line in ``TARGETS``; adding a precisio
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -121,6 +122,21 @@ def activations_for(target: str, precision: str, activations: str | None) -> str
     if refusal := activations_refusal(target, activations):
         raise EdgecompError(refusal)
     return activations
+
+
+def activation_settings(
+    target: str, precision: str, activations: str | None, metadata: Mapping[str, str], qat_model: bool = False
+) -> tuple[str | None, dict[str, str]]:
+    """For a target's ``export``: the estimator its `precision` uses (`activations_for`) and `metadata` with the
+    recipe's choice written in; a QAT-prepared model refuses one, its ranges being trained."""
+    estimator = activations_for(target, precision, activations)
+    if activations is None:
+        return estimator, dict(metadata)
+    if qat_model:
+        raise EdgecompError(
+            f"{target} {precision}: a QAT model's activation ranges are trained; activations is for PTQ"
+        )
+    return estimator, {**metadata, "activations": activations}
 
 
 def get_target(name: str) -> ModuleType:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS, activations_for, get_target
+from targets import TARGETS, activation_settings, get_target
 from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
     AccuracyControl,
@@ -79,7 +79,8 @@ def export(
     """
     spec = TARGETS["onnx"]
     check_export_args("onnx", precision, spec.precisions, calibration, io, spec.io)
-    method = _CALIBRATION_METHODS[activations_for("onnx", precision, activations)]
+    estimator, metadata = activation_settings("onnx", precision, activations, metadata)
+    method = _CALIBRATION_METHODS[estimator]
     if precision == "int8_ac":
         control = require_control(accuracy_control, "onnx")
         return export_accuracy_controlled(
@@ -94,7 +95,6 @@ def export(
             keep_float=keep_float,
             activations=activations,
         )
-    metadata = metadata if activations is None else {**metadata, "activations": activations}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # as every other export does (atomic_path)
     fp32 = temp_sibling(out.with_name(f"fp32-{out.name}"))

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS, activations_for
+from targets import TARGETS, activation_settings
 from targets.base import (
     PRECISIONS,
     AccuracyControl,
@@ -184,18 +184,14 @@ def export(
 
     ``int8_ac`` needs `accuracy_control`: the validation samples, the metric and the largest drop allowed.
     `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
-    `activations`: NNCF's activation range estimator, by its edgecomp name (`_RANGE_ESTIMATORS`; default
-    mean_minmax, NNCF's own for per-tensor activations), written into the metadata; a QAT model's are trained.
+    `activations`: NNCF's activation range estimator, by its edgecomp name (`_RANGE_ESTIMATORS`; without one,
+    NNCF's own mix: mean_minmax per tensor, minmax per channel), written into the metadata; a QAT model's are
+    trained.
     """
     spec = TARGETS["openvino"]
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
-    estimator = _RANGE_ESTIMATORS[activations_for("openvino", precision, activations)] if activations else None
-    if activations is not None:
-        if is_qat_prepared(model):
-            raise EdgecompError(
-                f"openvino {precision}: a QAT model's activation ranges are trained; activations is for PTQ"
-            )
-        metadata = {**metadata, "activations": activations}
+    _, metadata = activation_settings("openvino", precision, activations, metadata, is_qat_prepared(model))
+    estimator = _RANGE_ESTIMATORS[activations] if activations else None  # None: NNCF's own mix
     computed_in = PRECISIONS[precision].computed_in
     if computed_in != "f32":
         _check_cpu_computes(computed_in)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets import TARGETS, activations_for, get_target
+from targets import TARGETS, activation_settings, get_target
 from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
     AccuracyControl,
@@ -91,9 +91,8 @@ def export(
     """
     spec = TARGETS["tflite"]
     check_export_args("tflite", precision, spec.precisions, calibration, io, spec.io)
-    observer = _ACTIVATION_OBSERVERS[activations_for("tflite", precision, activations)] if activations else None
-    if activations is not None and is_qat_prepared(model):
-        raise EdgecompError(f"tflite {precision}: a QAT model's activation ranges are trained; activations is for PTQ")
+    estimator, metadata = activation_settings("tflite", precision, activations, metadata, is_qat_prepared(model))
+    observer = _ACTIVATION_OBSERVERS[estimator] if activations else None  # None: litert-torch's own config
     if precision == "int8_ac":
         control = require_control(accuracy_control, "tflite")
         return export_accuracy_controlled(
@@ -108,7 +107,6 @@ def export(
             keep_float=keep_float,
             activations=activations,
         )
-    metadata = metadata if activations is None else {**metadata, "activations": activations}
     model.eval()  # before export: a graph from torch.export refuses .eval()
     try:
         with _quiet_progress():
