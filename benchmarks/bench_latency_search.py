@@ -20,7 +20,6 @@ import argparse
 import platform
 import sys
 from copy import deepcopy
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -30,6 +29,7 @@ from compress.candidates import timed_against
 from compress.models import build_model
 from compress.prune import Probe, as_ratio, prune, search_latency
 from compress.schema import BenchSpec, ModelSpec, PruneSpec
+from targets.device import cpu_model
 
 console = Console(width=160)
 
@@ -46,7 +46,7 @@ def main() -> int:
     model = build_model(ModelSpec(arch="mobilenet_v2", width_mult=0.5), 10).eval()
     example = torch.randn(1, 3, 224, 224)
     bench = BenchSpec(threads=[args.threads], warmup=10, runs=args.runs)
-    table = Table(title=f"latency {args.latency:g} asked; {platform.processor() or platform.machine()}, {cpu()}")
+    table = Table(title=f"latency {args.latency:g} asked; {platform.machine()}, {cpu_model()}")
     for column in ("target", "rule", "ratio", "MACs", "search read", "re-timed", "worst"):
         table.add_column(column, justify="left" if column in ("target", "rule", "re-timed") else "right")
     for target in args.targets:
@@ -72,13 +72,6 @@ def _row(target: str, rule: str, probe: Probe, checks: list[float]) -> list[str]
         ", ".join(f"{c:.3f}" for c in checks),
         f"{max(checks):.3f}",
     ]
-
-
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import targets
 from targets.accuracy_control import sqnr_db
 from targets.base import ACTIVATION_ESTIMATORS, AccuracyControl
 from targets.bench import benchmark
+from targets.device import cpu_model
 from targets.preprocess import DEFAULT_CROP_PCT, NORMALIZE, RESIZES, Preprocess, read_images
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
@@ -230,14 +231,7 @@ def main() -> int:
 
 
 def print_table(rows: list[Row], threads: int) -> None:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     flags = Path("/proc/cpuinfo").read_text()
     isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else platform.machine()
     table = Table(title=f"int8 on real ImageNet networks, COCO128 photos (224 px), {cpu} ({isa}), {threads} threads")
