@@ -161,38 +161,63 @@ def _prune_step(spec: PruneSpec, metrics: dict) -> str:
     return (
         f"prune({spec.importance}, latency={value:g} on {spec.measured_on}: reached {found['reached']:.3f} of the "
         f"dense p50 ({found['reached_ms']:.3f} ms vs dense {found['dense_ms']:.3f} ms, timed together, mean of two "
-        f"timings) with ratio "
-        f"{found['ratio']:.3f}, {found['macs']:.3f} of the dense MACs, {steps})"
+        f"timings) with ratio {found['ratio']:.3f}{_allocated(found)}, {found['macs']:.3f} of the dense MACs, {steps})"
     )
+
+
+def _allocated(found: dict) -> str:
+    """' shared out by a latency table of 25 groups' when the search measured one."""
+    if found.get("allocation") != "latency":
+        return ""
+    return f" shared out by a latency table of {len(found['table']['groups'])} groups"
+
+
+class AgainstDense:
+    """Exports models' fp32 files for one target and times them interleaved with the dense model's file
+    (`timed_against`): called with one model, or `many` at once (a latency table's probes, in one timing)."""
+
+    def __init__(self, dense: Path, target: str, example: torch.Tensor, bench: BenchSpec, folder: Path, log) -> None:
+        self.dense, self.target, self.example, self.bench, self.log = dense, target, example, bench, log
+        self.files = (folder / f"probe{index}{targets.TARGETS[target].suffix}" for index in itertools.count())
+
+    def __call__(self, model: nn.Module) -> ProbeTiming:
+        return self.many([model])[0]
+
+    def many(self, models: list[nn.Module]) -> list[ProbeTiming]:
+        probes = [targets.export(self.target, m.eval(), self.example, next(self.files), FP32) for m in models]
+        threads = self.bench.threads[0]
+        jobs = [TimingJob(file, threads) for file in [*probes, self.dense]]
+        results = take(jobs, self.bench, tuple(self.example.shape))
+        for result in results:
+            if isinstance(result, EdgecompError):
+                raise result
+        dense_ms = results[-1].latency_ms_p50
+        timings = [ProbeTiming(result.latency_ms_p50, dense_ms) for result in results[:-1]]
+        for timing in timings if len(timings) == 1 else []:
+            self.log(
+                f"latency probe on {self.target}: {timing.fraction:.3f} of the dense p50 "
+                f"({timing.probe_ms:.3f} ms vs {timing.dense_ms:.3f} ms, timed together)"
+            )
+        if len(timings) > 1:
+            self.log(
+                f"latency table on {self.target}: {len(timings)} probes timed with the dense model ({dense_ms:.3f} ms)"
+            )
+        return timings
 
 
 @contextmanager
 def timed_against(
     reference: nn.Module, target: str, example: torch.Tensor, bench: BenchSpec, log: Callable[[str], None]
-) -> Iterator[Callable[[nn.Module], ProbeTiming]]:
-    """A function that exports a model's fp32 file for `target` and times it interleaved with `reference`'s file
-    (exported once, on entry), in one `compress.timing.take` with the recipe's bench settings (its rounds too)
+) -> Iterator[AgainstDense]:
+    """An `AgainstDense` for `target`: it exports models' fp32 files and times them interleaved with `reference`'s
+    file (exported once, on entry), in one `compress.timing.take` with the recipe's bench settings (its rounds too)
     and first thread count: a latency target's probe and the dense model, timed in the same rounds, so that a
     machine whose speed drifts during a search slows both alike and their ratio holds. The files live until exit."""
-    threads, suffix = bench.threads[0], targets.TARGETS[target].suffix
     with tempfile.TemporaryDirectory() as folder:
-        files = (Path(folder) / f"probe{index}{suffix}" for index in itertools.count())
-        dense = targets.export(target, reference.eval(), example, Path(folder) / f"dense{suffix}", FP32)
-
-        def timed(model: nn.Module) -> ProbeTiming:
-            probe = targets.export(target, model.eval(), example, next(files), FP32)
-            results = take([TimingJob(probe, threads), TimingJob(dense, threads)], bench, tuple(example.shape))
-            for result in results:
-                if isinstance(result, EdgecompError):
-                    raise result
-            timing = ProbeTiming(results[0].latency_ms_p50, results[1].latency_ms_p50)
-            log(
-                f"latency probe on {target}: {timing.fraction:.3f} of the dense p50 "
-                f"({timing.probe_ms:.3f} ms vs {timing.dense_ms:.3f} ms, timed together)"
-            )
-            return timing
-
-        yield timed
+        dense = targets.export(
+            target, reference.eval(), example, Path(folder) / f"dense{targets.TARGETS[target].suffix}", FP32
+        )
+        yield AgainstDense(dense, target, example, bench, Path(folder), log)
 
 
 def _check_head_trained(fresh: list[str], weights: str, epochs: int, num_classes: int) -> None:
@@ -297,7 +322,8 @@ class CandidateBuilder:
                     searched = search_latency(model, context.example, spec, timed, self._gradient_batches, loss)
                 target = spec.model_copy(update={"latency": None, "measured_on": None, "ratio": searched.found.ratio})
                 seed_everything(context.recipe.train.seed)
-            prune(model, context.example, target, self._gradient_batches, loss, self._between_steps(spec))
+            shares = searched.shares if searched else None
+            prune(model, context.example, target, self._gradient_batches, loss, self._between_steps(spec), shares)
             macs, params = count(model, context.example)
             self._warn_below_target(spec, {"macs": macs / dense.macs, "params": params / dense.params}.get(kind))
             arch = architecture_id(model)

@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from compress import latency_table
 from compress.measure import count
 from compress.models import output_layers
 from compress.registry import Registry
@@ -99,9 +100,13 @@ def prune(
     gradient_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     loss: Callable | None = None,
     between_steps: Callable[[nn.Module], None] | None = None,
+    shares: dict[str, float] | None = None,
 ) -> nn.Module:
     """Prune `model` in place to the spec's target in `spec.iterative_steps` steps, calling `between_steps`
     (e.g. a short fine-tune) after every step but the last.
+
+    With `shares` (a `compress.latency_table.LatencyTable`'s, by group root name), a ratio target's value is the
+    level at which `latency_table.group_ratios` shares channels out: more from the groups that cost more latency.
 
     A `ratio` target removes that fraction of channels in every step's share. A `macs` or `params` target
     prunes in fine steps (about 1% of channels each) until the count falls to the asked fraction of the
@@ -113,7 +118,7 @@ def prune(
     if kind == "latency":
         raise EdgecompError("a latency target is a MACs fraction found by measurement first: see search_latency")
     if kind == "ratio":
-        stepper = _stepper(model, example, spec, value, spec.iterative_steps, gradient_batches, loss)
+        stepper = _stepper(model, example, spec, value, spec.iterative_steps, gradient_batches, loss, shares)
         for step in range(spec.iterative_steps):
             stepper.step(gradient_batch_count=4)
             if between_steps is not None and step < spec.iterative_steps - 1:
@@ -121,7 +126,7 @@ def prune(
         return model
     measure = (lambda: count(model, example)[0]) if kind == "macs" else (lambda: count(model, example)[1])
     dense = measure()
-    stepper = _stepper(model, example, spec, MAX_RATIO, FINE_STEPS, gradient_batches, loss)
+    stepper = _stepper(model, example, spec, MAX_RATIO, FINE_STEPS, gradient_batches, loss, shares)
     milestones = [1 - (1 - value) * (i + 1) / spec.iterative_steps for i in range(spec.iterative_steps)]
     for i, milestone in enumerate(milestones):
         while measure() > milestone * dense:
@@ -171,11 +176,18 @@ class LatencySearch:
     found: Probe  # the probe whose ratio the stage prunes to, its timing the mean of its two (`_confirmed`)
     probes: list[Probe]  # the bisection's, in order
     again: list[Probe] = field(default_factory=list)  # second timings of the probes that met the target
+    table: latency_table.LatencyTable | None = None  # allocation: latency's, which every probe pruned by
+
+    @property
+    def shares(self) -> dict[str, float] | None:
+        """What `prune` shares channels out by: None for a uniform ratio."""
+        return self.table.shares() if self.table else None
 
     def as_dict(self) -> dict:
         found = self.found
         return {
             "asked": self.asked,
+            "allocation": "latency" if self.table else "uniform",
             "ratio": round(found.ratio, 4),
             "macs": round(found.macs, 4),
             "reached": round(found.timing.fraction, 4),
@@ -183,7 +195,7 @@ class LatencySearch:
             "dense_ms": round(found.timing.dense_ms, 4),  # in the same two timings as reached_ms
             "probes": [probe.as_list() for probe in self.probes],  # ratio, MACs fraction, p50 ms, dense p50 ms
             "again": [probe.as_list() for probe in self.again],
-        }
+        } | ({"table": self.table.as_dict()} if self.table else {})
 
 
 def search_latency(
@@ -199,12 +211,22 @@ def search_latency(
     prunes a copy of `model` by a ratio with the spec's criterion in one step, and `timed_against_dense` times it
     in the target's runtime together with `model` (`ProbeTiming`). Latency is not proportional to MACs
     (memory-bound depthwise layers, runtime kernels that prefer some channel counts), so it is measured, not
-    predicted. The ratio found is then timed once more (`_confirmed`). `model` is left as it is."""
+    predicted. The ratio found is then timed once more (`_confirmed`). `model` is left as it is.
+
+    With `spec.allocation` "latency", a latency table is measured first (`compress.latency_table.measure`, all its
+    probes in one timing when `timed_against_dense` has a `many` method) and every probe prunes by it: the ratio
+    is then the level at which channels are shared out, more from the groups that cost more latency."""
     dense_macs = count(model, example)[0]
+    table = None
+    if spec.allocation == "latency":
+        many = getattr(timed_against_dense, "many", None) or (lambda models: [timed_against_dense(m) for m in models])
+        ignored = lambda copy: _ignored(copy, spec.ignore)  # noqa: E731
+        table = latency_table.measure(model, example, ignored, spec.round_to, spec.measured_on, many)
+    shares = table.shares() if table else None
     low, high, tried, met = 0.0, MAX_RATIO, [], {}
     for _ in range(probes):
         ratio = (low + high) / 2
-        copy = prune(deepcopy(model), example, as_ratio(spec, ratio), gradient_batches, loss)
+        copy = prune(deepcopy(model), example, as_ratio(spec, ratio), gradient_batches, loss, shares=shares)
         tried.append(Probe(ratio, count(copy, example)[0] / dense_macs, timed_against_dense(copy)))
         if tried[-1].timing.fraction <= spec.latency:
             met[ratio] = copy
@@ -219,7 +241,7 @@ def search_latency(
             "timed together); ask for a larger fraction"
         )
     found, again = _confirmed([p for p in tried if p.ratio in met], met, spec.latency, timed_against_dense)
-    return LatencySearch(spec.latency, found, tried, again)
+    return LatencySearch(spec.latency, found, tried, again, table)
 
 
 def _confirmed(
@@ -249,13 +271,19 @@ def as_ratio(spec: PruneSpec, ratio: float) -> PruneSpec:
     return spec.model_copy(update={"latency": None, "measured_on": None, "ratio": ratio, "iterative_steps": 1})
 
 
-def _stepper(model, example, spec: PruneSpec, ratio: float, steps: int, gradient_batches, loss) -> _Stepper:
+def _stepper(
+    model, example, spec: PruneSpec, ratio: float, steps: int, gradient_batches, loss, shares=None
+) -> _Stepper:
+    per_layer = _layer_ratios(model, spec.layer_ratios)
+    if shares is not None:  # latency allocation: each group's own ratio
+        modules = dict(model.named_modules())
+        per_layer = {modules[name]: r for name, r in latency_table.group_ratios(shares, ratio, MAX_RATIO).items()}
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=IMPORTANCE.get(spec.importance)(),
         pruning_ratio=ratio,
-        pruning_ratio_dict=_layer_ratios(model, spec.layer_ratios) or None,
+        pruning_ratio_dict=per_layer or None,
         iterative_steps=steps,
         global_pruning=spec.global_pruning,
         round_to=spec.round_to,

@@ -206,6 +206,12 @@ class PruneSpec(Spec):
     measured_on: str | list[str] | None = Field(
         None, description="latency targets: the target whose runtime measures it (tflite, ...); a list sweeps it"
     )
+    allocation: Literal["uniform", "latency"] = Field(
+        "uniform",
+        description="latency targets: how channels are shared out among layer groups. uniform: every group loses the "
+        "same ratio; latency: each group's latency per channel is timed on `measured_on` first and channels are "
+        "ranked globally by importance per millisecond saved (`compress.latency_table`)",
+    )
     layer_ratios: dict[str, Fraction] = Field(
         default_factory=dict, description="per-layer ratio by module-name glob, e.g. {'features.1*': 0.2} (ratio only)"
     )
@@ -227,6 +233,12 @@ class PruneSpec(Spec):
         for target in [self.measured_on] if isinstance(self.measured_on, str) else self.measured_on or []:
             if target not in TARGETS:
                 raise ValueError(f"prune.measured_on: unknown target {target!r}{did_you_mean(target, TARGETS)}")
+        if self.allocation == "latency" and (self.latency is None or self.global_pruning):
+            raise ValueError(
+                "allocation: latency shares channels out by a latency table timed on the target: it goes with a "
+                "latency target (latency: 0.5, measured_on: tflite) and is a global pruning of its own "
+                "(no global_pruning)"
+            )
         if self.layer_ratios and given and given[0] != "ratio":
             raise ValueError("layer_ratios go with a ratio target, not a macs or params one")
         return self
@@ -317,12 +329,13 @@ def expand(spec: Spec | None) -> list[tuple[str, Spec | None]]:
 
 def _alternative_tag(alternative: PruneSpec, spec: PruneSpec) -> str:
     """The tag of one candidate of a prune alternative (`spec`, one combination of `alternative`'s swept values):
-    its criterion when that is swept, then its target kind and value, and the target that measures a latency:
-    'macs0.5', 'latency0.5-on-tflite', 'taylor-ratio0.3'. Named so even with nothing swept, so that it says
-    which alternative made it."""
+    its criterion when that is swept, then its target kind and value, the target that measures a latency and
+    whether a latency table shares the channels out: 'macs0.5', 'latency0.5-on-tflite', 'latency0.5-on-tflite-
+    per-layer', 'taylor-ratio0.3'. Named so even with nothing swept, so that it says which alternative made it."""
     kind, value = spec.target
     swept = [spec.importance] if isinstance(alternative.importance, list) else []
     on = [f"on-{spec.measured_on}"] if kind == "latency" else []
+    on += ["per-layer"] if spec.allocation == "latency" else []
     return "-".join([*swept, f"{kind}{value:g}", *on])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -288,6 +289,77 @@ def test_a_latency_probe_that_met_the_target_by_luck_is_timed_again_and_passed_o
     lucky = min((p for p in found.probes if p.timing.fraction <= 0.6), key=lambda p: p.ratio)
     assert (0.2 + lucky.macs) / 1.2 * 0.95 > 0.6 and found.found.ratio > lucky.ratio  # passed over
     assert found.again[0].ratio == lucky.ratio and found.as_dict()["again"][0][0] == round(lucky.ratio, 4)
+
+
+class _WeightedParams:
+    """A fake runtime whose latency is the convs' weights counted with `weight` (a callable of the layer name):
+    it times one model (`__call__`) or `many` against a dense p50 of 1 ms, and counts its calls of `many`."""
+
+    def __init__(self, dense: nn.Module, weight) -> None:
+        self.weight, self.many_calls = weight, 0
+        self.dense = self.cost(dense)
+
+    def cost(self, model: nn.Module) -> float:
+        convs = ((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        return sum(m.weight.numel() * self.weight(name) for name, m in convs)
+
+    def __call__(self, model: nn.Module):
+        from compress.prune import ProbeTiming
+
+        return ProbeTiming(self.cost(model) / self.dense, 1.0)
+
+    def many(self, models: list[nn.Module]) -> list:
+        self.many_calls += 1
+        return [self(model) for model in models]
+
+
+def _weights(model: nn.Module, blocks: range) -> tuple[int, int]:
+    """The conv weights of model.features[blocks], and of every other layer."""
+    convs = [(name, m.weight.numel()) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    inside = sum(n for name, n in convs if _weights_in(name, blocks))
+    return inside, sum(n for _, n in convs) - inside
+
+
+def test_latency_allocation_takes_channels_from_the_groups_that_cost_the_latency() -> None:
+    """A runtime where every weight of features.8-14 costs 20 times any other: pruned to 0.6 of its latency with
+    a latency table, the network keeps more of its weights outside those blocks than under a uniform ratio, and
+    more weights in all, at the same latency. The table's probes (one per layer group) are timed in one
+    interleaved timing (`many`); the search still meets the target by timing whole networks."""
+    from compress.prune import as_ratio, search_latency
+
+    model = _v2()
+    slow = range(8, 15)
+    runtime = _WeightedParams(model, lambda name: 20 if _weights_in(name, slow) else 1)
+    kept, searches = {}, {}
+    for allocation in ("uniform", "latency"):
+        spec = PruneSpec(importance="l2", latency=0.6, measured_on="onnx", allocation=allocation, round_to=8)
+        searches[allocation] = search_latency(model, EXAMPLE[:1], spec, runtime)
+        found = searches[allocation]
+        pruned = prune(deepcopy(model), EXAMPLE[:1], as_ratio(spec, found.found.ratio), shares=found.shares)
+        assert found.found.timing.fraction <= 0.6 and runtime(pruned).fraction <= 0.6
+        kept[allocation] = _weights(pruned, slow)
+    (_, uniform_rest), (_, latency_rest) = kept["uniform"], kept["latency"]
+    assert latency_rest > 1.3 * uniform_rest and sum(kept["latency"]) > 1.2 * sum(kept["uniform"])
+    groups = searches["latency"].as_dict()["table"]["groups"]
+    assert searches["latency"].as_dict()["allocation"] == "latency" and len(groups) > 20
+    assert groups["features.10.conv.1.0"][2] > 10 * groups["features.4.conv.1.0"][2]  # what each saved
+    assert runtime.many_calls == 1 and searches["uniform"].table is None
+
+
+def _weights_in(name: str, blocks: range) -> bool:
+    return any(name.startswith(f"features.{i}.") for i in blocks)
+
+
+def test_latency_allocation_is_uniform_when_every_group_costs_the_same() -> None:
+    from compress.latency_table import group_ratios
+
+    assert group_ratios({"a": 0.1, "b": 0.1}, 0.4, 0.95) == pytest.approx({"a": 0.4, "b": 0.4})
+    assert group_ratios({"a": 0.1, "b": 0.2}, 0.0, 0.95) == {"a": 0.0, "b": 0.0}  # level 0 prunes nothing
+    ratios = group_ratios({"a": 0.1, "b": 0.2, "c": 0.8}, 0.9, 0.8)  # keep 0.08 / share, at least 0.2
+    assert ratios == pytest.approx({"a": 0.2, "b": 0.6, "c": 0.8})  # twice the latency: half the share kept
+    assert group_ratios({"a": 0.1, "b": 0.8}, 0.5, 0.9) == pytest.approx({"a": 0.0, "b": 0.5})  # a keeps all
+    with pytest.raises(ValueError, match=r"allocation: latency .* goes with a latency target"):
+        PruneSpec(macs=0.5, allocation="latency")
 
 
 def test_a_latency_target_names_the_target_that_measures_it() -> None:

@@ -315,10 +315,10 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
 
 
 def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypatch) -> None:
-    """The plumbing of `prune: [{latency: 0.5, measured_on: onnx}, {macs: 0.5}]` with the measurement replaced by a
-    latency the test controls (linear in MACs): the stage keeps the search, its key holds the machine, the lineage
-    says what was asked and reached, and the MACs-targeted alternative is a candidate beside it, each named by its
-    target. compress.prune's tests check the search; `make bench` measures real runtimes."""
+    """The plumbing of `prune: [{latency: 0.5, measured_on: onnx}, {... allocation: latency}, {macs: 0.5}]` with the
+    measurement replaced by a latency the test controls (linear in MACs): the stage keeps the search, its key holds
+    the machine, the lineage says what was asked and reached (and that a latency table shared the channels out),
+    and the MACs-targeted alternative is a candidate beside it, each named by its target. compress.prune's tests check the search; `make bench` measures real runtimes."""
     from contextlib import contextmanager
 
     import compress.candidates
@@ -338,7 +338,13 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     recipe = recipe.model_copy(
         update={
             "stages": [
-                StageSpec(prune=[PruneSpec(latency=0.5, measured_on="onnx"), PruneSpec(macs=0.5)]),
+                StageSpec(
+                    prune=[
+                        PruneSpec(latency=0.5, measured_on="onnx"),
+                        PruneSpec(latency=0.5, measured_on="onnx", allocation="latency"),
+                        PruneSpec(macs=0.5),
+                    ]
+                ),
                 recipe.stages[1],
             ]
         }
@@ -351,7 +357,17 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     assert stage["inputs"]["bench"]["rounds"] == 100  # the probes are timed in rounds too
     assert stage["metrics"]["macs_fraction"] == pytest.approx(found["macs"], abs=1e-4)  # the probe's ratio again
     kd = {row["candidate"]: row for row in results["rows"] if row["kind"] == "kd"}
-    assert sorted(kd) == ["pruned-kd-latency0.5-on-onnx", "pruned-kd-macs0.5"] and not results["failed"]
+    assert (
+        sorted(kd)
+        == [
+            "pruned-kd-latency0.5-on-onnx",
+            "pruned-kd-latency0.5-on-onnx-per-layer",
+            "pruned-kd-macs0.5",
+        ]
+        and not results["failed"]
+    )
+    per_layer = kd["pruned-kd-latency0.5-on-onnx-per-layer"]["lineage"]
+    assert any("shared out by a latency table of" in step for step in per_layer), per_layer
     assert any(
         step.startswith("prune(l2, latency=0.5 on onnx: reached 0.4") and "ms vs dense 1.100 ms, timed together" in step
         for step in kd["pruned-kd-latency0.5-on-onnx"]["lineage"]
