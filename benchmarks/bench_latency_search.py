@@ -8,10 +8,16 @@ and read 0.53-0.56). For each target this prints the ratio the search settled on
 alone would have kept, each re-timed `--checks` times against the dense model in fresh interleaved timings
 (fp32 files, the recipe's bench settings), so the search's reading can be compared with what a run would see.
 
+Each target is searched with both channel allocations (`--allocations`): `uniform` (every layer group loses the
+same ratio) and `latency` (`compress.latency_table`: each group's share of the dense p50 timed on the target
+first, groups that cost more losing more). The table's MACs and params columns say what each keeps at the same
+latency; a second table lists each group's measured share of the dense p50 and the channels each allocation kept.
+
 The network is `recipes/latency-quickstart.yaml`'s (MobileNetV2 x0.5, 10 classes, 224 px, L2 importance,
 channels rounded to 8), untrained: weights do not change latency.
 
     python benchmarks/bench_latency_search.py [--targets tflite openvino] [--latency 0.5] [--checks 3]
+        [--allocations uniform latency]
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.candidates import timed_against
+from compress.measure import count
 from compress.models import build_model
-from compress.prune import Probe, as_ratio, prune, search_latency
+from compress.prune import LatencySearch, Probe, as_ratio, prune, search_latency
 from compress.schema import BenchSpec, ModelSpec, PruneSpec
 from targets.device import cpu_model
 
@@ -41,33 +48,74 @@ def main() -> int:
     parser.add_argument("--checks", type=int, default=3, help="fresh timings of each chosen ratio")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per file and timing (the recipe's)")
+    parser.add_argument("--allocations", nargs="+", default=["uniform", "latency"], choices=["uniform", "latency"])
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build_model(ModelSpec(arch="mobilenet_v2", width_mult=0.5), 10).eval()
     example = torch.randn(1, 3, 224, 224)
     bench = BenchSpec(threads=[args.threads], warmup=10, runs=args.runs)
     table = Table(title=f"latency {args.latency:g} asked; {platform.machine()}, {cpu_model()}")
-    for column in ("target", "rule", "ratio", "MACs", "search read", "re-timed", "worst"):
-        table.add_column(column, justify="left" if column in ("target", "rule", "re-timed") else "right")
+    columns = ("target", "allocation", "rule", "ratio", "MACs", "params", "search read", "re-timed", "worst")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("target", "allocation", "rule", "re-timed") else "right")
+    groups = Table(title="per layer group: its share of the dense p50 (latency table) and the channels kept")
+    chosen: dict[tuple[str, str], torch.nn.Module] = {}
+    tables: dict[str, dict] = {}
     for target in args.targets:
-        spec = PruneSpec(importance="l2", latency=args.latency, measured_on=target, round_to=8)
-        with timed_against(model, target, example, bench, lambda line: console.print(line)) as timed:
-            search = search_latency(model, example, spec, timed)
-            first_only = min((p for p in search.probes if p.timing.fraction <= args.latency), key=lambda p: p.ratio)
-            for rule, probe in (("first reading", first_only), ("confirmed (mean of two)", search.found)):
-                pruned = prune(deepcopy(model), example, as_ratio(spec, probe.ratio))
-                checks = [timed(pruned).fraction for _ in range(args.checks)]
-                table.add_row(*_row(target, rule, probe, checks))
+        for allocation in args.allocations:
+            spec = PruneSpec(
+                importance="l2", latency=args.latency, measured_on=target, round_to=8, allocation=allocation
+            )
+            with timed_against(model, target, example, bench, lambda line: console.print(line)) as timed:
+                search = search_latency(model, example, spec, timed)
+                for rule, probe in _rules(search, args.latency):
+                    pruned = prune(deepcopy(model), example, as_ratio(spec, probe.ratio), shares=search.shares)
+                    checks = [timed(pruned).fraction for _ in range(args.checks)]
+                    params = count(pruned, example)[1] / count(model, example)[1]
+                    table.add_row(target, allocation, *_row(rule, probe, params, checks))
+                    chosen[target, allocation] = pruned
+            if search.table:
+                tables[target] = search.table.as_dict()["groups"]
     console.print(table)
+    console.print(_groups(groups, model, chosen, tables))
     return 0
 
 
-def _row(target: str, rule: str, probe: Probe, checks: list[float]) -> list[str]:
+def _rules(search: LatencySearch, latency: float) -> list[tuple[str, Probe]]:
+    """The probe the first reading alone would have kept, then the search's confirmed choice (last: its pruned
+    model is the one the groups table shows)."""
+    first_only = min((p for p in search.probes if p.timing.fraction <= latency), key=lambda p: p.ratio)
+    return [("first reading", first_only), ("confirmed (mean of two)", search.found)]
+
+
+def _groups(table: Table, model, chosen: dict, tables: dict[str, dict]) -> Table:
+    """One row per layer group of the latency tables: dense channels, each target's measured share, and the
+    channels each search's chosen model kept."""
+    names = next(iter(tables.values()), {})
+    table.add_column("group")
+    table.add_column("channels", justify="right")
+    for target in tables:
+        table.add_column(f"share of p50, {target}", justify="right")
+    for target, allocation in chosen:
+        table.add_column(f"kept: {target} {allocation}", justify="right")
+    layers = {key: dict(pruned.named_modules()) for key, pruned in chosen.items()}
+    for name in names:
+        share = [f"{groups[name][2] * groups[name][0] / groups[name][1]:.3f}" for groups in tables.values()]
+        kept = [str(_out_channels(layers[key][name])) for key in chosen]
+        table.add_row(name, str(names[name][0]), *share, *kept)
+    return table
+
+
+def _out_channels(layer: torch.nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, torch.nn.Conv2d) else layer.out_features
+
+
+def _row(rule: str, probe: Probe, params: float, checks: list[float]) -> list[str]:
     return [
-        target,
         rule,
         f"{probe.ratio:.3f}",
         f"{probe.macs:.3f}",
+        f"{params:.3f}",
         f"{probe.timing.fraction:.3f}",
         ", ".join(f"{c:.3f}" for c in checks),
         f"{max(checks):.3f}",

@@ -183,26 +183,29 @@ class AgainstDense:
     def __call__(self, model: nn.Module) -> ProbeTiming:
         return self.many([model])[0]
 
-    def many(self, models: list[nn.Module]) -> list[ProbeTiming]:
+    def many(self, models: list[nn.Module], repeats: int = 1) -> list[ProbeTiming]:
+        """Each model's timing against the dense model's, all files in one timing, taken `repeats` times: per
+        model, the timing whose fraction of the dense p50 is the median."""
         probes = [targets.export(self.target, m.eval(), self.example, next(self.files), FP32) for m in models]
-        threads = self.bench.threads[0]
-        jobs = [TimingJob(file, threads) for file in [*probes, self.dense]]
-        results = take(jobs, self.bench, tuple(self.example.shape))
-        for result in results:
-            if isinstance(result, EdgecompError):
-                raise result
-        dense_ms = results[-1].latency_ms_p50
-        timings = [ProbeTiming(result.latency_ms_p50, dense_ms) for result in results[:-1]]
-        for timing in timings if len(timings) == 1 else []:
+        jobs = [TimingJob(file, self.bench.threads[0]) for file in [*probes, self.dense]]
+        readings = [self._timed(jobs) for _ in range(repeats)]
+        timings = [sorted(each, key=lambda t: t.fraction)[len(each) // 2] for each in zip(*readings, strict=True)]
+        if len(timings) == 1:
+            timing = timings[0]
             self.log(
                 f"latency probe on {self.target}: {timing.fraction:.3f} of the dense p50 "
                 f"({timing.probe_ms:.3f} ms vs {timing.dense_ms:.3f} ms, timed together)"
             )
-        if len(timings) > 1:
-            self.log(
-                f"latency table on {self.target}: {len(timings)} probes timed with the dense model ({dense_ms:.3f} ms)"
-            )
+        else:
+            self.log(f"latency table on {self.target}: {len(timings)} probes timed with the dense model, {repeats}x")
         return timings
+
+    def _timed(self, jobs: list[TimingJob]) -> list[ProbeTiming]:
+        results = take(jobs, self.bench, tuple(self.example.shape))
+        for result in results:
+            if isinstance(result, EdgecompError):
+                raise result
+        return [ProbeTiming(result.latency_ms_p50, results[-1].latency_ms_p50) for result in results[:-1]]
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from torch import nn
 
 PROBE_SHARE = 0.75  # of a group's channels each table probe removes: a large saving reads above timing noise
 FLOOR = 0.001  # the least saving per group probe credited (fraction of the dense p50): noise can read <= 0
+REPEATS = 3  # timings of the table's probes, each probe's median kept: one group's saving is a few % of the p50
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,10 @@ def measure(
     ignored: Callable[[nn.Module], list[nn.Module]],
     round_to: int | None,
     target: str,
-    time_all: Callable[[list[nn.Module]], list],
+    time_all: Callable[[list[nn.Module], int], list],
 ) -> LatencyTable:
-    """The latency table of `model` on `target`: one probe per prunable group (`ignored(model)` are not), each
-    timed by `time_all` (a list of `compress.prune.ProbeTiming`, one per model, against the dense model)."""
+    """The latency table of `model` on `target`: one probe per prunable group (`ignored(model)` are not), all
+    timed by `time_all(models, REPEATS)` (a `compress.prune.ProbeTiming` per model, against the dense model)."""
     names = {module: name for name, module in model.named_modules()}
     graph, roots = _groups(model, example, ignored(model))
     entries, probes = [], []
@@ -113,7 +114,7 @@ def measure(
         if keep < channels:
             entries.append((names[root], channels, channels - keep))
             probes.append(_without(model, example, names[root], keep))
-    timings = time_all(probes)
+    timings = time_all(probes, REPEATS)
     groups = [GroupCost(n, c, r, 1 - t.fraction) for (n, c, r), t in zip(entries, timings, strict=True)]
     return LatencyTable(target, groups)
 

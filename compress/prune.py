@@ -219,7 +219,9 @@ def search_latency(
     dense_macs = count(model, example)[0]
     table = None
     if spec.allocation == "latency":
-        many = getattr(timed_against_dense, "many", None) or (lambda models: [timed_against_dense(m) for m in models])
+        many = getattr(timed_against_dense, "many", None) or (
+            lambda models, _: [timed_against_dense(m) for m in models]
+        )
         ignored = lambda copy: _ignored(copy, spec.ignore)  # noqa: E731
         table = latency_table.measure(model, example, ignored, spec.round_to, spec.measured_on, many)
     shares = table.shares() if table else None

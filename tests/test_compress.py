@@ -308,8 +308,9 @@ class _WeightedParams:
 
         return ProbeTiming(self.cost(model) / self.dense, 1.0)
 
-    def many(self, models: list[nn.Module]) -> list:
+    def many(self, models: list[nn.Module], repeats: int) -> list:
         self.many_calls += 1
+        assert repeats == 3
         return [self(model) for model in models]
 
 

@@ -318,7 +318,8 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
     """The plumbing of `prune: [{latency: 0.5, measured_on: onnx}, {... allocation: latency}, {macs: 0.5}]` with the
     measurement replaced by a latency the test controls (linear in MACs): the stage keeps the search, its key holds
     the machine, the lineage says what was asked and reached (and that a latency table shared the channels out),
-    and the MACs-targeted alternative is a candidate beside it, each named by its target. compress.prune's tests check the search; `make bench` measures real runtimes."""
+    and the MACs-targeted alternative is a candidate beside it, each named by its target. compress.prune's tests
+    check the search; `make bench-latency` measures real runtimes."""
     from contextlib import contextmanager
 
     import compress.candidates
