@@ -208,9 +208,8 @@ class PruneSpec(Spec):
     )
     allocation: Literal["uniform", "latency"] = Field(
         "uniform",
-        description="latency targets: how channels are shared out among layer groups. uniform: every group loses the "
-        "same ratio; latency: each group's latency per channel is timed on `measured_on` first and channels are "
-        "ranked globally by importance per millisecond saved (`compress.latency_table`)",
+        description="latency targets: every layer group loses the same ratio, or by a latency table timed "
+        "on `measured_on`: groups that cost more of the p50 lose more (`compress.latency_table`)",
     )
     layer_ratios: dict[str, Fraction] = Field(
         default_factory=dict, description="per-layer ratio by module-name glob, e.g. {'features.1*': 0.2} (ratio only)"
@@ -234,11 +233,7 @@ class PruneSpec(Spec):
             if target not in TARGETS:
                 raise ValueError(f"prune.measured_on: unknown target {target!r}{did_you_mean(target, TARGETS)}")
         if self.allocation == "latency" and (self.latency is None or self.global_pruning):
-            raise ValueError(
-                "allocation: latency shares channels out by a latency table timed on the target: it goes with a "
-                "latency target (latency: 0.5, measured_on: tflite) and is a global pruning of its own "
-                "(no global_pruning)"
-            )
+            raise ValueError("allocation: latency goes with a latency target, without global_pruning")
         if self.layer_ratios and given and given[0] != "ratio":
             raise ValueError("layer_ratios go with a ratio target, not a macs or params one")
         return self
@@ -334,8 +329,7 @@ def _alternative_tag(alternative: PruneSpec, spec: PruneSpec) -> str:
     per-layer', 'taylor-ratio0.3'. Named so even with nothing swept, so that it says which alternative made it."""
     kind, value = spec.target
     swept = [spec.importance] if isinstance(alternative.importance, list) else []
-    on = [f"on-{spec.measured_on}"] if kind == "latency" else []
-    on += ["per-layer"] if spec.allocation == "latency" else []
+    on = [f"on-{spec.measured_on}"] * (kind == "latency") + ["per-layer"] * (spec.allocation == "latency")
     return "-".join([*swept, f"{kind}{value:g}", *on])
 
 

@@ -359,7 +359,7 @@ def test_latency_allocation_is_uniform_when_every_group_costs_the_same() -> None
     ratios = group_ratios({"a": 0.1, "b": 0.2, "c": 0.8}, 0.9, 0.8)  # keep 0.08 / share, at least 0.2
     assert ratios == pytest.approx({"a": 0.2, "b": 0.6, "c": 0.8})  # twice the latency: half the share kept
     assert group_ratios({"a": 0.1, "b": 0.8}, 0.5, 0.9) == pytest.approx({"a": 0.0, "b": 0.5})  # a keeps all
-    with pytest.raises(ValueError, match=r"allocation: latency .* goes with a latency target"):
+    with pytest.raises(ValueError, match="allocation: latency goes with a latency target"):
         PruneSpec(macs=0.5, allocation="latency")
 
 
