@@ -36,6 +36,7 @@ from compress.measure import count
 from compress.models import build_model
 from compress.prune import LatencySearch, Probe, as_ratio, prune, search_latency
 from compress.schema import BenchSpec, ModelSpec, PruneSpec
+from targets.base import EdgecompError
 from targets.device import cpu_model
 
 console = Console(width=160)
@@ -67,7 +68,11 @@ def main() -> int:
                 importance="l2", latency=args.latency, measured_on=target, round_to=8, allocation=allocation
             )
             with timed_against(model, target, example, bench, lambda line: console.print(line)) as timed:
-                search = search_latency(model, example, spec, timed)
+                try:
+                    search = search_latency(model, example, spec, timed)
+                except EdgecompError as e:  # no probe met the target: say so, go on with the others
+                    table.add_row(target, allocation, "none met", *[""] * 5, str(e).split(": ")[-1][:40])
+                    continue
                 for rule, probe in _rules(search, args.latency):
                     pruned = prune(deepcopy(model), example, as_ratio(spec, probe.ratio), shares=search.shares)
                     checks = [timed(pruned).fraction for _ in range(args.checks)]
@@ -76,6 +81,7 @@ def main() -> int:
                     chosen[target, allocation] = pruned
             if search.table:
                 tables[target] = search.table.as_dict()["groups"]
+                console.print(f"latency table on {target}: {search.table.as_dict()}")
     console.print(table)
     console.print(_groups(groups, model, chosen, tables))
     return 0

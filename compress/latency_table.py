@@ -14,8 +14,9 @@ to lose the least capacity, sum over groups of -log k_g (halving any group costs
 a uniform ratio, which this is when every group costs the same), for the latency saved, sum of a_g (1 - k_g)
 with a_g the share of the dense p50 the whole group accounts for (its probe's saving over the share of its
 channels removed). The optimum is k_g = t / a_g, capped to [1 - MAX_RATIO, 1]: a group that accounts for twice
-the latency keeps half the share of its channels; one level t (from the search's ratio r: t = (1 - r) max a_g,
-so r = 0 prunes nothing) sets them all, and within a group the criterion picks which channels go. Latency is
+the latency keeps half the share of its channels; one level t (`group_ratios`: from the largest a_g at search
+ratio 0, nothing pruned, down to every group at the cap at MAX_RATIO) sets them all, and within a group the
+criterion picks which channels go. Latency is
 not additive over groups (a 1x1 conv between two pruned groups loses both ways): the table orders the groups,
 the search's whole-network timings decide how far. (Ranking all channels globally by importance per latency
 instead, torch-pruning's global pruning over weighted scores, is linear in every group and so all-or-nothing:
@@ -120,9 +121,12 @@ def measure(
 
 
 def group_ratios(shares: dict[str, float], ratio: float, max_ratio: float) -> dict[str, float]:
-    """Each group's pruning ratio at search level `ratio` (0: none pruned; 1: every group to `max_ratio`), from
-    `LatencyTable.shares`: 1 - k_g with k_g = (1 - ratio) max(a) / a_g, within [1 - max_ratio, 1]."""
+    """Each group's pruning ratio at search level `ratio` (0: none pruned; `max_ratio`: every group at
+    `max_ratio`), from `LatencyTable.shares`: 1 - k_g with k_g = t / a_g within [1 - max_ratio, 1], the level t
+    falling geometrically with `ratio` from the largest a_g (nothing pruned) to (1 - max_ratio) times the smallest
+    (every group at the cap), so that a table whose shares span orders of magnitude is searched evenly."""
     if not shares:
         return {}
-    level = (1 - ratio) * max(shares.values())
+    top, bottom = max(shares.values()), (1 - max_ratio) * min(shares.values())
+    level = top * (bottom / top) ** (min(ratio, max_ratio) / max_ratio)
     return {name: 1 - min(1.0, max(1 - max_ratio, level / share)) for name, share in shares.items()}
