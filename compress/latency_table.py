@@ -120,13 +120,20 @@ def measure(
     return LatencyTable(target, groups)
 
 
-def group_ratios(shares: dict[str, float], ratio: float, max_ratio: float) -> dict[str, float]:
-    """Each group's pruning ratio at search level `ratio` (0: none pruned; `max_ratio`: every group at
-    `max_ratio`), from `LatencyTable.shares`: 1 - k_g with k_g = t / a_g within [1 - max_ratio, 1], the level t
-    falling geometrically with `ratio` from the largest a_g (nothing pruned) to (1 - max_ratio) times the smallest
-    (every group at the cap), so that a table whose shares span orders of magnitude is searched evenly."""
+def group_ratios(
+    shares: dict[str, float], ratio: float, max_ratio: float, channels: dict[str, int], round_to: int | None
+) -> dict[str, float]:
+    """Each group's pruning ratio at search level `ratio` (0: none pruned; `max_ratio`: every group at its cap),
+    from `LatencyTable.shares`: 1 - k_g with k_g = t / a_g within [1 - max_ratio, 1], the level t falling
+    geometrically with `ratio` from the largest a_g (nothing pruned) to (1 - max_ratio) times the smallest (every
+    group at the cap), so that a table whose shares span orders of magnitude is searched evenly. No group is cut
+    below `round_to` channels: torch-pruning leaves a group whole when its ratio would round it to none."""
     if not shares:
         return {}
     top, bottom = max(shares.values()), (1 - max_ratio) * min(shares.values())
     level = top * (bottom / top) ** (min(ratio, max_ratio) / max_ratio)
-    return {name: 1 - min(1.0, max(1 - max_ratio, level / share)) for name, share in shares.items()}
+    ratios = {}
+    for name, share in shares.items():
+        cap = max(0.0, 1 - ((round_to or 1) + 0.5) / channels[name])  # keeps int(C (1 - cap)) = round_to
+        ratios[name] = min(cap, 1 - min(1.0, max(1 - max_ratio, level / share)))
+    return ratios

@@ -279,7 +279,9 @@ def _stepper(
     per_layer = _layer_ratios(model, spec.layer_ratios)
     if shares is not None:  # latency allocation: each group's own ratio
         modules = dict(model.named_modules())
-        per_layer = {modules[name]: r for name, r in latency_table.group_ratios(shares, ratio, MAX_RATIO).items()}
+        channels = {name: _out_channels(modules[name]) for name in shares}
+        ratios = latency_table.group_ratios(shares, ratio, MAX_RATIO, channels, spec.round_to)
+        per_layer = {modules[name]: r for name, r in ratios.items()}
     pruner = tp.pruner.MetaPruner(
         model,
         example,
@@ -292,3 +294,7 @@ def _stepper(
         ignored_layers=_ignored(model, spec.ignore),
     )
     return _Stepper(model, pruner, steps, spec, gradient_batches, loss)
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
