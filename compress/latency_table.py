@@ -73,7 +73,10 @@ class LatencyTable:
         }
 
 
-def _groups(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> tuple[tp.DependencyGraph, list]:
+def prunable_groups(
+    model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]
+) -> tuple[tp.DependencyGraph, list]:
+    """torch-pruning's dependency graph of `model` and the root layer of each of its prunable groups."""
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))
     return graph, [group[0].dep.target.module for group in groups]
@@ -107,7 +110,7 @@ def measure(
     """The latency table of `model` on `target`: one probe per prunable group (`ignored(model)` are not), all
     timed by `time_all(models, REPEATS)` (a `compress.prune.ProbeTiming` per model, against the dense model)."""
     names = {module: name for name, module in model.named_modules()}
-    graph, roots = _groups(model, example, ignored(model))
+    graph, roots = prunable_groups(model, example, ignored(model))
     entries, probes = [], []
     for root in roots:
         channels = graph.get_out_channels(root)
@@ -134,6 +137,11 @@ def group_ratios(
     level = top * (bottom / top) ** (min(ratio, max_ratio) / max_ratio)
     ratios = {}
     for name, share in shares.items():
-        cap = max(0.0, 1 - ((round_to or 1) + 0.5) / channels[name])  # keeps int(C (1 - cap)) = round_to
-        ratios[name] = min(cap, 1 - min(1.0, max(1 - max_ratio, level / share)))
+        ratios[name] = min(round_to_cap(channels[name], round_to), 1 - min(1.0, max(1 - max_ratio, level / share)))
     return ratios
+
+
+def round_to_cap(channels: int, round_to: int | None) -> float:
+    """The largest ratio that leaves a group of `channels` with `round_to` of them (torch-pruning keeps
+    int(channels (1 - ratio)) rounded down to a multiple of `round_to`, and leaves the group whole at none)."""
+    return max(0.0, 1 - ((round_to or 1) + 0.5) / channels)

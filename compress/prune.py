@@ -276,7 +276,7 @@ def as_ratio(spec: PruneSpec, ratio: float) -> PruneSpec:
 def _stepper(
     model, example, spec: PruneSpec, ratio: float, steps: int, gradient_batches, loss, shares=None
 ) -> _Stepper:
-    per_layer = _layer_ratios(model, spec.layer_ratios)
+    per_layer = _thin_groups(model, example, spec, ratio) | _layer_ratios(model, spec.layer_ratios)
     if shares is not None:  # latency allocation: each group's own ratio
         modules = dict(model.named_modules())
         channels = {name: _out_channels(modules[name]) for name in shares}
@@ -294,6 +294,17 @@ def _stepper(
         ignored_layers=_ignored(model, spec.ignore),
     )
     return _Stepper(model, pruner, steps, spec, gradient_batches, loss)
+
+
+def _thin_groups(model: nn.Module, example: torch.Tensor, spec: PruneSpec, ratio: float) -> dict[nn.Module, float]:
+    """The groups that `ratio` with `spec.round_to` would round to no channels, each with the ratio that leaves it
+    `round_to` of them. torch-pruning leaves such a group whole: with round_to 8, MobileNetV2's 16-channel stages
+    kept all 16 at ratio 0.6 and went to 8 at 0.5, so a larger ratio could make a larger network."""
+    if not spec.round_to or spec.global_pruning:
+        return {}
+    _, roots = latency_table.prunable_groups(model, example, _ignored(model, spec.ignore))
+    caps = {root: latency_table.round_to_cap(_out_channels(root), spec.round_to) for root in roots}
+    return {root: cap for root, cap in caps.items() if cap < ratio}
 
 
 def _out_channels(layer: nn.Module) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from copy import deepcopy
 
@@ -369,6 +370,19 @@ def test_latency_allocation_is_uniform_when_every_group_costs_the_same() -> None
     assert int(16 * (1 - thin["a"])) == 8 and thin["b"] == 0.0
     with pytest.raises(ValueError, match="allocation: latency goes with a latency target"):
         PruneSpec(macs=0.5, allocation="latency")
+
+
+def test_with_round_to_a_larger_ratio_never_leaves_a_layer_wider() -> None:
+    """torch-pruning leaves a group whole when its ratio would round it to no channels: with round_to 8, the
+    16-channel residual stages of MobileNetV2 x0.5 kept 16 at ratio 0.6 but went to 8 at 0.5. Each is cut to 8."""
+    widths = []
+    for ratio in (0.4, 0.5, 0.6, 0.7, 0.8):
+        pruned = prune(_v2(), EXAMPLE[:1], PruneSpec(importance="l2", ratio=ratio, round_to=8))
+        convs = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+        assert min(convs) == 8 and all(c % 8 == 0 for c in convs)
+        widths.append(convs)
+    assert all(a >= b for wider, narrower in itertools.pairwise(widths) for a, b in zip(wider, narrower, strict=True))
+    assert widths[2][[n for n, m in _v2().named_modules() if isinstance(m, nn.Conv2d)].index("features.3.conv.2")] == 8
 
 
 def test_a_latency_target_names_the_target_that_measures_it() -> None:
