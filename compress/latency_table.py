@@ -123,25 +123,13 @@ def measure(
     return LatencyTable(target, groups)
 
 
-def group_ratios(
-    shares: dict[str, float], ratio: float, max_ratio: float, channels: dict[str, int], round_to: int | None
-) -> dict[str, float]:
-    """Each group's pruning ratio at search level `ratio` (0: none pruned; `max_ratio`: every group at its cap),
-    from `LatencyTable.shares`: 1 - k_g with k_g = t / a_g within [1 - max_ratio, 1], the level t falling
-    geometrically with `ratio` from the largest a_g (nothing pruned) to (1 - max_ratio) times the smallest (every
-    group at the cap), so that a table whose shares span orders of magnitude is searched evenly. No group is cut
-    below `round_to` channels: torch-pruning leaves a group whole when its ratio would round it to none."""
+def group_ratios(shares: dict[str, float], ratio: float, max_ratio: float) -> dict[str, float]:
+    """Each group's pruning ratio at search level `ratio` (0: none pruned; `max_ratio`: every group at
+    `max_ratio`), from `LatencyTable.shares`: 1 - k_g with k_g = t / a_g within [1 - max_ratio, 1], the level t
+    falling geometrically with `ratio` from the largest a_g (nothing pruned) to (1 - max_ratio) times the smallest
+    (every group at the cap), so that a table whose shares span orders of magnitude is searched evenly."""
     if not shares:
         return {}
     top, bottom = max(shares.values()), (1 - max_ratio) * min(shares.values())
     level = top * (bottom / top) ** (min(ratio, max_ratio) / max_ratio)
-    ratios = {}
-    for name, share in shares.items():
-        ratios[name] = min(round_to_cap(channels[name], round_to), 1 - min(1.0, max(1 - max_ratio, level / share)))
-    return ratios
-
-
-def round_to_cap(channels: int, round_to: int | None) -> float:
-    """The largest ratio that leaves a group of `channels` with `round_to` of them (torch-pruning keeps
-    int(channels (1 - ratio)) rounded down to a multiple of `round_to`, and leaves the group whole at none)."""
-    return max(0.0, 1 - ((round_to or 1) + 0.5) / channels)
+    return {name: 1 - min(1.0, max(1 - max_ratio, level / share)) for name, share in shares.items()}
