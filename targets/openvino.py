@@ -190,8 +190,8 @@ def export(
     """
     spec = TARGETS["openvino"]
     check_export_args("openvino", precision, spec.precisions, calibration, io, spec.io)
-    _, metadata = activation_settings("openvino", precision, activations, metadata, is_qat_prepared(model))
-    estimator = _RANGE_ESTIMATORS[activations] if activations else None  # None: NNCF's own mix
+    estimator, metadata = activation_settings("openvino", precision, activations, metadata, is_qat_prepared(model))
+    estimator = _RANGE_ESTIMATORS[estimator] if estimator else None  # None: NNCF's own mix, no named default
     computed_in = PRECISIONS[precision].computed_in
     if computed_in != "f32":
         _check_cpu_computes(computed_in)
