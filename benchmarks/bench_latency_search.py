@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.candidates import timed_against
+from compress.latency_table import LatencyTable
 from compress.measure import count
 from compress.models import build_model
 from compress.prune import LatencySearch, Probe, as_ratio, prune, search_latency
@@ -61,7 +62,7 @@ def main() -> int:
         table.add_column(column, justify="left" if column in ("target", "allocation", "rule", "re-timed") else "right")
     groups = Table(title="per layer group: its share of the dense p50 (latency table) and the channels kept")
     chosen: dict[tuple[str, str], torch.nn.Module] = {}
-    tables: dict[str, dict] = {}
+    tables: dict[str, LatencyTable] = {}
     for target in args.targets:
         for allocation in args.allocations:
             spec = PruneSpec(
@@ -80,10 +81,10 @@ def main() -> int:
                     table.add_row(target, allocation, *_row(rule, probe, params, checks))
                     chosen[target, allocation] = pruned
             if search.table:
-                tables[target] = search.table.as_dict()["groups"]
+                tables[target] = search.table
                 console.print(f"latency table on {target}: {search.table.as_dict()}")
     console.print(table)
-    console.print(_groups(groups, model, chosen, tables))
+    console.print(_groups(groups, chosen, tables))
     return 0
 
 
@@ -94,10 +95,10 @@ def _rules(search: LatencySearch, latency: float) -> list[tuple[str, Probe]]:
     return [("first reading", first_only), ("confirmed (mean of two)", search.found)]
 
 
-def _groups(table: Table, model, chosen: dict, tables: dict[str, dict]) -> Table:
-    """One row per layer group of the latency tables: dense channels, each target's measured share, and the
-    channels each search's chosen model kept."""
-    names = next(iter(tables.values()), {})
+def _groups(table: Table, chosen: dict, tables: dict[str, LatencyTable]) -> Table:
+    """One row per layer group of the latency tables: dense channels, each target's measured share (unfloored, so
+    that noise shows), and the channels each search's chosen model kept."""
+    groups = [{group.name: group for group in latency.groups} for latency in tables.values()]
     table.add_column("group")
     table.add_column("channels", justify="right")
     for target in tables:
@@ -105,10 +106,10 @@ def _groups(table: Table, model, chosen: dict, tables: dict[str, dict]) -> Table
     for target, allocation in chosen:
         table.add_column(f"kept: {target} {allocation}", justify="right")
     layers = {key: dict(pruned.named_modules()) for key, pruned in chosen.items()}
-    for name in names:
-        share = [f"{groups[name][2] * groups[name][0] / groups[name][1]:.3f}" for groups in tables.values()]
+    for name, first in (groups[0] if groups else {}).items():
+        share = [f"{by_name[name].measured_share:.3f}" for by_name in groups]
         kept = [str(_out_channels(layers[key][name])) for key in chosen]
-        table.add_row(name, str(names[name][0]), *share, *kept)
+        table.add_row(name, str(first.channels), *share, *kept)
     return table
 
 

@@ -48,15 +48,20 @@ class GroupCost:
     saved: float  # 1 - probe p50 / dense p50, in one interleaved timing
 
     @property
-    def share(self) -> float:
+    def measured_share(self) -> float:
         """The share of the dense p50 the whole group accounts for, as its probe read it: the saving over the share
-        of channels removed (floored: a group is never free)."""
+        of channels removed (below zero where timing noise outweighed the saving)."""
+        return self.saved * self.channels / self.removed
+
+    @property
+    def share(self) -> float:
+        """`measured_share`, floored: a group is never free."""
         return max(self.saved, FLOOR) * self.channels / self.removed
 
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """Every prunable group's measured cost per channel on one target."""
+    """Every prunable group's probe on one target: what cutting it to a quarter of its channels saved."""
 
     target: str
     groups: list[GroupCost]
