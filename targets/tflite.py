@@ -15,8 +15,8 @@ model, inserts torchao's fake-quant modules (``prepare_qat_pt2e``, which also re
 simulated-folding pattern) and calibrates them; the caller fine-tunes that graph like any module, and
 ``export(..., "int8")`` recognises it and converts it as is (``convert_pt2e``, then litert-torch), with no
 new calibration. torchao 0.18 traces its conv + BN patterns by calling ``torch.export.export`` on plain
-functions, which torch 2.14 refuses; ``_patterns_as_modules`` wraps them in torchao's own ``WrapperModule``
-while torchao prepares or converts a QAT graph.
+functions, which torch 2.14 refuses; ``targets.torchao_patterns`` wraps them in torchao's own ``WrapperModule``
+while torchao prepares or converts a QAT graph, and keeps each traced pattern for the next file.
 
 torch and litert_torch are imported only inside ``export``: a device runs ``load`` with numpy and one
 runtime installed.
@@ -35,7 +35,7 @@ import re
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from functools import cache, wraps
+from functools import cache
 from importlib import metadata as dist_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,7 +228,9 @@ def _convert_prepared(
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    with _patterns_as_modules():
+    from targets.torchao_patterns import patterns_as_modules
+
+    with patterns_as_modules():
         quantized = convert_pt2e(prepared, fold_quantize=False)
     quantized.training = False  # traced from an eval model; exported graphs refuse .eval()
     quantizer = _quantizer(qat, keep_float, observer)
@@ -246,10 +248,12 @@ def prepare_qat(model: torch.nn.Module, example: torch.Tensor, calibration: np.n
     """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from targets.torchao_patterns import patterns_as_modules
+
     model.eval()  # traced in eval mode (like PTQ), then switched to training by the caller
     graph, batch = _calibration_graph(model, example)
     try:
-        with _patterns_as_modules():
+        with patterns_as_modules():
             prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
     except Exception as e:
         raise export_failed("tflite", "int8 (QAT)", e) from e
@@ -277,33 +281,6 @@ def is_qat_prepared(model: Any) -> bool:
     from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
     return any(isinstance(module, FakeQuantizeBase) for module in model.modules())
-
-
-@contextmanager
-def _patterns_as_modules() -> Iterator[None]:
-    """Let torchao 0.18 trace its QAT conv + BN patterns under torch 2.14 (see the module doc)."""
-    import litert_torch.quantize.pt2e_quantizer_utils as litert_utils
-    import torch
-    import torchao.quantization.pt2e.qat_utils as qat_utils
-    import torchao.quantization.pt2e.utils as torchao_utils
-    from torchao.quantization.pt2e.export_utils import WrapperModule
-
-    original = torchao_utils._get_aten_graph_module_for_pattern
-
-    @wraps(original)
-    def traced(pattern: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(pattern, torch.nn.Module):
-            pattern = WrapperModule(pattern)
-        return original(pattern, *args, **kwargs)
-
-    modules = [m for m in (torchao_utils, qat_utils, litert_utils) if m._get_aten_graph_module_for_pattern is original]
-    for module in modules:
-        module._get_aten_graph_module_for_pattern = traced
-    try:
-        yield
-    finally:
-        for module in modules:
-            module._get_aten_graph_module_for_pattern = original
 
 
 def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, int]:
