@@ -22,9 +22,10 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two workers, whole files each (module fixtures, such as a reduced pipeline run, are built once): much of
-# the suite is single-threaded Python (conversions, tracing, subprocess start-up) that one core cannot overlap.
-TEST_WORKERS ?= 2
+# Workers take whole files (module fixtures, such as a reduced pipeline run, are built once): much of the
+# suite is single-threaded Python (conversions, tracing, subprocess start-up). Two on two cores; one per core
+# up to four on a larger machine (each worker's pipeline runs start export processes of their own).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2; [ $$n -gt 4 ] && n=4; echo $$n)
 test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 

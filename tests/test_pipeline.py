@@ -27,6 +27,8 @@ REDUCED = [
     "bench.runs=5",
     "bench.warmup=1",
     "bench.threads=[1]",
+    # TFLite fp32 is left out (test_targets checks it): each TFLite file is ~12 s of conversion at any size
+    "exports=[{target: tflite, precision: [int8]}, {target: openvino, precision: [fp32, int8]}]",
 ]
 
 
@@ -45,7 +47,6 @@ def test_quickstart_has_every_candidate_on_every_target(quickstart) -> None:
         for kind in ("dense", "kd", "scratch_e", "scratch_b")
         for target, precision in [
             ("pytorch", "fp32"),
-            ("tflite", "fp32"),
             ("tflite", "int8"),
             ("openvino", "fp32"),
             ("openvino", "int8"),
@@ -88,7 +89,7 @@ def test_quickstart_numbers_are_real(quickstart) -> None:
 def test_exported_files_load_and_predict(quickstart) -> None:
     _, run_dir = quickstart
     files = sorted(p for p in (run_dir / "exports").rglob("*") if p.suffix in (".tflite", ".xml"))
-    assert len(files) == 16
+    assert len(files) == 12
     for path in files:
         runner = targets.load_runner(path)
         (logits,) = runner.predict(np.zeros((2, 3, 16, 16), np.float32))
@@ -199,7 +200,7 @@ def test_a_failed_export_is_recorded_and_the_rest_is_measured(quickstart, tmp_pa
         return original(model, example, precision, out, *args, **kwargs)
 
     monkeypatch.setattr(tflite, "export", export)
-    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.0.precision=[fp32, int8, fp16]"])
+    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.0.precision=[int8, fp16]"])
     again = Pipeline(recipe, copied, export_processes=1, console=Console(quiet=True)).run()
 
     assert {(r["kind"], r["target"], r["precision"]) for r in again["rows"]} == {
