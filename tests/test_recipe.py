@@ -207,4 +207,10 @@ def test_overrides_reach_into_prune_alternatives(tmp_path: Path) -> None:
 
 def test_the_latency_quickstart_compares_latency_targets_with_a_macs_one() -> None:
     tags = [b.prune_tag for b in load_recipe("latency-quickstart").branches()]
-    assert tags == ["latency0.5-on-tflite", "latency0.5-on-openvino", "macs0.5"]
+    assert tags == [
+        "latency0.5-on-tflite",
+        "latency0.5-on-openvino",
+        "latency0.5-on-tflite-per-layer",
+        "latency0.5-on-openvino-per-layer",
+        "macs0.5",
+    ]
