@@ -29,7 +29,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2;
 test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
-# The committed reports of the shipped CPU recipes, regenerated from scratch (~7 + ~13 + ~51 + ~33 min on 2 cores).
+# The committed reports of the shipped CPU recipes, regenerated from scratch (~7 + ~13 + ~51 + ~52 min on 2 cores).
 REPORTED := quickstart ssdlite-quickstart mobilenetv2-fashion-mnist-sweep latency-quickstart
 reports: $(INSTALLED)
 	for name in $(REPORTED); do \
