@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from targets.base import EdgecompError
+from targets.bench import MIN_TIME_S
 
 if TYPE_CHECKING:
     from compress.results import Results
@@ -174,6 +175,12 @@ def bench(
     ],
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 100,
+    min_time: Annotated[
+        float,
+        typer.Option(
+            "--min-time", min=0.0, help="One file: time more than --runs until this many seconds (0: --runs only)."
+        ),
+    ] = MIN_TIME_S,
     time_budget: Annotated[
         float | None, typer.Option("--time-budget", min=0.001, help="Time runs for this many seconds instead.")
     ] = None,
@@ -210,6 +217,7 @@ def bench(
         return
     model_file = model_files[0]
     options = {"runs": runs, "warmup": warmup, "time_budget_s": time_budget, "postprocess": postprocess}
+    options["min_time_s"] = min_time
     if remote is None:
         runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
         fields = benchmark(runner, **options).as_dict()

@@ -38,6 +38,10 @@ from targets.base import EdgecompError, Runner
 from targets.device import device_string
 
 POSTPROCESS_CHOICES = ("auto", "detection", "none")  # auto: detection when the output shapes are a detector's
+# One file timed alone: at least this long as well as --runs. 100 runs of a 0.05 ms file are 5 ms of timing, in which
+# the first slow runs move the p50: on the quickstart's 16 files (2026-12-02, 2 threads, AMD EPYC) the run's p50
+# was matched within 15% by 7 of 16 default 100-run timings (up to 1.69x) and by 13 of 16 one-second ones.
+MIN_TIME_S = 1.0
 ROUNDS = 100  # rounds in which interleaved files share their runs: with 100 runs, one timed run per burst
 
 
@@ -79,9 +83,11 @@ def benchmark(
     runs: int = 100,
     time_budget_s: float | None = None,
     postprocess: str = "auto",
+    min_time_s: float = 0.0,
 ) -> BenchResult:
-    """Time `runs` inferences of one random input after `warmup` untimed ones; with `time_budget_s`, time
-    as many as fit in that many seconds instead (at least one).
+    """Time `runs` inferences of one random input after `warmup` untimed ones, and more until `min_time_s`
+    seconds of timing (the CLIs ask `MIN_TIME_S`); with `time_budget_s`, time as many as fit in that many
+    seconds instead (at least one).
 
     The thread count and the input shape are the runner's: both are fixed when a runtime opens a file
     (``targets.load_runner(path, threads=n, shape=...)``). `postprocess` (see `POSTPROCESS_CHOICES`) adds
@@ -89,7 +95,7 @@ def benchmark(
     """
     _check_counts(warmup, runs, time_budget_s)
     timer = RunnerTimer(runner, postprocess)
-    ms, post_ms = timer.burst(warmup, runs, time_budget_s)
+    ms, post_ms = timer.burst(warmup, runs, time_budget_s, min_time_s)
     return bench_result(timer, ms, post_ms, warmup)
 
 
@@ -122,8 +128,10 @@ class RunnerTimer:
         self._call = runner.bind(np.random.default_rng(0).standard_normal(runner.input_shape).astype(np.float32))
         self._postprocess = postprocess
 
-    def burst(self, warmup: int, runs: int, time_budget_s: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        ms = _latencies_ms(self._call, warmup, runs, time_budget_s)
+    def burst(
+        self, warmup: int, runs: int, time_budget_s: float | None = None, min_time_s: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        ms = _latencies_ms(self._call, warmup, runs, time_budget_s, min_time_s)
         post_ms = _postprocess_latencies_ms(self.runner, self._postprocess, warmup, runs, time_budget_s)
         self._postprocess = "none" if post_ms is None else "detection"  # decided once: later bursts read no file
         return ms, post_ms
@@ -211,11 +219,13 @@ def _check_counts(warmup: int, runs: int, time_budget_s: float | None) -> None:
         )
 
 
-def _latencies_ms(call: Callable[[], object], warmup: int, runs: int, time_budget_s: float | None) -> np.ndarray:
+def _latencies_ms(
+    call: Callable[[], object], warmup: int, runs: int, time_budget_s: float | None, min_time_s: float = 0.0
+) -> np.ndarray:
     """Milliseconds of each timed call, after `warmup` untimed ones."""
     for _ in range(warmup):
         call()
-    times_ns = _timed_runs(call, runs) if time_budget_s is None else _timed_for(call, time_budget_s)
+    times_ns = _timed_runs(call, runs, min_time_s) if time_budget_s is None else _timed_for(call, time_budget_s)
     return times_ns / 1e6
 
 
@@ -248,13 +258,15 @@ def _metadata(path: Path | None) -> dict[str, str]:
         return {}
 
 
-def _timed_runs(infer: Callable[[], object], runs: int) -> np.ndarray:
-    times_ns = np.empty(runs, dtype=np.int64)
-    for i in range(runs):
+def _timed_runs(infer: Callable[[], object], runs: int, min_time_s: float = 0.0) -> np.ndarray:
+    """`runs` timed calls, then more until `min_time_s` seconds have passed since the first."""
+    times_ns: list[int] = []
+    deadline = time.perf_counter_ns() + int(min_time_s * 1e9)
+    while len(times_ns) < runs or time.perf_counter_ns() < deadline:
         start = time.perf_counter_ns()
         infer()
-        times_ns[i] = time.perf_counter_ns() - start
-    return times_ns
+        times_ns.append(time.perf_counter_ns() - start)
+    return np.asarray(times_ns, dtype=np.int64)
 
 
 def _timed_for(infer: Callable[[], object], seconds: float) -> np.ndarray:
@@ -340,6 +352,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPU threads, or several joined by commas, e.g. 1,2: each file with each (default: all cores)",
     )
     parser.add_argument("--runs", type=int, default=100, help="timed inferences (default: 100)")
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=MIN_TIME_S,
+        help=f"one file: time more than --runs until this many seconds (default: {MIN_TIME_S}; 0: --runs only)",
+    )
     parser.add_argument("--time-budget", type=float, help="time inferences for this many seconds instead of --runs")
     parser.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default: 10)")
     parser.add_argument(
@@ -382,7 +400,12 @@ def main(argv: list[str] | None = None) -> int:
             return _main_interleaved(args, jobs, shape)
         runner = open_for_bench(args.model[0], threads=args.threads[0], shape=shape, batch=args.batch)
         result = benchmark(
-            runner, warmup=args.warmup, runs=args.runs, time_budget_s=args.time_budget, postprocess=args.postprocess
+            runner,
+            warmup=args.warmup,
+            runs=args.runs,
+            time_budget_s=args.time_budget,
+            postprocess=args.postprocess,
+            min_time_s=args.min_time,
         )
     except EdgecompError as e:
         print(f"error: {e}", file=sys.stderr)

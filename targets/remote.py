@@ -109,12 +109,14 @@ class RemoteSession:
         batch: int | None = None,
         shape: str | None = None,
         postprocess: str = "auto",
+        min_time_s: float | None = None,
     ) -> BenchResult:
         """`python -m targets.bench` on the host, on a copy of `path` (and of its .bin, for an OpenVINO .xml);
         the arguments are that command's (threads None: all the host's cores)."""
         remote_path = self._upload(Path(path))
         args = [remote_path, "--json", "--runs", str(runs), "--warmup", str(warmup), "--postprocess", postprocess]
-        for flag, value in (("--threads", threads), ("--time-budget", time_budget_s), ("--batch", batch)):
+        options = {"--threads": threads, "--time-budget": time_budget_s, "--batch": batch, "--min-time": min_time_s}
+        for flag, value in options.items():
             if value is not None:
                 args += [flag, str(value)]
         if shape:

@@ -85,7 +85,8 @@ def test_the_torch_blocker_works(no_torch_path: str) -> None:
 @pytest.mark.parametrize("target", targets.TARGETS)
 def test_bench_cli_runs_without_torch(target: str, exported: Callable[[str, str], Path], no_torch_path: str) -> None:
     path = exported(target, "int8")
-    result = _run_bench([str(path), "--json", "--threads", "1", "--runs", "5", "--warmup", "1"], no_torch_path)
+    args = [str(path), "--json", "--threads", "1", "--runs", "5", "--warmup", "1", "--min-time", "0"]
+    result = _run_bench(args, no_torch_path)
     assert result.returncode == 0, result.stderr
     decoded = json.loads(result.stdout)
     assert set(decoded) == JSON_KEYS
@@ -132,6 +133,16 @@ def test_time_budget_runs_as_many_as_fit(exported: Callable[[str, str], Path]) -
     assert result.runs * result.latency_ms_mean <= 0.2 * 1000 + result.latency_ms_p90 * 2 + 50
     with pytest.raises(targets.EdgecompError, match="positive time budget"):
         benchmark(runner, time_budget_s=0)
+
+
+def test_min_time_times_past_runs_until_it_has_passed_and_never_fewer_than_runs(
+    exported: Callable[[str, str], Path],
+) -> None:
+    runner = targets.load_runner(exported("openvino", "fp32"), threads=1)
+    result = benchmark(runner, warmup=0, runs=3, min_time_s=0.2)
+    assert result.runs > 3 and result.runs * result.latency_ms_mean >= 0.2 * 1000 - 5 * result.latency_ms_p90 - 20
+    assert benchmark(runner, warmup=0, runs=3, min_time_s=0.0).runs == 3
+    assert benchmark(runner, warmup=0, runs=3).runs == 3  # the API's default: exactly runs; the CLIs ask MIN_TIME_S
 
 
 @pytest.mark.parametrize("target", ["tflite", "openvino"])

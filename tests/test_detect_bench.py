@@ -191,7 +191,8 @@ def test_bench_cli_on_a_detector_without_torch(detector_onnx: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from targets.bench import main\n"
-        f"sys.exit(main([{str(detector_onnx)!r}, '--json', '--threads', '1', '--runs', '3', '--warmup', '0']))"
+        f"sys.exit(main([{str(detector_onnx)!r}, '--json', '--threads', '1', '--runs', '3', '--warmup', '0', "
+        "'--min-time', '0']))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

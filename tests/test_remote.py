@@ -125,8 +125,9 @@ def remote_args(sshd: tuple[str, tuple[str, ...]], python: str = sys.executable)
 
 
 def test_bench_remote_prints_the_local_fields_and_the_remote_device(sshd, onnx_file: Path) -> None:
-    local = edgecomp("bench", str(onnx_file), "--runs", "5", "--threads", "1", "--json")
-    remote = edgecomp("bench", str(onnx_file), "--runs", "5", "--threads", "1", "--json", *remote_args(sshd))
+    exact = ("--runs", "5", "--min-time", "0", "--threads", "1", "--json")  # --min-time reaches the remote side
+    local = edgecomp("bench", str(onnx_file), *exact)
+    remote = edgecomp("bench", str(onnx_file), *exact, *remote_args(sshd))
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr
     local_fields, remote_fields = json.loads(local.stdout), json.loads(remote.stdout)
     assert set(remote_fields) == {*local_fields, "remote"}
