@@ -163,6 +163,9 @@ def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+_MIN_TIME_HELP = "One file: time more than --runs until this many seconds (0: --runs only)."
+
+
 @app.command()
 def bench(
     model_files: Annotated[
@@ -175,12 +178,7 @@ def bench(
     ],
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 100,
-    min_time: Annotated[
-        float,
-        typer.Option(
-            "--min-time", min=0.0, help="One file: time more than --runs until this many seconds (0: --runs only)."
-        ),
-    ] = MIN_TIME_S,
+    min_time: Annotated[float, typer.Option("--min-time", min=0.0, help=_MIN_TIME_HELP)] = MIN_TIME_S,
     time_budget: Annotated[
         float | None, typer.Option("--time-budget", min=0.001, help="Time runs for this many seconds instead.")
     ] = None,
