@@ -225,7 +225,8 @@ def _latencies_ms(
     """Milliseconds of each timed call, after `warmup` untimed ones."""
     for _ in range(warmup):
         call()
-    times_ns = _timed_runs(call, runs, min_time_s) if time_budget_s is None else _timed_for(call, time_budget_s)
+    budget = (runs, min_time_s) if time_budget_s is None else (1, time_budget_s)  # one run at least, then on
+    times_ns = _timed_runs(call, *budget)
     return times_ns / 1e6
 
 
@@ -263,16 +264,6 @@ def _timed_runs(infer: Callable[[], object], runs: int, min_time_s: float = 0.0)
     times_ns: list[int] = []
     deadline = time.perf_counter_ns() + int(min_time_s * 1e9)
     while len(times_ns) < runs or time.perf_counter_ns() < deadline:
-        start = time.perf_counter_ns()
-        infer()
-        times_ns.append(time.perf_counter_ns() - start)
-    return np.asarray(times_ns, dtype=np.int64)
-
-
-def _timed_for(infer: Callable[[], object], seconds: float) -> np.ndarray:
-    times_ns: list[int] = []
-    deadline = time.perf_counter_ns() + int(seconds * 1e9)
-    while not times_ns or time.perf_counter_ns() < deadline:
         start = time.perf_counter_ns()
         infer()
         times_ns.append(time.perf_counter_ns() - start)
