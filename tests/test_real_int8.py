@@ -3,7 +3,8 @@
 TF-slim MobileNetV2 1.0 from ../shared/real (its README), calibrated on 32 COCO128 photos and scored on the 96
 others: top-1 agreement of each target's int8 file with the fp32 PyTorch model (2026-11-30, AVX-512 VNNI:
 TFLite 93.8%, OpenVINO 91.7%). The TFLite int8 collapse this guards against read 23%; the vendor's own uint8
-file of the same weights reads 90.6% on all 128 photos (`make bench-real`).
+file of the same weights reads 93.8% on all 128 photos, and the fp32 model itself 93.4% with each pixel moved by
+one grey level (`make bench-real`).
 Skipped, saying why, where ../shared/real is absent (set EDGECOMP_REAL to point at another copy).
 """
 
