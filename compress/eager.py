@@ -4,6 +4,7 @@ the files (`targets.bench.interleave`)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -73,13 +74,23 @@ class EagerTimers:
     of small models, hundreds of tiny ops, timed in the CLI's process read 5-6x slow: the quickstart's
     MobileNetV2 x0.5 at 32 px 11.3-13.3 ms there against 1.9-2.6 ms in a plain process (2 threads, AVX-512
     VNNI). The exported files' runtimes have thread pools of their own and are unaffected.
+
+    Where edgecomp did not choose this process's wait policy (a Python caller of `compress.pipeline`, or a user
+    who set ``OMP_WAIT_POLICY``), a spawned process would wait as this one does, so the models are timed here
+    (`in_process`, None: decided so), on copies, with each timer's thread count set for its bursts only: the
+    process's start, 4-5 s of imports, is saved on every run (the test suite makes ~50).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, in_process: bool | None = None) -> None:
+        self.in_process = in_process
         self._pool: ProcessPoolExecutor | None = None
         self._keys = itertools.count()
 
     def __enter__(self) -> EagerTimers:
+        if self.in_process is None:
+            self.in_process = not os.environ.get(PASSIVE_BY_EDGECOMP)
+        if self.in_process:
+            return self
         with _default_wait_policy():
             self._pool = spawned_pool(1)
             self._pool.submit(os.getpid).result()  # the process starts now, in that environment
@@ -90,8 +101,10 @@ class EagerTimers:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def timer(self, model: nn.Module, input_shape: tuple[int, ...], threads: int) -> EagerTimer:
+    def timer(self, model: nn.Module, input_shape: tuple[int, ...], threads: int) -> EagerTimer | HereTimer:
         """`model` copied into the process, to be timed with `threads` on a random input of `input_shape`."""
+        if self.in_process:
+            return HereTimer(model, input_shape, threads)
         assert self._pool is not None, "use EagerTimers as a context manager"
         key = next(self._keys)
         described = self._pool.submit(_hold, key, model, tuple(input_shape), threads).result()
@@ -112,6 +125,33 @@ class EagerTimer:
 
     def peak_rss_mb(self) -> float:
         return self._pool.submit(peak_rss_mb).result()
+
+
+class HereTimer:
+    """A `targets.bench.Timed` over a copy of `model` in this process: `threads` for its bursts, the caller's
+    thread count (training's) back after each."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], threads: int) -> None:
+        with _torch_threads(threads):  # binding the runner sets its count
+            self._timer = RunnerTimer(TorchRunner(copy.deepcopy(model), input_shape, threads))
+        self.threads, self.input_shape, self.runtime = self._timer.threads, self._timer.input_shape, self._timer.runtime
+
+    def burst(self, warmup: int, runs: int) -> tuple[np.ndarray, np.ndarray | None]:
+        with _torch_threads(self.threads):
+            return self._timer.burst(warmup, runs)
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _HELD: dict[int, RunnerTimer] = {}  # in the timing process: the models `EagerTimers` sent it, by key

@@ -61,7 +61,7 @@ from compress.eager import EagerTimers
 from compress.workers import spawned_pool
 
 if __name__ == "__main__":
-    timers = EagerTimers().__enter__()
+    timers = EagerTimers(in_process=False).__enter__()
     pool = spawned_pool(1)
     children = [timers._pool.submit(os.getpid).result(), pool.submit(os.getpid).result()]
     print(*children, flush=True)

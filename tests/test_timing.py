@@ -8,14 +8,16 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 from conftest import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import compress.timing
-from compress.eager import EagerTimers
+from compress.eager import PASSIVE_BY_EDGECOMP, EagerTimers
 from compress.schema import BenchSpec
 from compress.timing import TimingJob, take, time_rows, with_latency
 from targets.base import EdgecompError
@@ -138,12 +140,43 @@ def test_a_file_that_does_not_load_fails_its_record_only(exported: Callable[[str
 
 
 def test_eager_models_are_timed_in_their_own_process_one_thread_count_per_burst(tiny_net: nn.Module) -> None:
-    with EagerTimers() as pool:
+    with EagerTimers(in_process=False) as pool:
         one, two = pool.timer(tiny_net, INPUT_SHAPE, 1), pool.timer(tiny_net, INPUT_SHAPE, 2)
         results = interleave([one, two], warmup=1, runs=3, rounds=3)
         assert pool._pool is not None and pool._pool.submit(os.getpid).result() != os.getpid()
     assert [(r.threads, r.runs, r.runtime.startswith("torch")) for r in results] == [(1, 3, True), (2, 3, True)]
     assert take([TimingJob(tiny_net, 1)], BenchSpec(runs=2, warmup=0), INPUT_SHAPE)[0].runs == 2
+
+
+class _ThreadsSeen(nn.Module):
+    """Records the torch thread count of each forward (in a list its copies share)."""
+
+    seen: ClassVar[list[int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).seen.append(torch.get_num_threads())
+        return x.mean((2, 3))
+
+
+def test_eager_models_are_timed_here_when_edgecomp_did_not_choose_the_wait_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No process to start (4-5 s per run) where this one's OpenMP already waits as a spawned one would; each burst
+    runs with its own thread count, the caller's (training's) count is back after, and the model is untouched."""
+    monkeypatch.delenv(PASSIVE_BY_EDGECOMP, raising=False)
+    model, before = _ThreadsSeen().train(), torch.get_num_threads()
+    _ThreadsSeen.seen.clear()
+    torch.set_num_threads(3)
+    try:
+        with EagerTimers() as pool:
+            timers = [pool.timer(model, INPUT_SHAPE, 1), pool.timer(model, INPUT_SHAPE, 2)]
+            assert pool.in_process and pool._pool is None and torch.get_num_threads() == 3
+            results = interleave(timers, warmup=1, runs=3, rounds=3)
+        assert torch.get_num_threads() == 3 and model.training
+    finally:
+        torch.set_num_threads(before)
+    assert [(r.threads, r.runs, r.runtime.startswith("torch")) for r in results] == [(1, 3, True), (2, 3, True)]
+    assert set(_ThreadsSeen.seen) == {1, 2}
 
 
 def test_with_latency_keeps_the_row_order_and_replaces_what_an_earlier_timing_set() -> None:
