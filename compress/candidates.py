@@ -26,10 +26,12 @@ from compress.data.augment import resolve as resolve_augmentation
 from compress.distill import Distillation
 from compress.measure import count
 from compress.models import architecture_id, build_model, load_checkpoint, load_pretrained, reinitialize
+from compress.prune import VERSION as PRUNE_VERSION
 from compress.prune import ProbeTiming, prune, search_latency
 from compress.run_context import RunContext
 from compress.schema import BenchSpec, Branch, DistillSpec, PruneSpec, Spec
 from compress.timing import TimingJob, take
+from compress.train import VERSION as TRAIN_VERSION
 from compress.train import Fit, fit, predict, predict_sharded, seed_everything, supervised
 from targets.base import EdgecompError, ExportRequest
 
@@ -117,9 +119,10 @@ class Training:
 
     def inputs(self) -> dict:
         """What of the training setup changes a trained stage: not the device (a run resumes on another one),
-        but the worker count (it changes the data order and the batch statistics) and the augmentation."""
+        but the worker count (it changes the data order and the batch statistics), the augmentation and the
+        training code's `compress.train.VERSION`."""
         inputs = {k: v for k, v in dump(self.context.recipe.train).items() if k != "device"}
-        inputs["augment"] = self.augment
+        inputs |= {"augment": self.augment, "code": TRAIN_VERSION}
         return {**inputs, "workers": distributed.world_size()} if distributed.world_size() > 1 else inputs
 
     def criterion(self, model: nn.Module, distill: DistillSpec | None = None, teacher: nn.Module | None = None):
@@ -334,7 +337,7 @@ class CandidateBuilder:
             return model, metrics | ({"latency": searched.as_dict()} if searched else {})
 
         name = self._stage_name("prune", branch.prune_tag)
-        inputs = {"parent": dense.key, "prune": dump(spec)}
+        inputs = {"parent": dense.key, "prune": dump(spec), "code": PRUNE_VERSION}
         if kind == "latency":  # what the pruned architecture is depends on the machine and settings that timed it
             inputs |= {"bench": context.recipe.bench.model_dump(mode="json"), "measured_with": measurement_context()}
         _, metrics, key = self.stages.stage(name, inputs, build)

@@ -38,6 +38,10 @@ NEEDS_GRADIENTS = {"taylor"}
 FINE_STEPS = 100  # resolution of macs / params targets
 MAX_RATIO = 0.95  # no layer loses more of its channels than this
 LATENCY_PROBES = 6  # bisection steps of a latency target: the channel ratio to within 0.95 / 64
+# Part of every prune stage's cache key (`compress.candidates`): bumped when the same spec and parent prune to
+# another network, so a run made before prunes again instead of loading the old architecture.
+# 2 (2026-12-01): round_to no longer rounds a layer's channels above its ratio.
+VERSION = 2
 
 
 def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:

@@ -41,6 +41,9 @@ from compress.schema import TrainSpec
 from targets.base import EdgecompError
 
 Criterion = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# Part of every trained stage's cache key (`compress.candidates`): bumped when the same recipe trains to other
+# weights (a fix to the loop, the losses or the data order), so a run made before trains again.
+VERSION = 1
 
 
 def seed_everything(seed: int) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+import compress.candidates
 import targets
 from compress.pipeline import Pipeline
 from compress.recipe import load_recipe
@@ -100,7 +101,7 @@ def stage_times(run_dir: Path) -> dict[str, float]:
     return {p.parent.name: p.stat().st_mtime_ns for p in run_dir.glob("*/model.pt")}
 
 
-def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path) -> None:
+def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path, monkeypatch) -> None:
     overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.max_epochs=1", "bench.runs=2"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     run_dir = tmp_path / "q"
@@ -120,7 +121,14 @@ def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path) -> 
     assert [name for name in times if after[name] != times[name]] == ["finetune"]
 
     Pipeline(changed, run_dir, force=True).run()
-    assert all(t != after[name] for name, t in stage_times(run_dir).items())
+    forced = stage_times(run_dir)
+    assert all(t != after[name] for name, t in forced.items())
+
+    # Pruning code that prunes differently now (its VERSION bumped): the prune stage and what trains from it run
+    # again; the Scratch baselines, keyed by the architecture alone, are loaded while it is the same.
+    monkeypatch.setattr(compress.candidates, "PRUNE_VERSION", compress.candidates.PRUNE_VERSION + 1)
+    Pipeline(changed, run_dir).run()
+    assert sorted(name for name, t in stage_times(run_dir).items() if t != forced[name]) == ["finetune", "prune"]
 
 
 @pytest.mark.slow
