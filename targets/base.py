@@ -26,7 +26,9 @@ class EdgecompError(Exception):
 
 def matches_module(path: str, patterns: Iterable[str]) -> bool:
     """Whether the module named `path` ("features.1.conv.0") is one of `patterns` or inside one: a pattern is a
-    shell-style glob over module names ("classifier.1", "features.1*"), as in a recipe's ``keep_float``."""
+    shell-style glob over module names, as in a recipe's ``keep_float``. "features.1" is that block and every
+    layer in it, not features.10; a ``*`` matches any characters, dots and digits too: "features.1*" is
+    features.1 and features.10 to features.19."""
     return bool(path) and any(fnmatch.fnmatchcase(path, p) or path.startswith(f"{p}.") for p in patterns)
 
 

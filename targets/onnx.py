@@ -72,7 +72,7 @@ def export(
 ) -> Path:
     """Export `model` (static input shape of `example`) to an .onnx file at `out`, written atomically.
 
-    `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
+    `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1"``) whose layers int8 leaves in float.
     ``int8_ac`` needs `accuracy_control` (`targets.accuracy_control`: int8 that keeps the costliest layer groups in
     float). `activations`: the calibration method of the activation ranges, by its edgecomp name
     (`_CALIBRATION_METHODS`; default percentile), written into the metadata.

@@ -183,7 +183,7 @@ def export(
     """Convert `model` to an OpenVINO IR at `out` (.xml, with its .bin beside it), written atomically.
 
     ``int8_ac`` needs `accuracy_control`: the validation samples, the metric and the largest drop allowed.
-    `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float.
+    `keep_float`: module-name patterns (``"classifier.1"``, ``"features.1"``) whose layers int8 leaves in float.
     `activations`: NNCF's activation range estimator, by its edgecomp name (`_RANGE_ESTIMATORS`; without one,
     NNCF's own mix: mean_minmax per tensor, minmax per channel), written into the metadata; a QAT model's are
     trained.

@@ -84,7 +84,7 @@ def export(
     """Convert `model` (static input shape of `example`) to a .tflite file at `out`, written atomically.
 
     `io="int8"` keeps a full-int8 file's int8 input and output tensors (see the module doc). `keep_float`:
-    module-name patterns (``"classifier.1"``, ``"features.1*"``) whose layers int8 leaves in float. ``int8_ac``
+    module-name patterns (``"classifier.1"``, ``"features.1"``) whose layers int8 leaves in float. ``int8_ac``
     needs `accuracy_control` (`targets.accuracy_control`: int8 that keeps the costliest layer groups in float).
     `activations`: the torchao observer of the activation ranges, by its edgecomp name (`_ACTIVATION_OBSERVERS`;
     default mse, litert-torch's HistogramObserver), written into the metadata; a QAT model's ranges are trained.
