@@ -14,6 +14,10 @@ Photos: shorter side 256, centre crop 224 (`targets.preprocess`), or with ``--re
 scaled to 224x224: the preprocessing alone moves agreement by points (the vendor's MobileNetV2 file: 93.8% and
 95.3%; the fp32 model against itself with pixels ±1: 93.4% and 94.7%). One photo is 0.78 points of 128.
 
+With ``--views``, agreement is measured on 14 views of each photo (1,792 inputs: shorter side 224, 256 and 320,
+the centre of each and the corners at 256, each mirrored), calibration unchanged: a point there is a difference,
+where on 128 photos it is one or two near-ties.
+
 With ``--ac``, int8_ac rows too: accuracy control holding agreement on the 64 calibration photos to `AC_BAR`
 (held-out agreement says whether that generalises), the layers it kept in float listed.
 
@@ -21,7 +25,7 @@ With ``--activations NAME...`` (or ``all``), the int8 rows are the target's defa
 range estimator it has among those (`targets.base.ACTIVATION_ESTIMATORS`, the recipe's ``activations``).
 
     python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...] [--ac]
-        [--activations all]
+        [--activations all] [--views]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +52,7 @@ from targets.accuracy_control import sqnr_db
 from targets.base import ACTIVATION_ESTIMATORS, AccuracyControl
 from targets.bench import benchmark
 from targets.device import cpu_model
-from targets.preprocess import DEFAULT_CROP_PCT, NORMALIZE, RESIZES, Preprocess, read_images
+from targets.preprocess import DEFAULT_CROP_PCT, NORMALIZE, RESIZES, Preprocess, pillow, read_images
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
 VENDOR = {
@@ -62,6 +67,7 @@ KEEP_FLOAT = {"mobilenet_v2": [], "mobilenet_v3_small": ["features.11"]}
 # With --ac: int8_ac rows, whose accuracy control holds top-1 agreement with fp32 on the 64 calibration photos
 # to these percentages (issue #16's bars), keeping the costliest layer groups in float.
 AC_BAR = {"mobilenet_v2": 94.0, "mobilenet_v3_small": 85.0}
+VIEWS = 14  # per photo with --views (`photo_views`)
 MEAN, STD = (np.array(v, np.float32).reshape(1, 3, 1, 1) for v in NORMALIZE["tf"])  # TF-slim: [-1, 1]
 console = Console(width=160)  # the table is read in logs and CI output too, not only in a terminal
 
@@ -81,6 +87,53 @@ class Row:
     kept: str = ""  # layers kept in float
 
 
+@dataclass(frozen=True)
+class Photos:
+    """What agreement is measured on (`x`), what int8 is calibrated on, and which of `x` are held out."""
+
+    x: np.ndarray  # (N, 3, 224, 224) float32, the TF-slim normalisation
+    calibration: np.ndarray  # the even-numbered photos, read as `x` is (with --views: centre-cropped)
+    held_out: np.ndarray  # bool (N,): from the odd-numbered photos, never calibrated on
+
+    def split(self, parts: int = 8) -> list[np.ndarray]:
+        return np.array_split(self.x, max(parts, len(self.x) // 32))
+
+
+def read_photos(paths: list[Path], resize: str, views: bool) -> Photos:
+    """The photos as `--resize` reads them, or with `views` as `VIEWS` per photo."""
+    crop_pct = DEFAULT_CROP_PCT if resize == "centre_crop" else None
+    preprocess = Preprocess((224, 224), *NORMALIZE["tf"], resize, crop_pct)
+    calibration = read_images(paths[::2], preprocess)
+    if not views:
+        x = read_images(paths, preprocess)
+        return Photos(x, calibration, np.arange(len(x)) % 2 == 1)
+    image_module = pillow()
+    batches, owner = [], []
+    for index, path in enumerate(paths):
+        with image_module.open(path) as image:
+            batches.append(photo_views(image.convert("RGB")))
+        owner += [index] * len(batches[-1])
+    x = ((np.concatenate(batches).astype(np.float32) / 255 - MEAN) / STD).astype(np.float32)
+    return Photos(x, calibration, np.array(owner) % 2 == 1)
+
+
+def photo_views(image: Any) -> np.ndarray:
+    """`VIEWS` uint8 NCHW views of one RGB Pillow image: the shorter side scaled (bilinear) to 224, 256 and 320,
+    the centre 224 of each and the four corners at 256, each also mirrored."""
+    views = []
+    for short in (224, 256, 320):
+        scale = short / min(image.size)
+        scaled = image.resize((round(image.width * scale), round(image.height * scale)), pillow().BILINEAR)
+        right, bottom = scaled.width - 224, scaled.height - 224
+        corners = [(right // 2, bottom // 2)] + (
+            [(0, 0), (right, 0), (0, bottom), (right, bottom)] if short == 256 else []
+        )
+        for left, top in corners:
+            pixels = np.asarray(scaled.crop((left, top, left + 224, top + 224)), np.uint8)
+            views += [pixels, pixels[:, ::-1]]
+    return np.stack(views).transpose(0, 3, 1, 2)
+
+
 def real_model(real: Path, name: str) -> torch.nn.Module:
     spec = importlib.util.spec_from_file_location("tf_mobilenet", real / "tf_mobilenet.py")
     module = importlib.util.module_from_spec(spec)
@@ -88,14 +141,17 @@ def real_model(real: Path, name: str) -> torch.nn.Module:
     return getattr(module, name)().eval()
 
 
-def agreement(logits: np.ndarray, reference: np.ndarray, are_logits: bool = True) -> tuple[float, float, float, int]:
-    """Top-1 agreement with the fp32 `reference` logits on all photos and the held-out (odd) ones, the logits'
-    SQNR in dB (10 log10 of signal over error energy: a few photos flipping moves agreement by 0.78 points
-    each, SQNR shows the error underneath), and how many photos have a tie at the top."""
+def agreement(
+    logits: np.ndarray, reference: np.ndarray, held_out: np.ndarray, are_logits: bool = True
+) -> tuple[float, float, float, int]:
+    """Top-1 agreement with the fp32 `reference` logits on all inputs and the `held_out` ones (a mask: those
+    from photos not calibrated on), the logits' SQNR in dB (10 log10 of signal over error energy: a few photos
+    flipping moves agreement by 0.78 points each, SQNR shows the error underneath), and how many inputs have a
+    tie at the top."""
     same = logits.argmax(1) == reference.argmax(1)
     sqnr = sqnr_db([logits], [reference]) if are_logits else float("nan")
     top = np.sort(logits, axis=1)
-    return float(same.mean()), float(same[1::2].mean()), float(sqnr), int((top[:, -1] == top[:, -2]).sum())
+    return float(same.mean()), float(same[held_out].mean()), float(sqnr), int((top[:, -1] == top[:, -2]).sum())
 
 
 def measure(path: Path, x: np.ndarray, threads: int, runs: int, nhwc: bool = False) -> tuple[np.ndarray, float]:
@@ -104,28 +160,29 @@ def measure(path: Path, x: np.ndarray, threads: int, runs: int, nhwc: bool = Fal
     return logits, benchmark(runner, warmup=10, runs=runs).latency_ms_p50
 
 
-def model_rows(name: str, x: np.ndarray, args: argparse.Namespace, folder: Path) -> list[Row]:
+def model_rows(name: str, photos: Photos, args: argparse.Namespace, folder: Path) -> list[Row]:
     """fp32 and int8 rows of every target for one real model, then the vendor file's row."""
     model = real_model(args.real, name)
     with torch.no_grad():
-        reference = torch.cat([model(torch.from_numpy(b)) for b in np.split(x, 8)]).numpy()
-    rows = [noise_floor_row(name, model, x, reference)]
+        reference = torch.cat([model(torch.from_numpy(b)) for b in photos.split()]).numpy()
+    rows = [noise_floor_row(name, model, photos, reference)]
+    x, calibration, held_out = photos.x, photos.calibration, photos.held_out
     for target in args.targets:
         fp32_logits, fp32_ms, _, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
-        rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference), fp32_ms, fp32_ms, 0.0))
+        rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference, held_out), fp32_ms, fp32_ms, 0.0))
         for setting, keep, activations in int8_settings(name, target, args.activations):
             logits, ms, seconds, _ = export_and_measure(
-                model, target, "int8", x, x[::2], keep, args, folder, activations=activations
+                model, target, "int8", x, calibration, keep, args, folder, activations=activations
             )
-            agree = agreement(logits, reference)
+            agree = agreement(logits, reference, held_out)
             rows.append(Row(name, target, setting, *agree, ms, fp32_ms, seconds, ", ".join(keep)))
             console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
         if args.ac and "int8_ac" in targets.TARGETS[target].precisions:
-            rows.append(ac_row(name, model, target, x, reference, fp32_ms, args, folder))
+            rows.append(ac_row(name, model, target, photos, reference, fp32_ms, args, folder))
     vendor_file = args.real / "tflite" / VENDOR[name]
     vendor_logits, vendor_ms = measure(vendor_file, vendor_input(vendor_file, x), args.threads, args.runs, nhwc=True)
     # Its output 0 is TF's background class, and its outputs are softmax probabilities: no SQNR against logits.
-    vendor = agreement(vendor_logits[:, 1:], reference, are_logits=False)
+    vendor = agreement(vendor_logits[:, 1:], reference, held_out, are_logits=False)
     return [*rows, Row(name, "vendor .tflite", "uint8 (TF QAT)", *vendor, vendor_ms, float("nan"), 0.0)]
 
 
@@ -145,23 +202,25 @@ def pixels(x: np.ndarray) -> np.ndarray:
     return np.rint((x * STD + MEAN) * 255)
 
 
-def noise_floor_row(name: str, model: torch.nn.Module, x: np.ndarray, reference: np.ndarray, draws: int = 4) -> Row:
+def noise_floor_row(name: str, model: torch.nn.Module, photos: Photos, reference: np.ndarray) -> Row:
     """The fp32 model's own agreement with itself when each pixel moves by -1, 0 or +1 grey level (what two JPEG
     decoders differ by), averaged over `draws`: an int8 file that agrees this well cannot be told from fp32 on
     these photos. MobileNetV2's read ~92% at ~26 dB: a tenth of the photos flip on that little."""
-    rng = np.random.default_rng(0)
+    rng, x = np.random.default_rng(0), photos.x
+    draws = max(1, 512 // len(x))  # 4 on 128 photos, 1 on their views
     readings = []
     for _ in range(draws):
         noisy = np.clip(pixels(x) + rng.integers(-1, 2, x.shape), 0, 255).astype(np.float32)
+        noisy_photos = Photos(((noisy / 255 - MEAN) / STD).astype(np.float32), photos.calibration, photos.held_out)
         with torch.no_grad():
-            logits = torch.cat([model(torch.from_numpy(b)) for b in np.split((noisy / 255 - MEAN) / STD, 8)])
-        readings.append(agreement(logits.numpy(), reference))
+            logits = torch.cat([model(torch.from_numpy(b)) for b in noisy_photos.split()])
+        readings.append(agreement(logits.numpy(), reference, photos.held_out))
     agree, held_out, sqnr, ties = (float(np.mean(column)) for column in np.array(readings).T)
     nan = float("nan")
     return Row(
         name,
         "PyTorch",
-        f"fp32, pixels ±1 ({draws} draws)",
+        f"fp32, pixels ±1 ({draws} draw{'s' if draws > 1 else ''})",
         agree,
         held_out,
         sqnr,
@@ -189,22 +248,24 @@ def ac_row(
     name: str,
     model: torch.nn.Module,
     target: str,
-    x: np.ndarray,
+    photos: Photos,
     reference: np.ndarray,
     fp32_ms: float,
     args: argparse.Namespace,
     folder: Path,
 ) -> Row:
     """int8_ac holding agreement with fp32 on the calibration photos to `AC_BAR`."""
-    calibrated = reference[::2].argmax(1)
+    with torch.no_grad():
+        calibrated = model(torch.from_numpy(photos.calibration)).argmax(1).numpy()
 
     def score(outputs: list[np.ndarray], indices: np.ndarray) -> float:
         return float((outputs[0].argmax(1) == calibrated[indices]).mean())
 
-    control = AccuracyControl(list(x[::2]), score, 100 - AC_BAR[name])
-    logits, ms, seconds, kept = export_and_measure(model, target, "int8_ac", x, x[::2], [], args, folder, control)
+    x, calibration = photos.x, photos.calibration
+    control = AccuracyControl(list(calibration), score, 100 - AC_BAR[name])
+    logits, ms, seconds, kept = export_and_measure(model, target, "int8_ac", x, calibration, [], args, folder, control)
     setting = f"int8_ac (>= {AC_BAR[name]:g}% on the calibration photos)"
-    row = Row(name, target, setting, *agreement(logits, reference), ms, fp32_ms, seconds, kept)
+    row = Row(name, target, setting, *agreement(logits, reference, photos.held_out), ms, fp32_ms, seconds, kept)
     console.print(f"{name} {target} {setting}: {row.agree_all:.1%} ({seconds:.0f} s), float: {kept}")
     return row
 
@@ -258,20 +319,28 @@ def main() -> int:
         help="centre_crop: shorter side 256, centre 224 (torchvision's eval); squash: the whole photo to 224x224. "
         "The vendor's MobileNetV2 file agrees 93.8%% with fp32 one way, 95.3%% the other",
     )
+    parser.add_argument(
+        "--views",
+        action="store_true",
+        help=f"agreement on {VIEWS} views of each photo (shorter side 224, 256, 320; centre and, at 256, corners; "
+        "each mirrored) instead of one: less noisy; calibration stays the even photos' centre crops",
+    )
     args = parser.parse_args()
     if not (args.real / "tf_mobilenet.py").is_file():
         sys.exit(
             f"no real models at {args.real}: pass --real DIR (the folder with tf_mobilenet.py, weights/, coco128/)"
         )
     torch.set_num_threads(args.threads)
-    crop_pct = DEFAULT_CROP_PCT if args.resize == "centre_crop" else None
-    photos = sorted((args.real / "coco128" / "train2017").glob("*.jpg"))
-    x = read_images(photos, Preprocess((224, 224), *NORMALIZE["tf"], args.resize, crop_pct))
-    console.print(f"photos: {len(photos)} from {args.real / 'coco128'}, {args.resize} to 224")
+    if args.views and args.resize != "centre_crop":
+        sys.exit("--views are crops of their own: leave --resize at centre_crop")
+    paths = sorted((args.real / "coco128" / "train2017").glob("*.jpg"))
+    photos = read_photos(paths, args.resize, args.views)
+    read = f"{VIEWS} views each" if args.views else args.resize
+    console.print(f"photos: {len(paths)} from {args.real / 'coco128'}, {read}: {len(photos.x)} inputs of 224x224")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += model_rows(name, x, args, Path(tmp))
+            rows += model_rows(name, photos, args, Path(tmp))
     print_table(rows, args.threads)
     return 0
 
