@@ -6,8 +6,11 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see cli.py
 
-from collections.abc import Callable
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -18,6 +21,17 @@ import targets
 from targets.base import AccuracyControl
 
 INPUT_SHAPE = (1, 3, 32, 32)
+
+
+def load_script(path: Path) -> Iterator[ModuleType]:
+    """A script of benchmarks/ imported as a module, for a fixture to ``yield from``: it stays in sys.modules while
+    the fixture lives (its dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
 
 
 def export_options(precision: str, samples: np.ndarray, max_drop: float = 1.0) -> dict:
