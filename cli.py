@@ -214,8 +214,7 @@ def bench(
         _print_bench_several(results, as_json, remote)
         return
     model_file = model_files[0]
-    options = {"runs": runs, "warmup": warmup, "time_budget_s": time_budget, "postprocess": postprocess}
-    options["min_time_s"] = min_time
+    options = dict(runs=runs, warmup=warmup, time_budget_s=time_budget, postprocess=postprocess, min_time_s=min_time)
     if remote is None:
         runner = open_for_bench(model_file, threads=threads, shape=parse_shape(shape) if shape else None, batch=batch)
         fields = benchmark(runner, **options).as_dict()

@@ -141,7 +141,7 @@ class HereTimer:
             return self._timer.burst(warmup, runs)
 
     def peak_rss_mb(self) -> float:
-        return peak_rss_mb()
+        return self._timer.peak_rss_mb()
 
 
 @contextmanager
