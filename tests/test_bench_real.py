@@ -58,3 +58,15 @@ def test_views_keep_calibration_on_the_even_photos_and_hold_out_the_odd_ones(ben
     photos = bench.read_photos(paths, "centre_crop", views=True)
     assert photos.x.shape == (3 * bench.VIEWS, 3, 224, 224) and len(photos.calibration) == 2
     assert photos.held_out.tolist() == [False] * bench.VIEWS + [True] * bench.VIEWS + [False] * bench.VIEWS
+
+
+@needs_real
+def test_more_calibration_than_even_photos_draws_their_views_only(bench) -> None:
+    """`--calibration N` above the even photos' count: N distinct views of the even photos, none of the odd ones."""
+    paths = sorted((REAL / "coco128" / "train2017").glob("*.jpg"))[:3]
+    photos = bench.read_photos(paths, "centre_crop", views=False, calibration=20)
+    assert photos.calibration.shape == (20, 3, 224, 224) and len(photos.x) == 3
+    even_views, owner = bench.all_views(paths)
+    pool = {view.tobytes() for view in bench.normalised(even_views[owner % 2 == 0])}
+    assert {sample.tobytes() for sample in photos.calibration} <= pool
+    assert len({sample.tobytes() for sample in photos.calibration}) == 20
