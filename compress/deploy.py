@@ -168,6 +168,8 @@ class Deployment:
         }
         if io != "float":  # float I/O keeps the names of runs made before `io` existed
             inputs["io"] = io
+        if target in targets.TARGETS and (version := targets.TARGETS[target].version) > 1:
+            inputs["target_version"] = version  # from 2 only: version 1's records keep their keys
         path = self.export_path(candidate, target, precision, io)
         files = [str(path)] if target != "pytorch" else []
         record = RowRecord(path.with_suffix(".json"), inputs, files)

@@ -57,9 +57,12 @@ class TargetSpec:
     qat: bool = False  # int8 from quantization-aware training: the module has prepare_qat
     # the activation range estimators (`targets.base.ACTIVATION_ESTIMATORS`) its int8 quantizer has: what a recipe's
     # `activations` may name for this target; and which of them its int8 uses when none is named (None: none of
-    # them alone, e.g. NNCF's mix of estimators by quantizer)
+    # them alone, its library's own mix)
     activations: tuple[str, ...] = ()
     default_activations: str | None = None
+    # How its files are made, for a run's records: bumped when a change (a default, a fix) makes a different file
+    # from the same request, so that runs made before make their files again. From 2 it is in a row's record key.
+    version: int = 1
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -80,6 +83,8 @@ TARGETS: dict[str, TargetSpec] = {
         ("fp32", "fp16", "bf16", "int8", "int8_ac"),
         qat=True,
         activations=("minmax", "mean_minmax", "percentile", "mse"),
+        default_activations="mse",
+        version=2,  # 2 (2026-12-02): int8's activations mse (HISTOGRAM), not NNCF's mix
     ),
     "onnx": TargetSpec(
         "onnx",

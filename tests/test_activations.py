@@ -75,10 +75,9 @@ def _input_range(target: str, path: Path) -> float:
 @pytest.mark.parametrize("target", INT8_TARGETS)
 def test_minmax_keeps_the_outlier_that_the_default_clips(target: str, int8_file: Callable) -> None:
     """The default (no `activations`) is the estimator the table names as the target's default, in its ranges,
-    and it clips a one-pixel outlier that min-max stretches the input's range to (~10 steps of int8 to each unit).
-    OpenVINO's default is NNCF's mix (mean_minmax per tensor, minmax per channel): its input is per tensor."""
+    and it clips a one-pixel outlier that min-max stretches the input's range to (~10 steps of int8 to each unit)."""
     default = _input_range(target, int8_file(target, None))
-    named = _input_range(target, int8_file(target, targets.TARGETS[target].default_activations or "mean_minmax"))
+    named = _input_range(target, int8_file(target, targets.TARGETS[target].default_activations))
     minmax = _input_range(target, int8_file(target, "minmax"))
     assert named == pytest.approx(default, rel=1e-6)
     assert default < 15 and minmax > OUTLIER
@@ -231,6 +230,34 @@ def test_a_run_remakes_the_int8_file_when_its_estimator_changes(tmp_path: Path) 
     assert (
         "dense onnx int8: activation ranges: minmax; all layers in int8" in (tmp_path / "q" / "report.md").read_text()
     )
+
+
+def test_a_targets_new_version_makes_its_files_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target whose way of making files changed (`TargetSpec.version` bumped, as OpenVINO's was when its int8
+    default became mse) makes a finished run's files again; an unchanged one loads its records."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from compress.pipeline import Pipeline
+    from compress.recipe import load_recipe
+
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    overrides = ["data.image_size=8", "train.epochs=1", "stages=[]", "baselines.scratch=[]", "bench.runs=2"]
+    overrides += ["bench.warmup=1", "bench.threads=[1]", "exports=[{target: onnx, precision: [fp32]}]"]
+    recipe = load_recipe(quickstart, overrides)
+    path = tmp_path / "q" / "exports" / "dense" / "onnx-fp32.onnx"
+
+    def made_at() -> int:
+        Pipeline(recipe, tmp_path / "q", console=Console(quiet=True), export_processes=1).run()
+        return path.stat().st_mtime_ns
+
+    first = made_at()
+    assert made_at() == first
+    spec = targets.TARGETS["onnx"]
+    monkeypatch.setitem(targets.TARGETS, "onnx", dataclasses.replace(spec, version=spec.version + 1))
+    remade = made_at()
+    assert remade != first and made_at() == remade
 
 
 def test_an_int8_ac_rows_own_float_layers_are_not_replaced_by_the_recipes() -> None:

@@ -1,10 +1,11 @@
 """int8 on a real ImageNet-trained network, real photos: the check toy models cannot make.
 
-TF-slim MobileNetV2 1.0 from ../shared/real (its README), calibrated on 32 COCO128 photos and scored on the 96
-others: top-1 agreement of each target's int8 file with the fp32 PyTorch model (2026-11-30, AVX-512 VNNI:
-TFLite 93.8%, OpenVINO 91.7%). The TFLite int8 collapse this guards against read 23%; the vendor's own uint8
-file of the same weights reads 93.8% on all 128 photos, and the fp32 model itself 93.4% with each pixel moved by
-one grey level (`make bench-real`).
+TF-slim MobileNetV2 1.0 from ../shared/real (its README), calibrated on the 64 even-numbered COCO128 photos and
+scored on the 64 odd ones (`make bench-real`'s held-out split): top-1 agreement of each target's int8 file with
+the fp32 PyTorch model (2026-12-02, AVX-512 VNNI: TFLite 92.2%, OpenVINO 92.2%). The TFLite int8 collapse this
+guards against read 23%; the vendor's own uint8 file of the same weights reads 93.8% on all 128 photos, and the
+fp32 model itself 93.4% with each pixel moved by one grey level. Calibrated on 32 photos and scored on the 96
+others, the same files read 90.6% and 88.5%: too few samples for int8's ranges (a recipe calibrates on 256).
 Skipped, saying why, where ../shared/real is absent (set EDGECOMP_REAL to point at another copy).
 """
 
@@ -47,7 +48,7 @@ def mobilenet_v2() -> torch.nn.Module:
 def test_int8_of_a_real_mobilenet_v2_agrees_with_fp32(
     target: str, mobilenet_v2: torch.nn.Module, photos: np.ndarray, tmp_path: Path
 ) -> None:
-    calibration, held_out = photos[:32], photos[32:]
+    calibration, held_out = photos[::2], photos[1::2]
     with torch.no_grad():
         reference = mobilenet_v2(torch.from_numpy(held_out)).argmax(1).numpy()
     path = tmp_path / f"m{targets.TARGETS[target].suffix}"
