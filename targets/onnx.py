@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from importlib import metadata as dist_metadata
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -158,21 +160,59 @@ def _quantize_int8(
 
     quantized = path.with_name(f"int8-{path.name}")
     try:
-        quantize_static(
-            str(path),
-            str(quantized),
-            _Calibration(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=_nodes_in(path, keep_float),
-            calibrate_method=CalibrationMethod[method],
-            extra_options={"TensorQuantOverrides": _weight_scales(path)},
-        )
+        with _histograms_widened():
+            quantize_static(
+                str(path),
+                str(quantized),
+                _Calibration(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=_nodes_in(path, keep_float),
+                calibrate_method=CalibrationMethod[method],
+                extra_options={"TensorQuantOverrides": _weight_scales(path)},
+            )
         os.replace(quantized, path)
     finally:
         quantized.unlink(missing_ok=True)
+
+
+@contextmanager
+def _histograms_widened() -> Iterator[None]:
+    """Within the block, onnxruntime's calibration histograms (percentile: 2048 bins over each activation's |x|, in
+    float32) span at least 4 x 2048 float32 steps: a near-constant activation (an untrained squeeze-excitation
+    gate, 0.5 +- 1e-5) spans fewer, and numpy's refusal ("Too many bins for data range") failed the whole export.
+    The wider range holds the same values, so the percentile lands where it did, within those few steps.
+    onnxruntime has no hook for it: its calibrate module's numpy is, for the block, one whose histogram does this."""
+    from onnxruntime.quantization import calibrate
+
+    original = calibrate.np
+    calibrate.np = _WideHistograms()
+    try:
+        yield
+    finally:
+        calibrate.np = original
+
+
+class _WideHistograms(ModuleType):
+    """numpy, but `histogram` of a count of bins widens a range too narrow for them (`_histograms_widened`)."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def histogram(a: Any, bins: Any = 10, range: Any = None, **kwargs: Any) -> Any:
+        values = np.asarray(a)
+        if isinstance(bins, int) and values.size:
+            low, high = range if range is not None else (np.nanmin(values), np.nanmax(values))
+            least = 4 * bins * np.spacing(np.float32(max(abs(low), abs(high))))
+            if low < high < low + least:
+                range = (low, low + least)
+        return np.histogram(values, bins, range, **kwargs)
 
 
 def _weight_scales(path: Path) -> dict[str, list[dict[str, Any]]]:

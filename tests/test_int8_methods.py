@@ -298,3 +298,33 @@ def test_openvino_int8_weights_take_the_fitted_scales(tmp_path: Path) -> None:
                 dequantized.append(int8.get_data().astype(np.float64) * op.input_value(1).get_node().get_data())
     assert len(dequantized) == 1
     np.testing.assert_allclose(dequantized[0], weight, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", INT8_TARGETS)
+def test_int8_ranges_a_near_constant_activation(target: str, tmp_path: Path) -> None:
+    """A squeeze-excitation gate of an untrained model sits at 0.5 +- 1e-5: fewer float32 steps than a 2048-bin
+    histogram has bins. NNCF's HISTOGRAM (OpenVINO's default) and onnxruntime's percentile (ONNX's) refused it
+    ("Too many bins for data range") and failed the export; every target's default must range it, and the
+    mends of the libraries must not outlive the export."""
+    import onnxruntime.quantization.calibrate
+    from nncf.tensor.functions import numeric
+
+    torch.manual_seed(0)
+    gate = nn.Conv2d(3, 8, 1)
+    nn.init.normal_(gate.weight, std=1e-6)
+    nn.init.zeros_(gate.bias)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), gate, nn.Hardsigmoid(), nn.Flatten(), nn.Linear(8, 4)).eval()
+    calibration = np.random.default_rng(0).random((16, *INPUT_SHAPE[1:]), np.float32)
+    before = dict(numeric.histogram.registry)
+    path = targets.export(
+        target,
+        model,
+        torch.zeros(INPUT_SHAPE),
+        tmp_path / f"m{targets.TARGETS[target].suffix}",
+        targets.base.ExportRequest("int8", calibration, {}),
+    )
+    with torch.no_grad():
+        expected = model(torch.from_numpy(calibration)).numpy()
+    (logits,) = targets.load_runner(path).predict(calibration)
+    assert np.abs(logits - expected).max() < 0.05 * np.abs(expected).max()
+    assert numeric.histogram.registry == before and onnxruntime.quantization.calibrate.np is np
