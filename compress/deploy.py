@@ -146,7 +146,10 @@ class Deployment:
             path = self.export_path(candidate, target, precision, io)
             measure = partial(self.measurer.file_rows, candidate, target, precision, path)
         measure = _stating_settings(measure, options)
-        return self._plan(candidate, target, precision, measure, io, options, job)
+        # How the target makes files, from 2 (version 1's records keep their keys). Not in QAT rows' keys: those
+        # would train again, for a file its post-training defaults do not make.
+        version = {"target_version": v} if (v := targets.TARGETS[target].version) > 1 else {}
+        return self._plan(candidate, target, precision, measure, io, {**options, **version}, job)
 
     def _plan(
         self,
@@ -168,8 +171,6 @@ class Deployment:
         }
         if io != "float":  # float I/O keeps the names of runs made before `io` existed
             inputs["io"] = io
-        if target in targets.TARGETS and (version := targets.TARGETS[target].version) > 1:
-            inputs["target_version"] = version  # from 2 only: version 1's records keep their keys
         path = self.export_path(candidate, target, precision, io)
         files = [str(path)] if target != "pytorch" else []
         record = RowRecord(path.with_suffix(".json"), inputs, files)

@@ -61,7 +61,8 @@ class TargetSpec:
     activations: tuple[str, ...] = ()
     default_activations: str | None = None
     # How its files are made, for a run's records: bumped when a change (a default, a fix) makes a different file
-    # from the same request, so that runs made before make their files again. From 2 it is in a row's record key.
+    # from the same request, so that runs made before make their files again. From 2 it is in the record key of
+    # its post-training rows (not int8-qat ones: those would train again).
     version: int = 1
 
 
