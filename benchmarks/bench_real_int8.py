@@ -105,9 +105,10 @@ def read_photos(paths: list[Path], resize: str, views: bool, calibration: int = 
     photos read as `--resize` reads them, or on `calibration` (> their number) of their views, a seeded draw."""
     crop_pct = DEFAULT_CROP_PCT if resize == "centre_crop" else None
     preprocess = Preprocess((224, 224), *NORMALIZE["tf"], resize, crop_pct)
+    view_pixels, owner = all_views(paths) if views else (None, None)
     even = read_images(paths[::2], preprocess)
     if calibration > len(even):
-        even_views = all_views(paths[::2])[0]
+        even_views = view_pixels[owner % 2 == 0] if views else all_views(paths[::2])[0]  # each photo read once
         if calibration > len(even_views):
             raise SystemExit(f"--calibration {calibration}: the even photos have {len(even_views)} views")
         drawn = np.sort(np.random.default_rng(0).choice(len(even_views), calibration, replace=False))
@@ -115,8 +116,7 @@ def read_photos(paths: list[Path], resize: str, views: bool, calibration: int = 
     if not views:
         x = read_images(paths, preprocess)
         return Photos(x, even, np.arange(len(x)) % 2 == 1)
-    pixels, owner = all_views(paths)
-    return Photos(normalised(pixels), even, owner % 2 == 1)
+    return Photos(normalised(view_pixels), even, owner % 2 == 1)
 
 
 def all_views(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
