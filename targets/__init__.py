@@ -76,6 +76,7 @@ TARGETS: dict[str, TargetSpec] = {
         qat=True,
         activations=("mse", "minmax"),
         default_activations="mse",
+        version=2,  # 2 (2026-12-02): int8 ranges a hard-swish's input from -3
     ),
     "openvino": TargetSpec(
         "openvino",
@@ -94,6 +95,7 @@ TARGETS: dict[str, TargetSpec] = {
         ("fp32", "int8", "int8_ac"),
         activations=("percentile", "minmax"),
         default_activations="percentile",
+        version=2,  # 2 (2026-12-02): int8 ranges a hard-swish's input from -3
     ),
 }
 

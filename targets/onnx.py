@@ -7,7 +7,8 @@ fuses into integer kernels. Weights use all 8 bits (onnxruntime's default): 7 bi
 overflow the saturating int16 pair sums of x86 CPUs without VNNI, but cost the real ImageNet MobileNetV2 10
 points of top-1 agreement with fp32 on every CPU (80.5% against 90.6%; see the OpenVINO target for the same
 trade). ``keep_float`` module patterns become ``nodes_to_exclude``, matched on the scope torch's exporter
-records with each node.
+records with each node. A layer's output that only a HardSwish reads is ranged from -3 up
+(``_floor_hardswish_inputs``), as on TFLite.
 
 The metadata dict lives in the model's ``metadata_props``; ``read_metadata`` reads it through onnxruntime,
 so a device needs only numpy and onnxruntime. torch and onnx are imported only inside ``export``.
@@ -58,6 +59,7 @@ OPSET = 18  # pinned: the exported graph must not change with the installed torc
 # the real MobileNets); and Distribution, which fits float8 scales, not int8 ranges.
 _CALIBRATION_METHODS = {"percentile": "Percentile", "minmax": "MinMax"}
 _INPUT_NAME = "input"
+_HARDSWISH_FLOOR = -3.0  # hardswish(x) = x * relu6(x + 3) / 6 is 0 for every x <= -3
 
 
 def export(
@@ -159,6 +161,8 @@ def _quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantized = path.with_name(f"int8-{path.name}")
+    excluded = _nodes_in(path, keep_float)
+    _floor_hardswish_inputs(path, excluded)
     try:
         with _histograms_widened():
             quantize_static(
@@ -169,13 +173,52 @@ def _quantize_int8(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=_nodes_in(path, keep_float),
+                nodes_to_exclude=excluded,
                 calibrate_method=CalibrationMethod[method],
                 extra_options={"TensorQuantOverrides": _weight_scales(path)},
             )
         os.replace(quantized, path)
     finally:
         quantized.unlink(missing_ok=True)
+
+
+def _floor_hardswish_inputs(path: Path, excluded: Sequence[str]) -> None:
+    """Put ``Clip(min=-3)`` between each layer and the HardSwish that alone reads it, in the fp32 file at `path`.
+
+    HardSwish maps every value under -3 to 0, so the clip changes nothing the network computes; onnxruntime's
+    quantizer then calibrates the layer's output as the clip's and removes the clip (its QDQ rules fold an
+    activation into its producer's quantisation), so the int8 layer saturates at -3 and spends no levels on what
+    HardSwish erases (as `targets.tflite_quantizer._floor_hardswish_inputs` does for TFLite).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    producers = {o: node for node in graph.node for o in node.output}
+    floor = "edgecomp_hardswish_floor"
+    nodes, clipped = [], False
+    for node in graph.node:
+        layer = producers.get(node.input[0]) if node.op_type == "HardSwish" else None
+        alone = layer is not None and consumers[node.input[0]] == 1 and node.input[0] not in outputs
+        if alone and layer.name not in excluded and node.name not in excluded:
+            floored = f"{node.input[0]}_floored"
+            nodes.append(helper.make_node("Clip", [node.input[0], floor], [floored], name=f"{node.name}_floor"))
+            node.input[0] = floored
+            clipped = True
+        nodes.append(onnx.NodeProto())
+        nodes[-1].CopyFrom(node)  # graph.node is emptied below
+    if not clipped:
+        return
+    graph.initializer.append(numpy_helper.from_array(np.array(_HARDSWISH_FLOOR, np.float32), floor))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
 
 
 @contextmanager

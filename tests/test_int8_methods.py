@@ -75,6 +75,62 @@ def test_tflite_int8_observes_relu6_after_the_clamp(tmp_path: Path) -> None:
     assert len(scale) == 1 and scale[0] <= 6 / 255 * 1.01
 
 
+class HardSwishNet(nn.Module):
+    """conv -> hard-swish -> conv, the first conv's outputs reaching -20 and below (as MobileNetV3's do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.expand = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.project = nn.Conv2d(16, 10, 1)
+        nn.init.normal_(self.expand.weight, std=4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.act(self.expand(x))).mean((2, 3))
+
+
+@pytest.mark.parametrize("target", ["tflite", "onnx"])
+def test_int8_ranges_a_hardswish_input_from_minus_3(target: str, tmp_path: Path) -> None:
+    """Hard-swish maps every value under -3 to 0: the int8 conv before it (TFLite and onnxruntime have no int8
+    conv + hard-swish) saturates at -3 rather than spend levels on what hard-swish erases. OpenVINO fuses the
+    two and quantises hard-swish's output instead."""
+    model = HardSwishNet().eval()
+    calibration = np.random.default_rng(0).uniform(-1, 1, (32, *INPUT_SHAPE[1:])).astype(np.float32)
+    with torch.no_grad():
+        assert model.expand(torch.from_numpy(calibration)).min() < -20
+    out = tmp_path / f"m{targets.TARGETS[target].suffix}"
+    path = targets.get_target(target).export(model, torch.zeros(INPUT_SHAPE), "int8", out, calibration, {})
+    low, step = _first_conv_output_floor(target, path)
+    assert -3 - step <= low <= -3 + step
+    with torch.no_grad():
+        expected = model(torch.from_numpy(calibration)).numpy()
+    logits = targets.load_runner(path, threads=1).predict(calibration)[0]
+    assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.99
+
+
+def _first_conv_output_floor(target: str, path: Path) -> tuple[float, float]:
+    """The lowest value the int8 file's first conv output can hold, and its quantisation step."""
+    if target == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        conv = next(op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D")
+        quantization = details[conv["outputs"][0]]["quantization_parameters"]
+        (scale,), (zero_point,) = quantization["scales"], quantization["zero_points"]
+        return float((-128 - zero_point) * scale), float(scale)
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv = next(node for node in graph.node if node.op_type == "Conv")
+    quantize = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == conv.output[0])
+    scale, zero_point = float(constants[quantize.input[1]]), int(constants[quantize.input[2]])
+    return (0 - zero_point) * scale, scale  # uint8 activations
+
+
 @pytest.mark.parametrize("target", INT8_TARGETS)
 def test_keep_float_leaves_the_named_layers_in_float(
     target: str, tiny_net: nn.Module, calibration: np.ndarray, tmp_path: Path
