@@ -293,7 +293,7 @@ def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[A
     """
     import torch
 
-    from targets.pt2e_rewrites import fold_hardsigmoid, functionalize_inplace
+    from targets.pt2e_rewrites import drop_eval_dropout, fold_hardsigmoid, functionalize_inplace
 
     try:
         batch_dim = torch.export.Dim("batch", min=1, max=4096)
@@ -304,6 +304,7 @@ def _calibration_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[A
         graph, batch = torch.export.export(model, (example,)).module(), len(example)
     functionalize_inplace(graph)
     fold_hardsigmoid(graph)
+    drop_eval_dropout(graph)
     return graph, batch
 
 
