@@ -1,6 +1,6 @@
 """Rewrites of an exported (``torch.export``) graph that let a PT2E quantizer see what TFLite will run in int8.
 
-Both keep the graph's function: they change how it is spelt, not what it computes.
+Each keeps the graph's function: it changes how it is spelt, not what it computes.
 
 - ``functionalize_inplace``: torch 2.14's ``torch.export`` keeps in-place ops (``x += y`` in torchvision's
   MobileNetV3 residuals is ``aten.add_``, ``nn.ReLU(inplace=True)`` is ``aten.relu_``). litert-torch's
