@@ -441,7 +441,9 @@ def _interrupted() -> None:
 def main() -> None:
     """The console script: user errors become one red line and exit code 2 (tracebacks with --debug)."""
     try:
-        code = app(standalone_mode=False)  # typer returns 130 for Ctrl-C, and typer.Exit's code, when not standalone
+        code = app(
+            standalone_mode=False, prog_name="edgecomp"
+        )  # typer returns 130 for Ctrl-C, and typer.Exit's code, when not standalone
     except (EdgecompError, OSError) as error:
         if state["debug"]:
             raise
@@ -452,13 +454,12 @@ def main() -> None:
         sys.exit(exit_.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as error:  # click usage errors and the like
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except typer.exceptions.TyperException as error:  # usage errors: typer 0.29 parses with its own copy of click
+        show = getattr(error, "show", None)
+        if show is None or state["debug"]:
+            raise
+        show()
+        sys.exit(getattr(error, "exit_code", 2))
     if code == 130:
         _interrupted()
     if isinstance(code, int) and code:

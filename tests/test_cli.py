@@ -52,6 +52,22 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, chan
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "quickstart", "--out", "x"), "No such option: --out"),
+        (("run",), "Missing argument 'recipe'"),
+        (("frobnicate",), "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_usage_not_a_traceback(tmp_path: Path, args: tuple, message: str) -> None:
+    done = edgecomp(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Usage: edgecomp" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "runs").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     done = edgecomp(
         "--debug", "run", str(quickstart_with(tmp_path, lambda r: r["train"].update(epoch=3))), cwd=tmp_path
