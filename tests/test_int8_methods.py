@@ -4,6 +4,7 @@ clamp, weight scales fitted to the weights, and layers kept in float on every ta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,35 +42,43 @@ def test_mse_scales_never_lose_to_min_max_on_float_weights() -> None:
     assert mse_scales(w, axis=1).shape == (64,)
 
 
-class ReLU6Net(nn.Module):
-    """conv -> ReLU6 -> conv, the first conv's pre-activation spanning +-40 (as BN-folded ImageNet weights do)."""
+class ExpandNet(nn.Module):
+    """conv -> `act` -> conv, the first conv's outputs spread wide (std of its weights `std`; 6: +-40, as BN-folded
+    ImageNet weights do before a ReLU6; 4: under -20, as MobileNetV3's before a hard-swish)."""
 
-    def __init__(self) -> None:
+    def __init__(self, act: nn.Module | None = None, std: float = 6.0) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.expand = nn.Conv2d(3, 16, 3, padding=1)
-        self.act = nn.ReLU6()
+        self.act = act or nn.ReLU6()
         self.project = nn.Conv2d(16, 10, 1)
-        nn.init.normal_(self.expand.weight, std=6.0)
+        nn.init.normal_(self.expand.weight, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.act(self.expand(x))).mean((2, 3))
 
 
+CALIBRATION = np.random.default_rng(0).uniform(-1, 1, (32, *INPUT_SHAPE[1:])).astype(np.float32)
+
+
+def _tflite_int8(model: nn.Module, tmp_path: Path) -> tuple[Path, Any, dict[int, dict]]:
+    """`model`'s TFLite int8 file calibrated on `CALIBRATION`, its interpreter, and its tensors by index."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = targets.get_target("tflite").export(
+        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.tflite", CALIBRATION, {}
+    )
+    interpreter = Interpreter(model_path=str(path))
+    return path, interpreter, {d["index"]: d for d in interpreter.get_tensor_details()}
+
+
 def test_tflite_int8_observes_relu6_after_the_clamp(tmp_path: Path) -> None:
     """litert-torch shares the conv's pre-clamp observer with ReLU6, so [0, 6] got a few dozen of 256 levels
     (the root cause of the 23% agreement of real MobileNetV2s); observed after the clamp it gets all 256."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    model = ReLU6Net().eval()
-    calibration = np.random.default_rng(0).uniform(-1, 1, (32, *INPUT_SHAPE[1:])).astype(np.float32)
+    model = ExpandNet().eval()
     with torch.no_grad():
-        assert model.expand(torch.from_numpy(calibration)).abs().max() > 30
-    path = targets.get_target("tflite").export(
-        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.tflite", calibration, {}
-    )
-    interpreter = Interpreter(model_path=str(path))
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        assert model.expand(torch.from_numpy(CALIBRATION)).abs().max() > 30
+    _, interpreter, details = _tflite_int8(model, tmp_path)
     convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
     scale = details[convs[0]["outputs"][0]]["quantization_parameters"]["scales"]
     assert len(scale) == 1 and scale[0] <= 6 / 255 * 1.01
@@ -92,15 +101,7 @@ def test_tflite_int8_biases_match_the_inputs_they_are_added_to(tmp_path: Path) -
     """Each int8 layer's int32 bias is on the scale of its input times its weights. An eval model's dropout was a
     node of its own to the quantizer, so the Linear after it got its bias for the dropout's scale while the
     converter fed it the pool's: real MobileNetV2 logits' biases 1.15x too large (24.0 -> 24.7 dB once mended)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    model = DropoutHead().eval()
-    calibration = np.random.default_rng(0).uniform(-1, 1, (32, *INPUT_SHAPE[1:])).astype(np.float32)
-    path = targets.get_target("tflite").export(
-        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.tflite", calibration, {}
-    )
-    interpreter = Interpreter(model_path=str(path))
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    _, interpreter, details = _tflite_int8(DropoutHead().eval(), tmp_path)
     layers = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
     assert {op["op_name"] for op in layers} == {"CONV_2D", "FULLY_CONNECTED"}
     for op in layers:
@@ -108,37 +109,21 @@ def test_tflite_int8_biases_match_the_inputs_they_are_added_to(tmp_path: Path) -
         np.testing.assert_allclose(bias, activation * weight, rtol=1e-5, err_msg=op["op_name"])
 
 
-class HardSwishNet(nn.Module):
-    """conv -> hard-swish -> conv, the first conv's outputs reaching -20 and below (as MobileNetV3's do)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.expand = nn.Conv2d(3, 16, 3, padding=1)
-        self.act = nn.Hardswish()
-        self.project = nn.Conv2d(16, 10, 1)
-        nn.init.normal_(self.expand.weight, std=4.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.act(self.expand(x))).mean((2, 3))
-
-
 @pytest.mark.parametrize("target", ["tflite", "onnx"])
 def test_int8_ranges_a_hardswish_input_from_minus_3(target: str, tmp_path: Path) -> None:
     """Hard-swish maps every value under -3 to 0: the int8 conv before it (TFLite and onnxruntime have no int8
     conv + hard-swish) saturates at -3 rather than spend levels on what hard-swish erases. OpenVINO fuses the
     two and quantises hard-swish's output instead."""
-    model = HardSwishNet().eval()
-    calibration = np.random.default_rng(0).uniform(-1, 1, (32, *INPUT_SHAPE[1:])).astype(np.float32)
+    model = ExpandNet(nn.Hardswish(), std=4.0).eval()
     with torch.no_grad():
-        assert model.expand(torch.from_numpy(calibration)).min() < -20
+        assert model.expand(torch.from_numpy(CALIBRATION)).min() < -20
     out = tmp_path / f"m{targets.TARGETS[target].suffix}"
-    path = targets.get_target(target).export(model, torch.zeros(INPUT_SHAPE), "int8", out, calibration, {})
+    path = targets.get_target(target).export(model, torch.zeros(INPUT_SHAPE), "int8", out, CALIBRATION, {})
     low, step = _first_conv_output_floor(target, path)
     assert -3 - step <= low <= -3 + step
     with torch.no_grad():
-        expected = model(torch.from_numpy(calibration)).numpy()
-    logits = targets.load_runner(path, threads=1).predict(calibration)[0]
+        expected = model(torch.from_numpy(CALIBRATION)).numpy()
+    logits = targets.load_runner(path, threads=1).predict(CALIBRATION)[0]
     assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.99
 
 
@@ -318,29 +303,22 @@ def test_tflite_int8_runs_a_mobilenet_v3_block_in_one_int8_graph(tmp_path: Path)
     """Residual adds, squeeze-excitation gates and ReLUs in int8; hard-swish in float between a DEQUANTIZE and a
     QUANTIZE (XNNPACK delegates that, not the int8 HARD_SWISH): on a real MobileNetV3-Small these cut the
     int8 graph into 20 XNNPACK partitions and made it 6x slower than fp32."""
-    from ai_edge_litert.interpreter import Interpreter
-
     model = SEBlock().eval()
-    calibration = np.random.default_rng(0).uniform(-1, 1, (32, *INPUT_SHAPE[1:])).astype(np.float32)
-    path = targets.get_target("tflite").export(
-        model, torch.zeros(INPUT_SHAPE), "int8", tmp_path / "m.tflite", calibration, {}
-    )
-    interpreter = Interpreter(model_path=str(path))
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    path, interpreter, details = _tflite_int8(model, tmp_path)
     ops = [(op["op_name"], details[op["inputs"][0]]["dtype"]) for op in interpreter._get_ops_details()]
     float_ops = {name for name, dtype in ops if dtype == np.float32}
     assert float_ops == {"QUANTIZE", "HARD_SWISH"}, ops
     assert {name for name, dtype in ops if dtype == np.int8} >= {"ADD", "MUL", "CONV_2D", "FULLY_CONNECTED"}
     with torch.no_grad():
-        expected = model(torch.from_numpy(calibration)).numpy()
-    logits = targets.load_runner(path, threads=1).predict(calibration)[0]
+        expected = model(torch.from_numpy(CALIBRATION)).numpy()
+    logits = targets.load_runner(path, threads=1).predict(CALIBRATION)[0]
     assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.98
 
 
 def _export_with_grid_weights(target: str, conv: str, tmp_path: Path) -> tuple[nn.Module, Path]:
-    """A ReLU6Net whose `conv` weights sit on a grid (each channel's max on another level, as QAT leaves them),
+    """An ExpandNet whose `conv` weights sit on a grid (each channel's max on another level, as QAT leaves them),
     exported to `target`'s int8."""
-    model = ReLU6Net().eval()
+    model = ExpandNet().eval()
     rng = np.random.default_rng(0)
     weight = getattr(model, conv).weight
     levels = rng.integers(-100, 101, size=weight.shape)
