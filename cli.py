@@ -441,9 +441,8 @@ def _interrupted() -> None:
 def main() -> None:
     """The console script: user errors become one red line and exit code 2 (tracebacks with --debug)."""
     try:
-        code = app(
-            standalone_mode=False, prog_name="edgecomp"
-        )  # typer returns 130 for Ctrl-C, and typer.Exit's code, when not standalone
+        # not standalone, typer returns 130 for Ctrl-C and typer.Exit's code; usage says edgecomp, not cli.py
+        code = app(standalone_mode=False, prog_name="edgecomp")
     except (EdgecompError, OSError) as error:
         if state["debug"]:
             raise

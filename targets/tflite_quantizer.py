@@ -32,8 +32,7 @@ Imported by ``targets.tflite`` at export time only: it needs torch and litert-to
 from __future__ import annotations
 
 import dataclasses
-import functools
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -267,7 +266,7 @@ def _floor_hardswish_inputs(nodes: list) -> None:
             continue
         spec = getattr(layer.meta.get("quantization_annotation"), "output_qspec", None)
         made = getattr(getattr(spec, "observer_or_fake_quant_ctr", None), "p", None)  # torchao's with_args partial
-        observed = isinstance(made, functools.partial) and issubclass(made.func, ObserverBase)
+        observed = isinstance(made, partial) and issubclass(made.func, ObserverBase)
         if isinstance(spec, QuantizationSpec) and observed:  # PTQ; QAT's fake-quant modules train their ranges
             floored = _floored(made.func).with_args(**made.keywords)
             layer.meta["quantization_annotation"].output_qspec = dataclasses.replace(
