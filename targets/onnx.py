@@ -34,6 +34,7 @@ import numpy as np
 from targets import TARGETS, activation_settings, get_target
 from targets.accuracy_control import export_accuracy_controlled, require_control
 from targets.base import (
+    HARDSWISH_FLOOR,
     AccuracyControl,
     EdgecompError,
     check_export_args,
@@ -59,7 +60,6 @@ OPSET = 18  # pinned: the exported graph must not change with the installed torc
 # the real MobileNets); and Distribution, which fits float8 scales, not int8 ranges.
 _CALIBRATION_METHODS = {"percentile": "Percentile", "minmax": "MinMax"}
 _INPUT_NAME = "input"
-_HARDSWISH_FLOOR = -3.0  # hardswish(x) = x * relu6(x + 3) / 6 is 0 for every x <= -3
 
 
 def export(
@@ -215,7 +215,7 @@ def _floor_hardswish_inputs(path: Path, excluded: Sequence[str]) -> None:
         nodes[-1].CopyFrom(node)  # graph.node is emptied below
     if not clipped:
         return
-    graph.initializer.append(numpy_helper.from_array(np.array(_HARDSWISH_FLOOR, np.float32), floor))
+    graph.initializer.append(numpy_helper.from_array(np.array(HARDSWISH_FLOOR, np.float32), floor))
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save(model, str(path))

@@ -48,7 +48,7 @@ from litert_torch.quantize.pt2e_quantizer_utils import (
 from torchao.quantization.pt2e.observer import ObserverBase
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, SharedQuantizationSpec
 
-from targets.base import matches_module
+from targets.base import HARDSWISH_FLOOR, matches_module
 
 aten = torch.ops.aten
 _WEIGHTED = {aten.conv2d.default, aten.linear.default}
@@ -249,7 +249,6 @@ def _is_fusable_clamp(node: torch.fx.Node) -> bool:
 
 
 _HARDSWISH = {aten.hardswish.default, aten.hardswish_.default}
-_HARDSWISH_FLOOR = -3.0  # hardswish(x) = x * relu6(x + 3) / 6 is 0 for every x <= -3
 
 
 def _floor_hardswish_inputs(nodes: list) -> None:
@@ -278,7 +277,7 @@ def _floor_hardswish_inputs(nodes: list) -> None:
 def _floored(observer: type) -> type:
     class Floored(observer):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            super().forward(x.clamp(min=_HARDSWISH_FLOOR))
+            super().forward(x.clamp(min=HARDSWISH_FLOOR))
             return x
 
     Floored.__name__ = Floored.__qualname__ = f"Floored{observer.__name__}"
