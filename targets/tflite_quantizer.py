@@ -81,6 +81,7 @@ class Quantizer(PT2EQuantizer):
         _annotate_tail_float(model, nodes)
         _annotate_fused_clamps(nodes, self.global_config)
         model = super().annotate(model)
+        _observe_means(nodes, self.global_config)
         _annotate_elementwise(nodes, self.global_config)
         _unobserve_integers(model)
         _annotate_cat(nodes, self.global_config)
@@ -118,6 +119,24 @@ def _annotate_elementwise(nodes: list, config: Any) -> None:
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map=inputs, output_qspec=get_output_act_qspec(config), _annotated=True
         )
+
+
+_MEANS = {aten.mean.dim, aten.mean.default, aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default}
+
+
+def _observe_means(nodes: list, config: Any) -> None:
+    """Give each mean (global average pool) an observer of its own output instead of its input's.
+
+    litert-torch shares a mean's observer with its input, as it does for data movement; but a mean over a
+    feature map spans a fraction of the map's range, so the int8 MEAN kept its input's scale for values a few
+    steps wide. On the real MobileNetV3-Small the pooled features before the classifier, the worst single
+    activation after features.11's, were read at the last hard-swish's scale, and every squeeze-and-excite block
+    pools so too. TFLite's int8 MEAN rescales between an input and an output scale.
+    """
+    for node in nodes:
+        annotation = node.meta.get("quantization_annotation")
+        if node.target in _MEANS and isinstance(getattr(annotation, "output_qspec", None), SharedQuantizationSpec):
+            annotation.output_qspec = get_output_act_qspec(config)
 
 
 def _annotate_cat(nodes: list, config: Any) -> None:

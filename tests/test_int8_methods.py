@@ -109,6 +109,22 @@ def test_tflite_int8_biases_match_the_inputs_they_are_added_to(tmp_path: Path) -
         np.testing.assert_allclose(bias, activation * weight, rtol=1e-5, err_msg=op["op_name"])
 
 
+def test_tflite_int8_ranges_a_global_average_pool_on_its_own_output(tmp_path: Path) -> None:
+    """A mean over a feature map spans a fraction of the map's range. litert-torch gave the int8 MEAN its input's
+    scale, so the pooled features were read a few steps wide (real MobileNetV3-Small int8 with features.11 in
+    float, its classifier's input and every squeeze-and-excite pool so: 13.6 -> 15.5 dB once each has its own)."""
+    model = DropoutHead().eval()
+    _, interpreter, details = _tflite_int8(model, tmp_path)
+    (mean,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "MEAN"]
+    scale_in = details[mean["inputs"][0]]["quantization_parameters"]["scales"][0]
+    output = details[mean["outputs"][0]]["quantization_parameters"]
+    scale_out, zero_point = output["scales"][0], output["zero_points"][0]
+    with torch.no_grad():
+        pooled = model.features(torch.from_numpy(CALIBRATION)).mean((2, 3))
+    assert scale_out < scale_in / 3  # here 5.4x finer
+    assert 0.9 * float(pooled.max()) <= (127 - zero_point) * scale_out <= 2 * float(pooled.max())
+
+
 @pytest.mark.parametrize("target", ["tflite", "onnx"])
 def test_int8_ranges_a_hardswish_input_from_minus_3(target: str, tmp_path: Path) -> None:
     """Hard-swish maps every value under -3 to 0: the int8 conv before it (TFLite and onnxruntime have no int8
