@@ -8,7 +8,9 @@ Every target module provides:
 
 - ``export(model, example, precision, out, calibration, metadata, io="float") -> Path``: write one file
   (torch needed); a target with ``int8_ac`` among its precisions also takes ``accuracy_control=``
-  (`targets.base.AccuracyControl`: validation samples, metric, max drop);
+  (`targets.base.AccuracyControl`: validation samples, metric, max drop); one whose int8_ac is
+  `targets.accuracy_control`'s also provides ``with_metadata(source, out, metadata) -> Path`` (its last probe
+  file, written to ``out`` with the search in its metadata);
 - ``load(path, threads=None, shape=None) -> Runner``: open a file in the target's runtime (no torch);
   ``shape`` fixes a dynamic input shape (or changes the batch of a file that allows it);
 - ``read_metadata(path) -> dict`` and ``size_bytes(path) -> int``;

@@ -151,18 +151,27 @@ def export_accuracy_controlled(
     **options: Any,
 ) -> Path:
     """`target`'s int8 file of `model` at `out`, with the groups the search chose in float (besides any
-    `keep_float` in `options`) and the search written into its metadata."""
+    `keep_float` in `options`) and the search written into its metadata: the search's last probe, which has
+    those groups in float, with the metadata rewritten (`target.with_metadata`), not a second export."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     user_float = list(options.pop("keep_float", ()))
     export_int8 = _int8_exporter(target, model, example, calibration, metadata, user_float, options)
+    probes: list[tuple[tuple[str, ...], Path]] = []
+
+    def export_probe(keep: Sequence[str], path: Path) -> Runner:
+        probes.append((tuple(keep), path))
+        return export_int8(keep, path)
+
     try:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8_ac-") as folder:
-            search = accuracy_controlled(model, control, export_int8, Path(folder), out.suffix)
-        kept = {**metadata, **search.as_metadata(), "keep_float": json.dumps([*user_float, *search.keep_float])}
-        return target.export(
-            model, example, "int8", out, calibration, kept, keep_float=[*user_float, *search.keep_float], **options
-        )
+            search = accuracy_controlled(model, control, export_probe, Path(folder), out.suffix)
+            keep_float = [*user_float, *search.keep_float]
+            kept = {**metadata, **search.as_metadata(), "keep_float": json.dumps(keep_float)}
+            last_keep, last_file = probes[-1]
+            if last_keep == search.keep_float:  # the search's last probe is the file: only its metadata changes
+                return target.with_metadata(last_file, out, {**target.read_metadata(last_file), **kept})
+        return target.export(model, example, "int8", out, calibration, kept, keep_float=keep_float, **options)
     except EdgecompError as e:  # "tflite int8 export failed: ..." is this int8_ac export's failure
         raise EdgecompError(str(e).replace(" int8 export failed", " int8_ac export failed", 1)) from e
 

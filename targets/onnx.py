@@ -300,6 +300,12 @@ def _nodes_in(path: Path, patterns: Sequence[str]) -> list[str]:
     return found
 
 
+def with_metadata(source: Path, out: Path, metadata: dict[str, str]) -> Path:
+    """The ONNX file at `source` written atomically to `out` with `metadata` in place of the metadata it had."""
+    _save_with_metadata(source, out, metadata)
+    return Path(out)
+
+
 def _save_with_metadata(source: Path, out: Path, metadata: dict[str, str]) -> None:
     import onnx
 

@@ -324,13 +324,25 @@ def _quiet_progress() -> Iterator[None]:
         os.environ.pop(key, None)
 
 
+def with_metadata(source: Path, out: Path, metadata: dict[str, str]) -> Path:
+    """The .tflite file at `source` written atomically to `out` with `metadata` in place of the metadata it had."""
+    content = _with_metadata(Path(source).read_bytes(), metadata)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(content)
+    return Path(out)
+
+
 def _with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
-    """Add `metadata` as one JSON flatbuffer metadata entry (runtimes ignore entries they don't know)."""
+    """Put `metadata` in as one JSON flatbuffer metadata entry (runtimes ignore entries they don't know),
+    replacing the entry an earlier call put there."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content))
     if any(buffer.offset for buffer in model.buffers or []):  # >2 GB layout: offsets would break
         return content
+    for entry in [e for e in model.metadata or [] if e.name in (_METADATA_NAME, _METADATA_NAME.encode())]:
+        model.buffers[entry.buffer].data = None  # emptied, not removed: other entries point at buffers by index
+        model.metadata.remove(entry)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
     model.buffers.append(buffer)

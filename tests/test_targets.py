@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -450,7 +451,7 @@ def test_int8_ac_needs_its_validation_and_metric(
 
 @pytest.mark.parametrize("target", [name for name in AC_TARGETS if name != "openvino"])
 def test_int8_ac_search_keeps_the_most_sensitive_groups_in_float_until_the_drop_holds(
-    target: str, trained_net: nn.Module, digits: dict[str, np.ndarray], tmp_path: Path
+    target: str, trained_net: nn.Module, digits: dict[str, np.ndarray], tmp_path: Path, monkeypatch
 ) -> None:
     """TFLite and ONNX have no accuracy control of their own: `targets.accuracy_control` ranks the layer
     groups by the outputs' SQNR with each alone in float (through the target's own int8 export), then keeps them
@@ -465,14 +466,25 @@ def test_int8_ac_search_keeps_the_most_sensitive_groups_in_float_until_the_drop_
     module, example, calibration = targets.get_target(target), torch.zeros(INPUT_SHAPE), digits["calibration"]
     suffix = targets.TARGETS[target].suffix
 
+    exports = []
+    export = module.export
+
+    def counted(*args: Any, **kwargs: Any) -> Path:
+        exports.append(args[2])  # the precision
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(module, "export", counted)
+
     def controlled(max_drop: float) -> tuple[Path, dict]:
         control = AccuracyControl(samples, closeness, max_drop)
         out = tmp_path / f"ac{max_drop:g}{suffix}"
+        exports.clear()
         path = module.export(trained_net, example, "int8_ac", out, calibration, {}, accuracy_control=control)
         return path, module.read_metadata(path)
 
     loose, loose_meta = controlled(max_drop=50)
     assert json.loads(loose_meta["keep_float"]) == []
+    assert exports == ["int8_ac", "int8"]  # the one probe is the file
     plain_drop = 100 * (1 - json.loads(loose_meta["accuracy_control"])["int8"])
     assert plain_drop > 0.3
     strict, meta = controlled(max_drop=plain_drop / 3)
@@ -486,6 +498,7 @@ def test_int8_ac_search_keeps_the_most_sensitive_groups_in_float_until_the_drop_
     achieved = closeness(targets.load_runner(strict, threads=2).predict(samples), np.arange(len(samples)))
     assert achieved == pytest.approx(search["final"], abs=1e-4)
     assert 100 * (1 - achieved) <= plain_drop / 3 + 1e-6 or len(kept) == len(ranking)
+    assert exports.count("int8") == 1 + len(ranking) + len(kept)  # the probes: all int8, each group, the search
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([loose.name, strict.name])  # no probe left
 
 
