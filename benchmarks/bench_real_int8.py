@@ -29,7 +29,7 @@ With ``--activations NAME...`` (or ``all``), the int8 rows are the target's defa
 range estimator it has among those (`targets.base.ACTIVATION_ESTIMATORS`, the recipe's ``activations``).
 
     python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...] [--ac]
-        [--activations all] [--views] [--calibration 256]
+        [--activations all] [--views] [--calibration 256] [--keep-float features.11 features.1]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def model_rows(name: str, photos: Photos, args: argparse.Namespace, folder: Path
     for target in args.targets:
         fp32_logits, fp32_ms, _, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
         rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference, held_out), fp32_ms, fp32_ms, 0.0))
-        for setting, keep, activations in int8_settings(name, target, args.activations):
+        for setting, keep, activations in int8_settings(name, target, args.activations, args.keep_float):
             logits, ms, seconds, _ = export_and_measure(
                 model, target, "int8", x, calibration, keep, args, folder, activations=activations
             )
@@ -250,11 +250,13 @@ def noise_floor_row(name: str, model: torch.nn.Module, photos: Photos, reference
     )
 
 
-def int8_settings(name: str, target: str, wanted: list[str] | None) -> list[tuple[str, list[str], str | None]]:
+def int8_settings(
+    name: str, target: str, wanted: list[str] | None, keep_float: list[str] | None = None
+) -> list[tuple[str, list[str], str | None]]:
     """(label, keep_float, activations) of one model's int8 rows on `target`: plain int8 and the model's
-    `KEEP_FLOAT` layers in float, or with `wanted` (--activations) the target's default and one row per other
-    activation range estimator the target has among them ('all': every one it has)."""
-    keep = KEEP_FLOAT[name]
+    `KEEP_FLOAT` layers (or `keep_float`, --keep-float) in float, or with `wanted` (--activations) the target's
+    default and one row per other activation range estimator the target has among them ('all': every one it has)."""
+    keep = KEEP_FLOAT[name] if keep_float is None else keep_float
     if not wanted:
         return [("int8", [], None)] + ([(f"int8 keep_float={keep}", keep, None)] if keep else [])
     spec = targets.TARGETS[target]
@@ -329,6 +331,13 @@ def main() -> int:
         choices=[*ACTIVATION_ESTIMATORS, "all"],
         help="int8 rows per activation range estimator instead of the plain and keep-float ones (each target's own "
         "among these; 'all': every one it has)",
+    )
+    parser.add_argument(
+        "--keep-float",
+        nargs="*",
+        metavar="PATTERN",
+        help="the keep-float row's layers (module-name globs) for every model instead of KEEP_FLOAT's; "
+        "none given: no such row",
     )
     parser.add_argument(
         "--resize",
