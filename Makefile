@@ -24,10 +24,11 @@ lint: $(INSTALLED)
 
 # Workers take whole files (module fixtures, such as a reduced pipeline run, are built once): much of the
 # suite is single-threaded Python (conversions, tracing, subprocess start-up). Two on two cores; one per core
-# up to four on a larger machine (each worker's pipeline runs start export processes of their own).
+# up to four on a larger machine (each worker's pipeline runs start export processes of their own). The
+# longest files go first, in tests/conftest.py's order (--no-loadscope-reorder keeps it).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2; [ $$n -gt 4 ] && n=4; echo $$n)
 test: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The committed reports of the shipped CPU recipes, regenerated from scratch (~7 + ~13 + ~51 + ~52 min on 2 cores).
 REPORTED := quickstart ssdlite-quickstart mobilenetv2-fashion-mnist-sweep latency-quickstart

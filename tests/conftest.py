@@ -117,6 +117,27 @@ def exported(
     return get
 
 
+# The test files that take longest, longest first (`make test --durations=0` summed per file; see
+# `pytest_collection_modifyitems`).
+SLOWEST_FILES = (
+    "test_pipeline.py",
+    "test_distributed.py",
+    "test_qat.py",
+    "test_chaos.py",
+    "test_real_int8.py",
+    "test_detection_pipeline.py",
+    "test_targets.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the `SLOWEST_FILES` first, the rest in collection order. `make test` hands whole files to its workers
+    (``--dist loadfile``) in this order (``--no-loadscope-reorder``: xdist would order them by their number of
+    tests): a long file that started last ran alone for minutes while the other worker idled."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
 # After the whole suite, a native runtime (litert/JAX, OpenVINO, onnxruntime or Chromium's helpers) can
 # segfault in its destructors at interpreter exit, turning a passed run into exit 139. Every result has
 # been reported by then, so leave with pytest's own exit status without running those destructors.
