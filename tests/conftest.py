@@ -117,8 +117,8 @@ def exported(
     return get
 
 
-# The test files that take longest, longest first (`make test --durations=0` summed per file; see
-# `pytest_collection_modifyitems`).
+# The test files that take longest, longest first: each holds a test or fixture of 1-4 min (the top of `make
+# test`'s --durations in a fresh-clone CI run, 2026-12-02; see `pytest_collection_modifyitems`).
 SLOWEST_FILES = (
     "test_pipeline.py",
     "test_distributed.py",
