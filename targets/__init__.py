@@ -78,7 +78,9 @@ TARGETS: dict[str, TargetSpec] = {
         qat=True,
         activations=("mse", "minmax"),
         default_activations="mse",
-        version=2,  # 2 (2026-12-02): int8 ranges a hard-swish's input from -3, drops an eval model's dropout
+        # 2 (2026-12-02): int8 ranges a hard-swish's input from -3, drops an eval model's dropout; 3: a mean
+        # (global average pool) observes its own output
+        version=3,
     ),
     "openvino": TargetSpec(
         "openvino",
