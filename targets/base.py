@@ -88,13 +88,13 @@ PRECISIONS: dict[str, PrecisionSpec] = {
 }
 CALIBRATED_PRECISIONS = tuple(name for name, spec in PRECISIONS.items() if spec.calibrated)
 
-# How a calibrated precision sets each activation tensor's int8 range from the calibration samples: the names a
-# recipe's ``activations`` takes. Each target maps the ones its own quantizer has (`TargetSpec.activations`) to
-# that library's estimator; none is written here by hand.
 # hard-swish(x) = x * relu6(x + 3) / 6 is 0 for every x <= -3: where a quantised layer output feeds only a hard-swish,
 # TFLite and ONNX int8 range it from here up (`targets.tflite_quantizer`, `targets.onnx`)
 HARDSWISH_FLOOR = -3.0
 
+# How a calibrated precision sets each activation tensor's int8 range from the calibration samples: the names a
+# recipe's ``activations`` takes. Each target maps the ones its own quantizer has (`TargetSpec.activations`) to
+# that library's estimator; none is written here by hand.
 ACTIVATION_ESTIMATORS: dict[str, str] = {
     "minmax": "the lowest and highest value seen over all samples",
     "mean_minmax": "the mean over samples of each sample's lowest and highest value",
