@@ -170,7 +170,7 @@ def export_accuracy_controlled(
             kept = {**metadata, **search.as_metadata(), "keep_float": json.dumps(keep_float)}
             last_keep, last_file = probes[-1]
             if last_keep == search.keep_float:  # the search's last probe is the file: only its metadata changes
-                return target.with_metadata(last_file, out, {**target.read_metadata(last_file), **kept})
+                return target.with_metadata(last_file, out, kept)  # the probe's own metadata is `metadata`
         return target.export(model, example, "int8", out, calibration, kept, keep_float=keep_float, **options)
     except EdgecompError as e:  # "tflite int8 export failed: ..." is this int8_ac export's failure
         raise EdgecompError(str(e).replace(" int8 export failed", " int8_ac export failed", 1)) from e
