@@ -672,9 +672,9 @@ def test_int8_section_flags_int8_slower_than_its_fp32_twin_and_says_what_stayed_
     search["sqnr_db"] = [["features.11", 14.24], ["features.3", 9.5]]
     rows = [
         timed("dense", "dense", "tflite", "fp32", 0.9, 1.0),
-        timed("dense", "dense", "tflite", "int8", 0.7, 1.5),  # slower: flagged
+        timed("dense", "dense", "tflite", "int8", 0.895, 1.5),  # slower: flagged
         {
-            **timed("dense", "dense", "tflite", "int8_ac", 0.85, 0.8),
+            **timed("dense", "dense", "tflite", "int8_ac", 0.895, 0.8),
             "keep_float": ["features.11"],
             "sensitivity": search,
         },
@@ -697,6 +697,38 @@ def test_int8_section_flags_int8_slower_than_its_fp32_twin_and_says_what_stayed_
     )
     assert len(lines) == 3
     assert "<h2>int8</h2>" in (tmp_path / "report.html").read_text()
+
+
+def test_int8_section_flags_int8_that_costs_more_than_allowed_against_its_fp32_twin(tmp_path: Path) -> None:
+    """Against the target's own fp32 file, else the PyTorch model; one line per file whatever its thread counts;
+    an int8_ac row by its own bar; the advice only where every layer is int8; report.max_accuracy_drop as the
+    bar where set."""
+    rows = [
+        ("dense", "pytorch", "fp32", 0.90),
+        ("dense", "tflite", "fp32", 0.90),
+        ("dense", "tflite", "int8", 0.85),
+        ("dense", "openvino", "fp32", 0.90),
+        ("dense", "openvino", "int8", 0.895),  # half a point: within the default 1
+        ("dense", "onnx", "int8", 0.87),  # no onnx fp32 file: against PyTorch
+        ("dense", "openvino", "int8_ac", 0.88),  # 2 points, within its own max_accuracy_drop of 3
+    ]
+    results = with_images(results_with(rows), 1000) | {"metric": "top1"}
+    results["rows"].append({**results["rows"][2], "threads": 4})  # the same file timed on 4 threads
+    results["rows"][5]["keep_float"] = ["features.11"]
+    results["rows"][6]["max_accuracy_drop"] = 3.0
+    write_report(results, tmp_path)
+    section = (tmp_path / "report.md").read_text().split("## int8\n", 1)[1].split("\n## ", 1)[0]
+    assert section.splitlines()[1:4] == [
+        "- dense tflite int8: top-1 85.0%, 5.0 points under its fp32 twin's 90.0% (more than the 1 allowed; McNemar "
+        "p &lt; 0.001 on 1000 paired test images)",
+        "- dense onnx int8: top-1 87.0%, 3.0 points under the PyTorch model's 90.0% (more than the 1 allowed; "
+        "McNemar p &lt; 0.001 on 1000 paired test images)",
+        "- tflite int8 can keep the layers it costs most in float: precision int8_ac finds them for each file, "
+        "\"edgecomp sensitivity t --target tflite\" ranks the dense model's for a recipe's keep_float",
+    ]
+    assert section.count("points under") == 2 and section.count("can keep the layers") == 1
+    write_report(results, tmp_path, ReportSpec(max_accuracy_drop=6.0))
+    assert "points under" not in (tmp_path / "report.md").read_text()
 
 
 def test_no_int8_section_without_anything_to_say(results: dict[str, Any], tmp_path: Path) -> None:

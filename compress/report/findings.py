@@ -20,7 +20,7 @@ class Findings:
     verdicts: list[str]  # pruned weights against the scratch baselines, per architecture
     picks: list[Recommendation]
     constraints: str
-    int8: list[str]  # int8 files slower than their fp32 twin; layers kept in float (`compress.report.int8`)
+    int8: list[str]  # int8 files that cost accuracy or are slower than their fp32 twin; layers kept in float
     failed: list[str]  # exports or measurements that failed, with their one-line reasons
 
 
@@ -29,7 +29,7 @@ def find(results: Results, table: list[dict[str, Any]], spec: ReportSpec | None)
         scratch_verdicts(results),
         recommend(table, spec),
         constraint_text(spec),
-        int8_lines(table, metric_label(results)),
+        int8_lines(results, table, metric_label(results), spec.max_accuracy_drop if spec else None),
         failed_lines(results),
     )
 

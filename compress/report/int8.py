@@ -1,15 +1,21 @@
-"""What the report says about int8 files beyond the table: those slower than their fp32 twin, and the layers
-kept in float (by a recipe's `keep_float` or by int8_ac's search) with what the search measured.
+"""What the report says about int8 files beyond the table: those that cost more accuracy than allowed against
+their fp32 twin, those slower than it, and the layers kept in float (by a recipe's `keep_float` or by int8_ac's
+search) with what the search measured.
 
-Reads the report's table rows (`compress.report.table.table_rows`): run, candidate, target, precision, threads,
-p50_ms, keep_float, activations, sensitivity (a `compress.results.Sensitivity`).
+The accuracy lines read the results rows (per-image right/wrong, for McNemar's test; seeds); the others read the
+report's table rows (`compress.report.table.table_rows`): run, candidate, target, precision, threads, p50_ms,
+keep_float, activations, sensitivity (a `compress.results.Sensitivity`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from compress.results import QAT_PRECISION
+from compress.report.recommend import TOLERANCE
+from compress.report.stats import compare_seeds
+from compress.report.table import seed_groups
+from compress.results import QAT_PRECISION, Results, Row
+from compress.schema import DEFAULT_MAX_ACCURACY_DROP
 from targets.base import PRECISIONS
 
 INT8_PRECISIONS = (*(name for name, spec in PRECISIONS.items() if spec.integer), QAT_PRECISION)
@@ -22,9 +28,49 @@ KNOWN_REASONS = {
 RANKED_GROUPS_SHOWN = 5
 
 
-def int8_lines(table: list[dict[str, Any]], metric: str) -> list[str]:
-    """The report's int8 section: slower int8 files first, then the layers kept in float."""
-    return slower_int8(table) + kept_float(table, metric)
+def int8_lines(results: Results, table: list[dict[str, Any]], metric: str, limit_pts: float | None = None) -> list[str]:
+    """The report's int8 section: int8 files that cost more than `limit_pts` (default
+    `DEFAULT_MAX_ACCURACY_DROP`), slower ones, then the layers kept in float."""
+    limit = DEFAULT_MAX_ACCURACY_DROP if limit_pts is None else limit_pts
+    return costly_int8(results, metric, limit) + slower_int8(table) + kept_float(table, metric)
+
+
+def costly_int8(results: Results, metric: str, limit_pts: float) -> list[str]:
+    """One line per int8 file whose `metric` falls more than `limit_pts` points (an int8_ac row: its own
+    `max_accuracy_drop`) under its fp32 twin's: the same run, candidate and target, or the PyTorch model where the
+    target made no fp32 file, with how sure the drop is (`compress.report.stats.compare_seeds`). Rows per thread
+    count score one file: one line. Then, per run and target where such a file has every layer in int8, how to
+    keep the costliest layers in float."""
+    files: dict[tuple, list[Row]] = {}
+    for rows in seed_groups(results.rows):
+        row = rows[0]
+        files.setdefault((row.run, row.candidate, row.target, row.precision), rows)
+    lines, all_int8 = [], {}
+    for (run, candidate, target, precision), rows in files.items():
+        twin = files.get((run, candidate, target, "fp32")) or files.get((run, candidate, "pytorch", "fp32"))
+        if precision not in INT8_PRECISIONS or twin is None:
+            continue
+        allowed = rows[0].max_accuracy_drop if rows[0].max_accuracy_drop is not None else limit_pts
+        comparison = compare_seeds(twin, rows)
+        if comparison.margin_pts <= allowed + TOLERANCE:
+            continue
+        reference = "its fp32 twin" if twin[0].target == target else "the PyTorch model"
+        lines.append(
+            f"{_name(rows[0].model_dump())}: {metric} {_pct(rows)}, {comparison.margin_pts:.1f} points under "
+            f"{reference}'s {_pct(twin)} (more than the {allowed:g} allowed; {comparison.evidence()})"
+        )
+        if not rows[0].keep_float and precision != "int8_ac":
+            all_int8.setdefault((run, target), None)
+    return lines + [
+        f"{run + ': ' if run else ''}{target} int8 can keep the layers it costs most in float: precision int8_ac "
+        f'finds them for each file, "edgecomp sensitivity {run or results.recipe or "RECIPE"} --target {target}" '
+        "ranks the dense model's for a recipe's keep_float"
+        for run, target in all_int8
+    ]
+
+
+def _pct(rows: list[Row]) -> str:
+    return f"{100 * sum(row.accuracy for row in rows) / len(rows):.1f}%"
 
 
 def slower_int8(table: list[dict[str, Any]]) -> list[str]:
