@@ -729,6 +729,11 @@ def test_int8_section_flags_int8_that_costs_more_than_allowed_against_its_fp32_t
     assert section.count("points under") == 2 and section.count("can keep the layers") == 1
     write_report(results, tmp_path, ReportSpec(max_accuracy_drop=6.0))
     assert "points under" not in (tmp_path / "report.md").read_text()
+    other = copy.deepcopy(results) | {"recipe": "u"}  # a report over two runs names each run's own recipe
+    write_report(report.combine_runs([results, other]), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("points under") == 4
+    assert '"edgecomp sensitivity t --target tflite"' in md and '"edgecomp sensitivity u --target tflite"' in md
 
 
 def test_no_int8_section_without_anything_to_say(results: dict[str, Any], tmp_path: Path) -> None:

@@ -61,10 +61,11 @@ def costly_int8(results: Results, metric: str, limit_pts: float) -> list[str]:
         )
         if not rows[0].keep_float and precision != "int8_ac":
             all_int8.setdefault((run, target), None)
+    recipes = {run.label: run.recipe for run in results.runs or []}
     return lines + [
         f"{run + ': ' if run else ''}{target} int8 can keep the layers it costs most in float: precision int8_ac "
-        f'finds them for each file, "edgecomp sensitivity {run or results.recipe or "RECIPE"} --target {target}" '
-        "ranks the dense model's for a recipe's keep_float"
+        f'finds them for each file, "edgecomp sensitivity {recipes.get(run) or results.recipe or "RECIPE"} '
+        f"--target {target}\" ranks the dense model's for a recipe's keep_float"
         for run, target in all_int8
     ]
 
