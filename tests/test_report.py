@@ -711,6 +711,7 @@ def test_int8_section_flags_int8_that_costs_more_than_allowed_against_its_fp32_t
         ("dense", "openvino", "int8", 0.895),  # half a point: within the default 1
         ("dense", "onnx", "int8", 0.87),  # no onnx fp32 file: against PyTorch
         ("dense", "openvino", "int8_ac", 0.88),  # 2 points, within its own max_accuracy_drop of 3
+        ("dense", "openvino", "int8-qat", 0.85),  # flagged; no search advice for a trained int8 file
     ]
     results = with_images(results_with(rows), 1000) | {"metric": "top1"}
     results["rows"].append({**results["rows"][2], "threads": 4})  # the same file timed on 4 threads
@@ -718,21 +719,23 @@ def test_int8_section_flags_int8_that_costs_more_than_allowed_against_its_fp32_t
     results["rows"][6]["max_accuracy_drop"] = 3.0
     write_report(results, tmp_path)
     section = (tmp_path / "report.md").read_text().split("## int8\n", 1)[1].split("\n## ", 1)[0]
-    assert section.splitlines()[1:4] == [
+    assert section.splitlines()[1:5] == [
         "- dense tflite int8: top-1 85.0%, 5.0 points under its fp32 twin's 90.0% (more than the 1 allowed; McNemar "
         "p &lt; 0.001 on 1000 paired test images)",
         "- dense onnx int8: top-1 87.0%, 3.0 points under the PyTorch model's 90.0% (more than the 1 allowed; "
         "McNemar p &lt; 0.001 on 1000 paired test images)",
+        "- dense openvino int8-qat: top-1 85.0%, 5.0 points under its fp32 twin's 90.0% (more than the 1 allowed; "
+        "McNemar p &lt; 0.001 on 1000 paired test images)",
         "- tflite int8 can keep the layers it costs most in float: precision int8_ac finds them for each file, "
         "\"edgecomp sensitivity t --target tflite\" ranks the dense model's for a recipe's keep_float",
     ]
-    assert section.count("points under") == 2 and section.count("can keep the layers") == 1
+    assert section.count("points under") == 3 and section.count("can keep the layers") == 1
     write_report(results, tmp_path, ReportSpec(max_accuracy_drop=6.0))
     assert "points under" not in (tmp_path / "report.md").read_text()
     other = copy.deepcopy(results) | {"recipe": "u"}  # a report over two runs names each run's own recipe
     write_report(report.combine_runs([results, other]), tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert md.count("points under") == 4
+    assert md.count("points under") == 6
     assert '"edgecomp sensitivity t --target tflite"' in md and '"edgecomp sensitivity u --target tflite"' in md
 
 

@@ -39,8 +39,8 @@ def costly_int8(results: Results, metric: str, limit_pts: float) -> list[str]:
     """One line per int8 file whose `metric` falls more than `limit_pts` points (an int8_ac row: its own
     `max_accuracy_drop`) under its fp32 twin's: the same run, candidate and target, or the PyTorch model where the
     target made no fp32 file, with how sure the drop is (`compress.report.stats.compare_seeds`). Rows per thread
-    count score one file: one line. Then, per run and target where such a file has every layer in int8, how to
-    keep the costliest layers in float."""
+    count score one file: one line. Then, per run and target where such a post-training int8 file has every layer
+    in int8, how to keep the costliest layers in float."""
     files: dict[tuple, list[Row]] = {}
     for rows in seed_groups(results.rows):
         row = rows[0]
@@ -59,7 +59,7 @@ def costly_int8(results: Results, metric: str, limit_pts: float) -> list[str]:
             f"{_name(rows[0].model_dump())}: {metric} {_pct(rows)}, {comparison.margin_pts:.1f} points under "
             f"{reference}'s {_pct(twin)} (more than the {allowed:g} allowed; {comparison.evidence()})"
         )
-        if not rows[0].keep_float and precision != "int8_ac":
+        if not rows[0].keep_float and precision not in ("int8_ac", QAT_PRECISION):  # QAT: trained, not searched
             all_int8.setdefault((run, target), None)
     recipes = {run.label: run.recipe for run in results.runs or []}
     return lines + [
