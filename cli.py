@@ -108,16 +108,21 @@ def run(
             parsed, run_dir, force=force, command=command, console=errors, export_processes=export_jobs
         ).run()
     if results is not None:  # None: a worker other than rank 0; it trained its share, rank 0 reports
-        _print_outcome(results, run_dir)
+        _print_outcome(results, run_dir, parsed.report.max_accuracy_drop)
 
 
-def _print_outcome(results: dict, run_dir: Path) -> None:
-    """The results table and where the report is; with failed exports, which and why, and exit status 1."""
+def _print_outcome(results: dict, run_dir: Path, max_drop: float | None = None) -> None:
+    """The results table, the int8 files that cost more than `max_drop` points against their fp32 twin (the
+    report's lines) and where the report is; with failed exports, which and why, and exit status 1."""
     from compress.report import failed_lines
+    from compress.report.int8 import costly_int8
+    from compress.report.text import metric_label
     from compress.results import Results
 
     typed = Results.parse(results)
     console.print(results_table(typed))
+    for line in costly_int8(typed, metric_label(typed), max_drop):
+        console.print(f"int8: {line}", markup=False, highlight=False)
     console.print(f"Report: {run_dir / 'report.md'}  (also report.html, plot.png, results.json)")
     if typed.failed:
         errors.print(f"[red]{len(typed.failed)} export(s) failed[/red]; the others were measured:")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -134,6 +135,38 @@ def test_run_with_a_failed_export_exits_1_after_reporting_the_rest(tmp_path: Pat
     assert done.exit_code == 1, done.output
     assert "1 export(s) failed" in done.output and "dense tflite int8: tflite int8 export failed: X" in done.output
     assert "Report:" in done.output
+
+
+def test_run_prints_each_int8_file_that_costs_more_than_allowed(tmp_path: Path, monkeypatch) -> None:
+    """The report's int8 accuracy lines also reach the terminal, under the recipe's report.max_accuracy_drop."""
+    from typer.testing import CliRunner
+
+    import cli
+    import compress.pipeline
+    from compress.results import pack_correct
+
+    right = np.arange(100) < 90
+    rows = [
+        {"candidate": "dense", "kind": "dense", "target": t, "precision": p, "accuracy": a, "threads": 1}
+        | {"samples": 100, "correct": pack_correct(right & (np.arange(100) < 100 * a))}
+        for t, p, a in (("pytorch", "fp32", 0.9), ("tflite", "int8", 0.8))
+    ]
+
+    class Finished:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def run(self) -> dict:
+            return {"schema": 1, "recipe": "quickstart", "metric": "top1", "rows": rows}
+
+    monkeypatch.setattr(compress.pipeline, "Pipeline", Finished)
+    runs = ["run", "quickstart", "--runs-dir", str(tmp_path / "runs")]
+    done = CliRunner().invoke(cli.app, runs)
+    assert done.exit_code == 0, done.output
+    assert "int8: dense tflite int8: top-1 80.0%, 10.0 points under the PyTorch model's 90.0%" in done.output
+    assert "int8: tflite int8 can keep the layers it costs most in float" in done.output
+    done = CliRunner().invoke(cli.app, [*runs, "--set", "report.max_accuracy_drop=15"])
+    assert done.exit_code == 0 and "points under" not in done.output, done.output
 
 
 def test_bench_times_several_files_together(exported: Callable[[str, str], Path], tmp_path: Path) -> None:

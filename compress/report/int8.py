@@ -31,16 +31,16 @@ RANKED_GROUPS_SHOWN = 5
 def int8_lines(results: Results, table: list[dict[str, Any]], metric: str, limit_pts: float | None = None) -> list[str]:
     """The report's int8 section: int8 files that cost more than `limit_pts` (default
     `DEFAULT_MAX_ACCURACY_DROP`), slower ones, then the layers kept in float."""
-    limit = DEFAULT_MAX_ACCURACY_DROP if limit_pts is None else limit_pts
-    return costly_int8(results, metric, limit) + slower_int8(table) + kept_float(table, metric)
+    return costly_int8(results, metric, limit_pts) + slower_int8(table) + kept_float(table, metric)
 
 
-def costly_int8(results: Results, metric: str, limit_pts: float) -> list[str]:
-    """One line per int8 file whose `metric` falls more than `limit_pts` points (an int8_ac row: its own
-    `max_accuracy_drop`) under its fp32 twin's: the same run, candidate and target, or the PyTorch model where the
+def costly_int8(results: Results, metric: str, limit_pts: float | None = None) -> list[str]:
+    """One line per int8 file whose `metric` falls more than `limit_pts` points (default
+    `DEFAULT_MAX_ACCURACY_DROP`; an int8_ac row: its own `max_accuracy_drop`) under its fp32 twin's: the same run, candidate and target, or the PyTorch model where the
     target made no fp32 file, with how sure the drop is (`compress.report.stats.compare_seeds`). Rows per thread
     count score one file: one line. Then, per run and target where such a post-training int8 file has every layer
     in int8, how to keep the costliest layers in float."""
+    limit_pts = DEFAULT_MAX_ACCURACY_DROP if limit_pts is None else limit_pts
     files: dict[tuple, list[Row]] = {}
     for rows in seed_groups(results.rows):
         row = rows[0]
