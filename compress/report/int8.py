@@ -36,10 +36,10 @@ def int8_lines(results: Results, table: list[dict[str, Any]], metric: str, limit
 
 def costly_int8(results: Results, metric: str, limit_pts: float | None = None) -> list[str]:
     """One line per int8 file whose `metric` falls more than `limit_pts` points (default
-    `DEFAULT_MAX_ACCURACY_DROP`; an int8_ac row: its own `max_accuracy_drop`) under its fp32 twin's: the same run, candidate and target, or the PyTorch model where the
-    target made no fp32 file, with how sure the drop is (`compress.report.stats.compare_seeds`). Rows per thread
-    count score one file: one line. Then, per run and target where such a post-training int8 file has every layer
-    in int8, how to keep the costliest layers in float."""
+    `DEFAULT_MAX_ACCURACY_DROP`; an int8_ac row: its own `max_accuracy_drop`) under its fp32 twin's: the same run,
+    candidate and target, or the PyTorch model where the target made no fp32 file, with how sure the drop is
+    (`compress.report.stats.compare_seeds`). Rows per thread count score one file: one line. Then, per run and
+    target where such a post-training int8 file has every layer in int8, how to keep the costliest layers in float."""
     limit_pts = DEFAULT_MAX_ACCURACY_DROP if limit_pts is None else limit_pts
     files: dict[tuple, list[Row]] = {}
     for rows in seed_groups(results.rows):
