@@ -45,6 +45,7 @@ from targets.base import (
     static_input_shape,
 )
 from targets.fileio import atomic_path, temp_sibling
+from targets.onnx_calibration import chunked_calibration
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +165,7 @@ def _quantize_int8(
     excluded = _nodes_in(path, keep_float)
     _floor_hardswish_inputs(path, excluded)
     try:
-        with _histograms_widened():
+        with _histograms_widened(), chunked_calibration():
             quantize_static(
                 str(path),
                 str(quantized),
