@@ -65,6 +65,7 @@ class Sensitivity(_Strict):
     final: Number
     ranking: list[tuple[str, Number]]
     sqnr_db: list[tuple[str, Number]] | None = None
+    samples: Count | None = None  # validation samples the metric is over (runs since it was recorded)
 
 
 class Row(_Strict):

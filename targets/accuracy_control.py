@@ -53,6 +53,7 @@ class Search:
     keep_float: tuple[str, ...]
     ranking: tuple[tuple[str, float], ...]  # (group, metric with that group alone in float), best first
     sqnr_db: tuple[tuple[str, float], ...] = ()  # (group, outputs' SQNR against float with it alone in float)
+    samples: int | None = None  # how many validation samples the metric is over
 
     def as_metadata(self) -> dict[str, str]:
         return {
@@ -64,6 +65,7 @@ class Search:
                     "final": round(self.final, 6),
                     "ranking": [[group, round(score, 6)] for group, score in self.ranking],
                     "sqnr_db": [[group, round(db, 3)] for group, db in self.sqnr_db],
+                    **({"samples": self.samples} if self.samples else {}),
                 }
             ),
         }
@@ -220,9 +222,9 @@ def accuracy_controlled(
     """Search the groups to keep in float (see the module doc). `export_int8(keep_float, path)` writes an
     int8 file with those module-name globs in float into `folder` and returns its runner."""
     probe = _Probe(model, control, export_int8, folder, suffix)
-    int8 = probe(())
+    int8, samples = probe(()), len(control.samples)
     if _holds(probe.reference, int8, control.max_drop):
-        return Search(probe.reference, int8, int8, (), ())
+        return Search(probe.reference, int8, int8, (), (), samples=samples)
     ranking, sqnr = probe.ranking(layer_groups(model))
     keep: list[str] = []
     final = int8
@@ -231,7 +233,7 @@ def accuracy_controlled(
         final = probe(keep)
         if _holds(probe.reference, final, control.max_drop):
             break
-    return Search(probe.reference, int8, final, tuple(keep), ranking, sqnr)
+    return Search(probe.reference, int8, final, tuple(keep), ranking, sqnr, samples)
 
 
 def sensitivity(
@@ -246,7 +248,8 @@ def sensitivity(
     `layer_groups`) with it alone in float, best first; nothing kept in float."""
     probe = _Probe(model, control, export_int8, folder, suffix)
     int8 = probe(())
-    return Search(probe.reference, int8, int8, (), *probe.ranking(groups or layer_groups(model)))
+    ranking, sqnr = probe.ranking(groups or layer_groups(model))
+    return Search(probe.reference, int8, int8, (), ranking, sqnr, len(control.samples))
 
 
 class _Probe:

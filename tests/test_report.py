@@ -739,6 +739,25 @@ def test_int8_section_flags_int8_that_costs_more_than_allowed_against_its_fp32_t
     assert '"edgecomp sensitivity t --target tflite"' in md and '"edgecomp sensitivity u --target tflite"' in md
 
 
+def test_int8_ac_line_says_when_one_val_sample_weighs_more_than_the_allowed_drop() -> None:
+    """On 32 val images one image is 3.1 points of top-1: "within 1 point" then means no image lost, and the
+    search keeps groups in float until int8 scores as float does. The line says so; with enough samples, or for
+    mAP (no per-image step), it gives the count alone."""
+    from compress.report.int8 import kept_float
+    from compress.results import Sensitivity
+
+    search = {"reference": 1.0, "int8": 0.84375, "final": 1.0, "ranking": [["features.11", 0.9375]], "samples": 32}
+    row = {**timed("dense", "dense", "tflite", "int8_ac", 0.75, 1.0), "max_accuracy_drop": 1.0}
+    row |= {"precision": "int8_ac", "keep_float": ["features.11"], "sensitivity": Sensitivity(**search)}
+    assert kept_float([row], "top-1")[0].startswith(
+        "dense tflite int8_ac: kept in float: features.11; search on the val split (32 samples: one is 3.1 points, "
+        "over the 1 allowed: it holds only where int8 scores as float does): float 100.0, all int8 84.4"
+    )
+    assert "(32 samples): float" in kept_float([row], "mAP@.5")[0]
+    row["sensitivity"] = Sensitivity(**(search | {"samples": 1000}))
+    assert "search on the val split (1000 samples): float" in kept_float([row], "top-1")[0]
+
+
 def test_no_int8_section_without_anything_to_say(results: dict[str, Any], tmp_path: Path) -> None:
     for row in results["rows"]:
         if row["precision"].startswith("int8"):

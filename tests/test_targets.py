@@ -489,6 +489,7 @@ def test_int8_ac_search_keeps_the_most_sensitive_groups_in_float_until_the_drop_
     assert plain_drop > 0.3
     strict, meta = controlled(max_drop=plain_drop / 3)
     search = json.loads(meta["accuracy_control"])
+    assert search["samples"] == len(samples) == json.loads(loose_meta["accuracy_control"])["samples"]
     kept = json.loads(meta["keep_float"])
     ranking = [group for group, _ in search["ranking"]]
     assert sorted(ranking) == sorted(layer_groups(trained_net)) and kept == ranking[: len(kept)] and kept

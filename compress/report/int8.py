@@ -110,12 +110,26 @@ def kept_float(table: list[dict[str, Any]], metric: str) -> list[str]:
             )
             alone = f"{metric} % with the group alone in float" + ("; outputs' SQNR against float" if db else "")
             line += (
-                f"; search on the val split: float {100 * search.reference:.1f}, all int8 "
-                f"{100 * search.int8:.1f}, chosen {100 * search.final:.1f} ({metric} %)"
-                + (f"; most sensitive groups ({alone}): {ranked}" if ranked else "")
+                f"; search on the val split{_step(search.samples, row.get('max_accuracy_drop'), metric)}: float "
+                f"{100 * search.reference:.1f}, all int8 {100 * search.int8:.1f}, chosen {100 * search.final:.1f} "
+                f"({metric} %)" + (f"; most sensitive groups ({alone}): {ranked}" if ranked else "")
             )
         lines.append(line)
     return lines
+
+
+def _step(samples: int | None, max_drop: float | None, metric: str) -> str:
+    """' (32 samples: one is 3.1 points, over the 1 allowed: ...)' where one validation sample moves a top-1 metric
+    by more than the allowed drop; ' (N samples)' otherwise; nothing where the search did not record it."""
+    if not samples:
+        return ""
+    step = 100 / samples
+    if max_drop is None or step <= max_drop or not metric.startswith("top-1"):
+        return f" ({samples} samples)"
+    return (
+        f" ({samples} samples: one is {step:.1f} points, over the {max_drop:g} allowed: it holds only where int8 "
+        "scores as float does)"
+    )
 
 
 def _twin_key(row: dict[str, Any]) -> tuple:
