@@ -90,10 +90,15 @@ def normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Ten
 def stratified_holdout(labels: np.ndarray, size: float | int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (rest, held out), stratified by label, the same on every machine and run.
 
-    `size` is a fraction of the samples or a count, as in scikit-learn.
+    `size` is a fraction of the samples or a count, as in scikit-learn. A set that cannot be stratified (a class
+    with one sample, or fewer held-out samples than classes: a few labelled photos of a pretrained model's
+    classes) is split at random, with the same seed.
     """
     index = np.arange(len(labels))
-    rest, held = train_test_split(index, test_size=size, stratify=labels, random_state=SPLIT_SEED)
+    try:
+        rest, held = train_test_split(index, test_size=size, stratify=labels, random_state=SPLIT_SEED)
+    except ValueError:  # scikit-learn's refusal to stratify; a size it refuses fails again below
+        rest, held = train_test_split(index, test_size=size, random_state=SPLIT_SEED)
     return np.sort(rest), np.sort(held)
 
 
