@@ -49,12 +49,17 @@ class RunContext:
             raise EdgecompError(
                 f"data set {recipe.data.dataset!r} has no labels: set model.num_classes to the pretrained model's"
             )
-        classes = recipe.model.num_classes
+        classes, named = recipe.model.num_classes, recipe.data.labels
         if splits.labelled and classes is not None and classes < splits.num_classes:
-            scheme = f" under data.labels: {recipe.data.labels}" if recipe.data.labels != "contiguous" else ""
+            scheme = f" under data.labels: {named}" if named != "contiguous" else ""
             raise EdgecompError(
                 f"model.num_classes is {classes}, fewer than the {splits.num_classes} classes data set "
                 f"{recipe.data.dataset!r} labels{scheme}: unset model.num_classes to use the data's"
+            )
+        if classes is not None and classes != splits.num_classes and named not in ("contiguous", "coco91"):
+            raise EdgecompError(
+                f"model.num_classes is {classes}, but data.labels: {named} names {splits.num_classes} classes in "
+                "output order: name every output, or unset model.num_classes to use that count"
             )
         labels = {split: np.concatenate([y for _, y in as_numpy(getattr(splits, split))]) for split in ("val", "test")}
         run_dir = Path(run_dir)

@@ -77,11 +77,11 @@ class DataSpec(Spec):
         description="imagefolder: resize the shorter side to image_size / crop_pct and centre-crop image_size "
         "(torchvision's and timm's evaluation transform, 0.875 for ImageNet models); unset: squash to a square",
     )
-    labels: Literal["contiguous", "coco91"] = Field(
+    labels: str = Field(
         "contiguous",
-        description="coco only: how category ids become classes: contiguous = sorted ids to 0..C-1 (a class head "
-        "trained here); coco91 = id k to output slot k of torchvision's COCO detectors (91 slots, background 0), "
-        "so their COCO weights predict as they are (they also expect normalize: tf)",
+        description="classes to output indices: contiguous = sorted class folders or COCO ids to 0..C-1; coco91 (coco) "
+        "= id k to torchvision's COCO output slot k; imagenet (imagefolder) = folders named by ImageNet-1k WordNet id "
+        "or class name to its output; or a text file of the model's class names in output order (imagefolder)",
     )
     augment: Literal["auto", "none", "photo", "pad_crop"] = Field(
         "auto",
@@ -91,11 +91,11 @@ class DataSpec(Spec):
     )
 
     @model_validator(mode="after")
-    def _labels_of_coco(self) -> DataSpec:
-        if self.labels != "contiguous" and self.dataset != "coco":
-            raise ValueError(
-                f"labels: {self.labels} maps COCO category ids, so it goes with dataset: coco, not {self.dataset}"
-            )
+    def _labels_fit_the_data(self) -> DataSpec:
+        fits = {"contiguous": self.dataset, "coco91": "coco"}.get(self.labels, "imagefolder")
+        if self.dataset != fits:
+            what = {"coco91": "COCO category ids"}.get(self.labels, "class folders")
+            raise ValueError(f"labels: {self.labels} maps {what}, so it goes with dataset: {fits}, not {self.dataset}")
         return self
 
 

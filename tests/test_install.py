@@ -1,4 +1,4 @@
-"""A non-editable install has what a checkout has: the shipped recipes, listed and loaded by name."""
+"""A non-editable install has what a checkout has: the shipped recipes, listed and loaded by name, and data files."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ def from_install(installed: Path, code: str) -> subprocess.CompletedProcess:
 
 def test_the_install_ships_every_recipe(installed: Path) -> None:
     assert sorted(path.stem for path in (installed / "compress" / "recipes").glob("*.yaml")) == list(shipped_recipes())
+
+
+def test_the_install_ships_imagenets_class_list(installed: Path) -> None:
+    code = "from compress.data.class_names import imagenet_classes\nprint(imagenet_classes().names[999][0])"
+    done = from_install(installed, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["n15075141"]
 
 
 def test_edgecomp_recipes_lists_them_from_the_install(installed: Path) -> None:

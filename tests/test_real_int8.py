@@ -80,24 +80,26 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
 ) -> None:
     """`edgecomp run` of a PTQ-only recipe (no training, no stages, no baselines) on the real MobileNetV2, built
     from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`), on an imagefolder of COCO128 photos labelled with
-    the fp32 model's own top-1 (so top-1 is agreement with fp32) read with `normalize: tf` and `crop_pct`:
+    the fp32 model's own top-1 (so top-1 is agreement with fp32), a folder per class present named by its WordNet
+    id (`labels: imagenet`), read with `normalize: tf` and `crop_pct`:
     the fp32 row gets all test photos right (the data pipeline feeds what the builder's preprocessing
     does), and each int8 row stays within reach of it."""
     import shutil
 
     import yaml
 
+    from compress.data.class_names import imagenet_classes
     from compress.pipeline import Pipeline
     from compress.recipe import load_recipe
 
     with torch.no_grad():
         labels = torch.cat([mobilenet_v2(torch.from_numpy(b)) for b in np.split(photos, 8)]).argmax(1).numpy()
     paths = sorted((REAL / "coco128" / "train2017").glob("*.jpg"))
+    wnids = [names[0] for names in imagenet_classes().names]
     for split, indices in {"train": range(0, 64, 2), "val": range(1, 32, 2), "test": range(33, 128, 2)}.items():
-        for c in range(1000):  # every class folder, so that class index = folder order = ImageNet's
-            (tmp_path / "photos" / split / f"c{c:03d}").mkdir(parents=True)
-        for i in indices:
-            shutil.copy(paths[i], tmp_path / "photos" / split / f"c{labels[i]:03d}" / paths[i].name)
+        for i in indices:  # a folder per class present, named by WordNet id: `data.labels: imagenet` gives its index
+            (tmp_path / "photos" / split / wnids[labels[i]]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(paths[i], tmp_path / "photos" / split / wnids[labels[i]] / paths[i].name)
     recipe = {
         "name": "real-ptq",
         "model": {"arch": f"{REAL / 'tf_mobilenet.py'}:mobilenet_v2", "num_classes": 1000},
@@ -107,6 +109,7 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
             "image_size": 224,
             "normalize": "tf",
             "crop_pct": 0.875,
+            "labels": "imagenet",
             "batch_size": 16,
         },
         "train": {"epochs": 0},

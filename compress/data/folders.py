@@ -8,6 +8,7 @@ set is opened, so a file that is not an image fails the run at once, not hours i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,13 @@ from compress.data._base import (
     stratified_split,
     subset_train,
 )
+from compress.data.class_names import class_names
 from compress.schema import DataSpec
 from targets.base import EdgecompError
 from targets.preprocess import Preprocess, channels_first, resized
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")  # an imagefolder root may hold these, each with class folders
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -67,19 +70,20 @@ class ImageFileDataset(Dataset):
         return ImageFileDataset([self.files[i] for i in index], self.labels[index], self.preprocess)
 
 
-def scan(root: Path, classes: list[str], spec: DataSpec) -> ImageFileDataset:
-    """Every image under root/<class>/ (recursively), header-checked, with its class index."""
-    files, labels = [], []
-    for label, name in enumerate(classes):
+def scan(root: Path, labels: Mapping[str, int], spec: DataSpec) -> ImageFileDataset:
+    """Every image under root/<folder>/ (recursively), header-checked, labelled as `labels` maps its folder (a
+    folder of another split that this one lacks is skipped)."""
+    files, found = [], []
+    for name, label in labels.items():
         folder = root / name
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        for path in found:
+        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        for path in images:
             _open(path).close()
-        files += found
-        labels += [label] * len(found)
+        files += images
+        found += [label] * len(images)
     if not files:
         raise EdgecompError(f"{root}: no images found (expected {root}/<class name>/<image files>)")
-    return ImageFileDataset(files, np.asarray(labels, dtype=np.int64), photo_preprocess(spec))
+    return ImageFileDataset(files, np.asarray(found, dtype=np.int64), photo_preprocess(spec))
 
 
 def photo_preprocess(spec: DataSpec) -> Preprocess:
@@ -90,16 +94,31 @@ def photo_preprocess(spec: DataSpec) -> Preprocess:
     return Preprocess((spec.image_size,) * 2, mean, std, resize, spec.crop_pct)
 
 
-def _classes(root: Path) -> list[str]:
+def _folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _splits(spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test: ImageFileDataset) -> DataSplits:
+def _class_labels(spec: DataSpec, folders: list[str], root: Path) -> tuple[dict[str, int], int]:
+    """Class folder -> label, and the model's class count, as `data.labels` says (`compress.data.class_names`)."""
+    names = class_names(spec.labels)
+    if names is not None:
+        return names.labels(folders), names.num_classes
+    if set(folders) <= set(SPLITS) and len(folders) > 1:
+        raise EdgecompError(
+            f"{root} holds {' and '.join(f + '/' for f in folders)} but no train/: give train/ (calibration and "
+            "training images) beside val/ or test/, or point data.root at one folder of class folders"
+        )
+    return {folder: label for label, folder in enumerate(folders)}, len(folders)
+
+
+def _splits(
+    spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test: ImageFileDataset, num_classes: int
+) -> DataSplits:
     return DataSplits(
         train=subset_train(train, train.labels, spec.train_subset),
         val=val,
         test=test,
-        num_classes=int(max(train.labels.max(), test.labels.max())) + 1,
+        num_classes=num_classes,
         preprocess=train.preprocess,
         augment="photo",
     )
@@ -145,14 +164,19 @@ def imagefolder(spec: DataSpec) -> DataSplits:
     root = Path(spec.root).expanduser()
     if not root.is_dir():
         raise EdgecompError(f"data.root {spec.root!r}: no such folder")
+    folders = _folders(root)
+    if len(folders) == 1 and folders[0] in SPLITS:  # one split's folder alone (ImageNet's val/): the whole set
+        root, folders = root / folders[0], _folders(root / folders[0])
     if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
-        classes = _classes(root / "train")
-        train = scan(root / "train", classes, spec)
-        if (root / "val").is_dir() and (root / "test").is_dir():
-            return _splits(spec, train, scan(root / "val", classes, spec), scan(root / "test", classes, spec))
-        test = scan(root / ("test" if (root / "test").is_dir() else "val"), classes, spec)
+        parts = {split: root / split for split in SPLITS if (root / split).is_dir()}
+        labels, count = _class_labels(spec, sorted({f for part in parts.values() for f in _folders(part)}), root)
+        scanned = {split: scan(folder, labels, spec) for split, folder in parts.items()}
+        train = scanned["train"]
+        if "val" in scanned and "test" in scanned:
+            return _splits(spec, train, scanned["val"], scanned["test"], count)
         rest, val = stratified_holdout(train.labels, 0.1)
-        return _splits(spec, train.subset(rest), train.subset(val), test)
-    everything = scan(root, _classes(root), spec)
+        return _splits(spec, train.subset(rest), train.subset(val), scanned.get("test", scanned.get("val")), count)
+    labels, count = _class_labels(spec, folders, root)
+    everything = scan(root, labels, spec)
     train, val, test = stratified_split(everything.labels, val=0.1, test=0.2)
-    return _splits(spec, everything.subset(train), everything.subset(val), everything.subset(test))
+    return _splits(spec, everything.subset(train), everything.subset(val), everything.subset(test), count)
