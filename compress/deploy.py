@@ -234,6 +234,7 @@ class Deployment:
             "lineage": " > ".join(candidate.lineage),
             "outputs": ",".join(self.context.task.outputs),  # what the outputs are, not left to their shapes
             **self.context.splits.preprocess.to_metadata(),  # how an image becomes its input, for the device's tools
+            **self.context.class_metadata(),  # what each output is called, where the data names them
         }
         request = ExportRequest(
             precision,

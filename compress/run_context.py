@@ -4,6 +4,7 @@ the run directory, the console. Frozen: no part of a run works only because anot
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,12 @@ class RunContext:
     @property
     def num_classes(self) -> int:
         return self.recipe.model.num_classes or self.splits.num_classes
+
+    def class_metadata(self) -> dict[str, str]:
+        """{"classes": the JSON list of the model's class names in output order}, where the data names every
+        output (a model with more outputs than the data has classes gets none)."""
+        names = self.splits.classes
+        return {"classes": json.dumps(list(names))} if names and len(names) == self.num_classes else {}
 
     @property
     def example(self) -> torch.Tensor:

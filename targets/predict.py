@@ -17,6 +17,8 @@ read with the preprocessing the file's metadata records (`targets.preprocess`: e
 every file it exports), and prints each image's top-k classes and their probabilities (softmax of the
 logits), or with ``--json`` one JSON object. A file made elsewhere records none: say it with ``--size``,
 ``--mean``, ``--std`` (and ``--crop-pct`` for a resize-then-centre-crop); these also override a recorded one.
+Classes are named as the file's metadata names them (``classes``: edgecomp writes the data's class names,
+e.g. an imagefolder's folders or ``data.labels``' names), or as ``--labels`` does.
 """
 
 from __future__ import annotations
@@ -150,6 +152,17 @@ def read_labels(path: str | Path, classes: int) -> list[str]:
     return names
 
 
+def file_labels(metadata: dict[str, str], probabilities: np.ndarray) -> list[str] | None:
+    """The class names edgecomp wrote into the file (metadata "classes", in output order), where it wrote as many
+    as the model has outputs."""
+    try:
+        names = json.loads(metadata.get("classes", "null"))
+    except json.JSONDecodeError:
+        return None
+    fits = isinstance(names, list) and len(names) == probabilities.shape[1]
+    return [str(name) for name in names] if fits else None
+
+
 def classify(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
     """Every image of `args.images` through the file: its top-k classes and probabilities, as JSON."""
     model = Path(args.model)
@@ -169,7 +182,7 @@ def classify(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
         check_classifier(model, metadata, outputs)
         logits.append(outputs[0])
     probabilities, runtime = softmax(np.concatenate(logits)), runner.runtime
-    labels = read_labels(args.labels, probabilities.shape[1]) if args.labels else None
+    labels = read_labels(args.labels, probabilities.shape[1]) if args.labels else file_labels(metadata, probabilities)
     k = min(args.top_k, probabilities.shape[1])
     images = []
     for path, row in zip(paths, probabilities, strict=True):
@@ -222,7 +235,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     photos = parser.add_argument_group("with --images")
     photos.add_argument("--top-k", type=int, default=5, help="classes to print per image (default: 5)")
-    photos.add_argument("--labels", help="text file of class names, one a line in class order")
+    photos.add_argument(
+        "--labels", help="text file of class names, one a line in class order (default: the names the file records)"
+    )
     photos.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     photos.add_argument("--size", type=int, nargs="+", metavar="PX", help="input H [W] (files made elsewhere)")
     photos.add_argument(

@@ -41,12 +41,16 @@ def test_imagenet_labels_send_each_folder_to_its_classes_output(tmp_path: Path) 
     photos = {"n01440764": 2, "crane bird": 2, "Toilet_Tissue": 2, "Cardigan": 2, "n03126707": 2}
     assert _labels(_folder(tmp_path, photos), "imagenet") == ({0, 134, 999, 264, 517}, 1000, 10)
     assert _labels(tmp_path, "contiguous") == ({0, 1, 2, 3, 4}, 5, 10)  # sorted folders, as before
+    for labels, names in [("imagenet", imagenet_classes().display), ("contiguous", tuple(sorted(photos)))]:
+        spec = DataSpec(dataset="imagefolder", root=str(tmp_path), image_size=8, labels=labels)
+        assert DATASETS.get("imagefolder")(spec).classes == names  # what exported files name their outputs
 
 
 def test_imagenet_classes_are_the_usual_order() -> None:
     classes = imagenet_classes()
     assert classes.num_classes == 1000
     assert classes.names[0] == ("n01440764", "tench") and classes.names[999] == ("n15075141", "toilet tissue")
+    assert classes.display[:2] == ("tench", "goldfish")
     assert len({names[0] for names in classes.names}) == 1000
 
 

@@ -320,6 +320,7 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
         assert row["accuracy"] == rows[row["candidate"], "pytorch"]["accuracy"] and row["latency_ms_p50"] > 0
     metadata = targets.get_target("toy").read_metadata(tmp_path / "q" / "exports" / "dense" / "toy-fp32.toyjit")
     assert metadata["candidate"] == "dense" and metadata["outputs"] == "logits"
+    assert json.loads(metadata["classes"]) == [str(digit) for digit in range(10)]  # the data's names for its outputs
     digits = Preprocess((8, 8), (0.5,) * 3, (0.5,) * 3, colour="grey")  # the file says how its inputs were made
     assert Preprocess.from_metadata(metadata) == digits
     assert "| dense | dense | toy | fp32 |" in (tmp_path / "q" / "report.md").read_text()

@@ -157,11 +157,12 @@ def test_an_empty_folder_and_a_detector_are_one_error_each(
 @pytest.mark.slow
 def test_predict_on_a_device_without_torch_agrees_with_edgecomp_on_real_photos(tmp_path: Path) -> None:
     """`edgecomp run` of a PTQ-only recipe on the real MobileNetV3-Small (imagefolder, `normalize: tf`,
-    `crop_pct`) exports fp32 files; `targets.predict --images` on all 128 COCO128 photos, with torch not
-    importable, gives each photo the top-1 class that the PyTorch model gives it on the same photos read
-    through compress.data's imagefolder transform."""
+    `crop_pct`, `labels: imagenet`) exports fp32 files; `targets.predict --images` on all 128 COCO128 photos,
+    with torch not importable, gives each photo the top-1 class that the PyTorch model gives it on the same
+    photos read through compress.data's imagefolder transform, named as ImageNet's classes are."""
     import yaml
 
+    from compress.data.class_names import imagenet_classes
     from compress.data.folders import ImageFileDataset, photo_preprocess
     from compress.models import load_checkpoint
     from compress.pipeline import Pipeline
@@ -171,13 +172,14 @@ def test_predict_on_a_device_without_torch_agrees_with_edgecomp_on_real_photos(t
     paths = sorted((REAL / "coco128" / "train2017").glob("*.jpg"))
     for split, chosen in {"train": paths[:4], "val": paths[4:8], "test": paths[8:12]}.items():
         for i, path in enumerate(chosen):  # labels do not matter here: the files are what is checked
-            (tmp_path / "data" / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, tmp_path / "data" / split / f"c{i % 2}" / path.name)
+            folder = tmp_path / "data" / split / ("n01440764", "n01443537")[i % 2]  # tench, goldfish
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.name)
     recipe = {
         "name": "real-predict",
         "model": {"arch": f"{REAL / 'tf_mobilenet.py'}:mobilenet_v3_small", "num_classes": 1000},
         "data": {"dataset": "imagefolder", "root": str(tmp_path / "data"), "image_size": 224, "normalize": "tf"}
-        | {"crop_pct": 0.875, "batch_size": 16},
+        | {"crop_pct": 0.875, "batch_size": 16, "labels": "imagenet"},
         "train": {"epochs": 0},
         "stages": [],
         "baselines": {"scratch": []},
@@ -200,6 +202,9 @@ def test_predict_on_a_device_without_torch_agrees_with_edgecomp_on_real_photos(t
             str(tmp_path / "run" / "exports" / "dense" / file), "--images", str(photos), "--json"
         )
         assert done.returncode == 0, done.stderr
-        top1 = np.array([image["top"][0]["class"] for image in json.loads(done.stdout)["images"]])
+        top = [image["top"][0] for image in json.loads(done.stdout)["images"]]
+        top1 = np.array([entry["class"] for entry in top])
         agreement = float(np.mean(top1 == edgecomp))
         assert len(top1) == 128 and agreement >= 0.99, (file, agreement)
+        # named as the file records ImageNet's classes (`data.labels: imagenet`), without --labels
+        assert [entry["label"] for entry in top] == [imagenet_classes().display[c] for c in top1]

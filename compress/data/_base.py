@@ -34,6 +34,9 @@ class DataSplits:
     # (`RunContext.label_by`), so every metric is agreement with it
     labelled: bool = True
     augment: str = "none"  # the training augmentation data.augment: auto means (compress.data.augment)
+    # the model's classes by name, in output order, where the data names them: written into every exported file
+    # (metadata "classes"), so the device's tools name what they predict
+    classes: tuple[str, ...] = ()
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -126,10 +129,17 @@ def normalization(spec: DataSpec, mean: tuple, std: tuple) -> tuple[tuple, tuple
 
 
 def build_splits(
-    spec: DataSpec, mean: tuple, std: tuple, train: Arrays, val: Arrays, test: Arrays, augment: str = "none"
+    spec: DataSpec,
+    mean: tuple,
+    std: tuple,
+    train: Arrays,
+    val: Arrays,
+    test: Arrays,
+    augment: str = "none",
+    classes: tuple[str, ...] = (),
 ) -> DataSplits:
     """DataSplits from in-memory arrays, with the recipe's image size and training subset applied; `augment` is
-    the set's default training augmentation."""
+    the set's default training augmentation, `classes` its class names."""
 
     mean, std = normalization(spec, mean, std)
     grey = train[0].ndim == 3 or train[0].shape[1] == 1  # (N, H, W) or (N, 1, H, W): repeated to 3 channels
@@ -149,16 +159,24 @@ def build_splits(
         num_classes=int(max(train[1].max(), test[1].max())) + 1,
         preprocess=preprocess,
         augment=augment,
+        classes=classes,
     )
 
 
 def with_validation(
-    spec: DataSpec, mean: tuple, std: tuple, train: Arrays, test: Arrays, val_size: int, augment: str = "none"
+    spec: DataSpec,
+    mean: tuple,
+    std: tuple,
+    train: Arrays,
+    test: Arrays,
+    val_size: int,
+    augment: str = "none",
+    classes: tuple[str, ...] = (),
 ) -> DataSplits:
     """Splits for a set with an official test split: validation is carved from the training split."""
     rest, val = stratified_holdout(train[1], val_size)
     parts = (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test
-    return build_splits(spec, mean, std, *parts, augment=augment)
+    return build_splits(spec, mean, std, *parts, augment=augment, classes=classes)
 
 
 def make_loader(

@@ -40,6 +40,11 @@ class ClassNames:
     def num_classes(self) -> int:
         return len(self.names)
 
+    @property
+    def display(self) -> tuple[str, ...]:
+        """Each class's name for people (ImageNet's: torchvision's, not the WordNet id)."""
+        return tuple(names[-1] for names in self.names)
+
     def labels(self, folders: list[str]) -> dict[str, int]:
         """Folder name -> class index; refuses folders no class, or more than one, is named as."""
         exact, loose = _index(self.names, _same), _index(self.names, _loose)

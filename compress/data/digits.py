@@ -23,4 +23,5 @@ def digit_images() -> tuple[np.ndarray, np.ndarray]:
 def digits(spec: DataSpec) -> DataSplits:
     images, labels = digit_images()
     train, val, test = stratified_split(labels, val=0.1, test=0.2)
-    return build_splits(spec, MEAN, STD, *((images[index], labels[index]) for index in (train, val, test)))
+    parts = ((images[index], labels[index]) for index in (train, val, test))
+    return build_splits(spec, MEAN, STD, *parts, classes=tuple(str(digit) for digit in range(10)))

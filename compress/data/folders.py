@@ -98,29 +98,30 @@ def _folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_labels(spec: DataSpec, folders: list[str], root: Path) -> tuple[dict[str, int], int]:
-    """Class folder -> label, and the model's class count, as `data.labels` says (`compress.data.class_names`)."""
+def _class_labels(spec: DataSpec, folders: list[str], root: Path) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Class folder -> label, and the model's classes by name, as `data.labels` says (`compress.data.class_names`)."""
     names = class_names(spec.labels)
     if names is not None:
-        return names.labels(folders), names.num_classes
+        return names.labels(folders), names.display
     if set(folders) <= set(SPLITS) and len(folders) > 1:
         raise EdgecompError(
             f"{root} holds {' and '.join(f + '/' for f in folders)} but no train/: give train/ (calibration and "
             "training images) beside val/ or test/, or point data.root at one folder of class folders"
         )
-    return {folder: label for label, folder in enumerate(folders)}, len(folders)
+    return {folder: label for label, folder in enumerate(folders)}, tuple(folders)
 
 
 def _splits(
-    spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test: ImageFileDataset, num_classes: int
+    spec: DataSpec, train: ImageFileDataset, val: ImageFileDataset, test: ImageFileDataset, classes: tuple[str, ...]
 ) -> DataSplits:
     return DataSplits(
         train=subset_train(train, train.labels, spec.train_subset),
         val=val,
         test=test,
-        num_classes=num_classes,
+        num_classes=len(classes),
         preprocess=train.preprocess,
         augment="photo",
+        classes=classes,
     )
 
 
@@ -169,14 +170,14 @@ def imagefolder(spec: DataSpec) -> DataSplits:
         root, folders = root / folders[0], _folders(root / folders[0])
     if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
         parts = {split: root / split for split in SPLITS if (root / split).is_dir()}
-        labels, count = _class_labels(spec, sorted({f for part in parts.values() for f in _folders(part)}), root)
+        labels, classes = _class_labels(spec, sorted({f for part in parts.values() for f in _folders(part)}), root)
         scanned = {split: scan(folder, labels, spec) for split, folder in parts.items()}
         train = scanned["train"]
         if "val" in scanned and "test" in scanned:
-            return _splits(spec, train, scanned["val"], scanned["test"], count)
+            return _splits(spec, train, scanned["val"], scanned["test"], classes)
         rest, val = stratified_holdout(train.labels, 0.1)
-        return _splits(spec, train.subset(rest), train.subset(val), scanned.get("test", scanned.get("val")), count)
-    labels, count = _class_labels(spec, folders, root)
+        return _splits(spec, train.subset(rest), train.subset(val), scanned.get("test", scanned.get("val")), classes)
+    labels, classes = _class_labels(spec, folders, root)
     everything = scan(root, labels, spec)
     train, val, test = stratified_split(everything.labels, val=0.1, test=0.2)
-    return _splits(spec, everything.subset(train), everything.subset(val), everything.subset(test), count)
+    return _splits(spec, everything.subset(train), everything.subset(val), everything.subset(test), classes)

@@ -21,6 +21,19 @@ FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# Fashion-MNIST's labels 0..9, as torchvision's FashionMNIST.classes names them
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CACHE = Path("~/.cache/edgecomp").expanduser()
 
 
@@ -76,7 +89,8 @@ def _download_fashion(root: Path) -> None:
 def fashion_mnist(spec: DataSpec) -> DataSplits:
     root = _fashion_root(spec)
     train, test = (tuple(read_idx(_find(root, stem)) for stem in pair) for pair in FASHION_FILES.values())
-    return with_validation(spec, (0.286,) * 3, (0.353,) * 3, train, test, val_size=5000, augment="pad_crop")
+    stats = (0.286,) * 3, (0.353,) * 3
+    return with_validation(spec, *stats, train, test, val_size=5000, augment="pad_crop", classes=FASHION_CLASSES)
 
 
 @DATASETS.register("cifar10")
@@ -93,4 +107,4 @@ def cifar10(spec: DataSpec) -> DataSplits:
         ) from None
     arrays = [(part.data.transpose(0, 3, 1, 2), np.asarray(part.targets)) for part in (train, test)]
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    return with_validation(spec, mean, std, *arrays, val_size=5000, augment="pad_crop")
+    return with_validation(spec, mean, std, *arrays, val_size=5000, augment="pad_crop", classes=tuple(train.classes))
