@@ -182,6 +182,9 @@ def test_names_are_compared_without_case_or_extra_spaces(tmp_path: Path) -> None
     root = coco_root(tmp_path / "c", generated(categories, 2))
     splits = DATASETS.get("coco")(DataSpec(dataset="coco", root=str(root), image_size=32, labels="coco91"))
     assert splits.num_classes == 90 and set(np.unique(splits.test[0][1][:, 0])) <= {-1, 9, 89}
+    assert splits.classes == coco91_slots()[1:]  # each output's name, as the weights name their slots
+    contiguous = DATASETS.get("coco")(DataSpec(dataset="coco", root=str(root), image_size=32))
+    assert contiguous.classes == ("Traffic  Light", "toothbrush")  # the file's names, by class index
 
 
 def test_coco91_is_for_coco_and_num_classes_must_hold_its_slots(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ class CategoryMap:
 
     classes: Mapping[int, int]
     num_classes: int
+    names: tuple[str, ...] = ()  # each class's name, by class index ("N/A" for coco91's unused slots)
 
     def category_ids(self, labels: np.ndarray) -> np.ndarray:
         """Class indices back to the file's category ids; -1 for a class no category maps to (coco91's unused
@@ -60,7 +61,10 @@ def coco91_slots() -> tuple[str, ...]:
 def category_map(categories: Mapping[int, str], scheme: str, source: Path) -> CategoryMap:
     """The map of a file's categories (id -> name) under `scheme` (`data.labels`, which the schema checked)."""
     if scheme == "contiguous":
-        return CategoryMap({category: index for index, category in enumerate(sorted(categories))}, len(categories))
+        ids = sorted(categories)
+        return CategoryMap(
+            {category: index for index, category in enumerate(ids)}, len(ids), tuple(categories[i] for i in ids)
+        )
     slots = coco91_slots()
     for category, name in sorted(categories.items()):
         if not 0 < category < len(slots):
@@ -75,7 +79,7 @@ def category_map(categories: Mapping[int, str], scheme: str, source: Path) -> Ca
                 f"is {slots[category]!r} ({differ} of {len(categories)} categories differ): these are not COCO's "
                 f"categories, and labels: coco91 would score them against COCO's; {NOT_COCO}"
             )
-    return CategoryMap({category: category - 1 for category in categories}, len(slots) - 1)
+    return CategoryMap({category: category - 1 for category in categories}, len(slots) - 1, slots[1:])
 
 
 def _plain(name: str) -> str:

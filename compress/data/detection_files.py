@@ -79,7 +79,14 @@ def carve_validation(count: int, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def detection_splits(
-    spec: DataSpec, train: Dataset, val: Dataset, test: Dataset, num_classes: int, mean: tuple, std: tuple
+    spec: DataSpec,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    num_classes: int,
+    mean: tuple,
+    std: tuple,
+    classes: tuple[str, ...] = (),
 ) -> DataSplits:
     """Detection splits; their images are squashed to the square image size (boxes stay relative to it) and
     normalised with `mean`/`std`, which the datasets themselves apply."""
@@ -90,6 +97,7 @@ def detection_splits(
         num_classes=num_classes,
         preprocess=Preprocess((spec.image_size,) * 2, mean, std),
         task="detection",
+        classes=classes,
     )
 
 
@@ -288,7 +296,7 @@ def _coco_classes(train: dict, test: dict, paths: tuple[Path, Path], scheme: str
 
 
 def _with_validation(
-    spec: DataSpec, train: AnnotatedImages, test: AnnotatedImages, num_classes: int, source: str
+    spec: DataSpec, train: AnnotatedImages, test: AnnotatedImages, classes: tuple[str, ...], source: str
 ) -> DataSplits:
     """Splits of a file set with labelled train and test splits: validation is carved out of the training images."""
     rest, val = carve_validation(len(train.files), source)
@@ -297,8 +305,9 @@ def _with_validation(
         train.dataset(spec, rest),
         train.dataset(spec, val),
         test.dataset(spec),
-        num_classes,
+        len(classes),
         *normalization(spec, IMAGENET_MEAN, IMAGENET_STD),
+        classes,
     )
 
 
@@ -316,7 +325,7 @@ def coco(spec: DataSpec) -> DataSplits:
     train, test = (
         _coco_split(root, p, data, categories.classes) for p, data in zip(paths, (train_json, test_json), strict=True)
     )
-    return _with_validation(spec, train, test, categories.num_classes, paths[0].name)
+    return _with_validation(spec, train, test, categories.names, paths[0].name)
 
 
 # ---- Pascal VOC ---------------------------------------------------------------------------------------------
@@ -402,4 +411,4 @@ def voc(spec: DataSpec) -> DataSplits:
     if missing:
         raise EdgecompError(f"{main}: no {' or '.join(missing)}; VOC lists each split's image ids there")
     train, test = (_voc_split(root, name) for name in names)
-    return _with_validation(spec, train, test, len(VOC_CLASSES), f"{root.name} {names[0]}")
+    return _with_validation(spec, train, test, VOC_CLASSES, f"{root.name} {names[0]}")

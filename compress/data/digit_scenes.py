@@ -271,4 +271,4 @@ def digit_scenes(spec: DataSpec) -> DataSplits:
     train, val, test = (
         SceneDataset(build_scenes(split, count), spec.image_size, stats) for split, count in SCENES.items()
     )
-    return detection_splits(spec, train, val, test, NUM_CLASSES, *stats)
+    return detection_splits(spec, train, val, test, NUM_CLASSES, *stats, tuple(str(d) for d in range(NUM_CLASSES)))
