@@ -82,18 +82,34 @@ def require_control(control: AccuracyControl | None, target: str) -> AccuracyCon
 
 def layer_groups(model: torch.nn.Module) -> list[str]:
     """The model's layer groups: name prefixes of its conv and linear layers at the shallowest depth that gives at
-    least `MIN_GROUPS` of them (MobileNetV2: ``features.0`` .. ``features.18``, ``classifier``), in model order."""
+    least `MIN_GROUPS` of them (MobileNetV2: ``features.0`` .. ``features.18``, ``classifier``), in model order,
+    with a plain container of blocks split into its blocks (timm's stages: ``blocks.4`` is ``blocks.4.0`` ..
+    ``blocks.4.2``, as torchvision's ``features`` lists them one by one)."""
     import torch
 
-    weighted = [
-        name for name, module in model.named_modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
-    ]
+    modules = dict(model.named_modules())
+    weighted = [name for name, module in modules.items() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
     groups: list[str] = []
     for depth in range(1, _MAX_DEPTH + 1):
         groups = list(dict.fromkeys(".".join(name.split(".")[:depth]) for name in weighted))
         if len(groups) >= MIN_GROUPS:
             break
-    return groups
+    return [block for group in groups for block in _blocks(group, modules, weighted)]
+
+
+def _blocks(group: str, modules: dict[str, torch.nn.Module], weighted: list[str]) -> list[str]:
+    """`group`, or where it is a plain nn.Sequential of blocks (two or more children with two or more weighted
+    layers each: timm's stages) its children's groups. A Sequential of single layers (SSDLite's extra layers, a
+    classifier) and any subclass (torchvision's Conv2dNormActivation) stay one group."""
+    import torch
+
+    if type(modules[group]) is not torch.nn.Sequential:
+        return [group]
+    children = [f"{group}.{name}" for name, _ in modules[group].named_children()]
+    layers = {c: sum(w == c or w.startswith(f"{c}.") for w in weighted) for c in children}
+    if sum(count >= 2 for count in layers.values()) < 2:
+        return [group]
+    return [block for child in children if layers[child] for block in _blocks(child, modules, weighted)]
 
 
 def score(runner: Runner, control: AccuracyControl) -> float:
