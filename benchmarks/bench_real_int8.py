@@ -25,11 +25,14 @@ mix of estimators) to 1.3 dB (mse) more logit SQNR calibrated on 256 views than 
 With ``--ac``, int8_ac rows too: accuracy control holding agreement on the 64 calibration photos to `AC_BAR`
 (held-out agreement says whether that generalises), the layers it kept in float listed.
 
+With ``--timm``, the models are timm's (`timm_twin`: the same weights in ``mobilenetv2_100`` with TF padding and
+``tf_mobilenetv3_small_100``, timm's modules and graphs), their keep-float layer by timm's name.
+
 With ``--activations NAME...`` (or ``all``), the int8 rows are the target's default and one per other activation
 range estimator it has among those (`targets.base.ACTIVATION_ESTIMATORS`, the recipe's ``activations``).
 
     python benchmarks/bench_real_int8.py [--real ../shared/real] [--threads 2] [--runs 50] [--models ...] [--ac]
-        [--activations all] [--views] [--calibration 256] [--keep-float features.11 features.1]
+        [--timm] [--activations all] [--views] [--calibration 256] [--keep-float features.11 features.1]
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ VENDOR = {
 # every other block < 0.035): MobileNetV3-Small's last inverted residual, whose 576-channel expand output
 # spans [-46, 26] in one per-tensor range.
 KEEP_FLOAT = {"mobilenet_v2": [], "mobilenet_v3_small": ["features.11"]}
+# With --timm: the same weights in timm's architectures (`timm_twin`), and features.11 by timm's name.
+TIMM = {
+    "mobilenet_v2": ("mobilenetv2_100", {"pad_type": "same"}),
+    "mobilenet_v3_small": ("tf_mobilenetv3_small_100", {}),
+}
+TIMM_KEEP_FLOAT = {"mobilenet_v2": [], "mobilenet_v3_small": ["blocks.4.2"]}
 # With --ac: int8_ac rows, whose accuracy control holds top-1 agreement with fp32 on the 64 calibration photos
 # to these percentages (issue #16's bars), keeping the costliest layer groups in float.
 AC_BAR = {"mobilenet_v2": 94.0, "mobilenet_v3_small": 85.0}
@@ -169,6 +178,22 @@ def real_model(real: Path, name: str) -> torch.nn.Module:
     return getattr(module, name)().eval()
 
 
+def timm_twin(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """`model` (torchvision's architecture) as timm's model of the same network (`TIMM`), its weights copied tensor
+    by tensor in module order: the same shapes in the same order, but timm's modules and graph (BatchNormAct2d,
+    its SE and hard-swish modules, a 1x1 conv_head where torchvision has a Linear). Needs timm."""
+    import timm
+
+    arch, options = TIMM[name]
+    twin = timm.create_model(arch, pretrained=False, **options).eval()
+    theirs = [v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    ours = [(k, v) for k, v in twin.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(theirs) != len(ours):
+        raise ValueError(f"{arch} has {len(ours)} tensors, {name} {len(theirs)}: not the same network")
+    twin.load_state_dict({k: v.reshape(mine.shape) for v, (k, mine) in zip(theirs, ours, strict=True)})
+    return twin
+
+
 def agreement(
     logits: np.ndarray, reference: np.ndarray, held_out: np.ndarray, are_logits: bool = True
 ) -> tuple[float, float, float, int]:
@@ -191,21 +216,27 @@ def measure(path: Path, x: np.ndarray, threads: int, runs: int, nhwc: bool = Fal
 def model_rows(name: str, photos: Photos, args: argparse.Namespace, folder: Path) -> list[Row]:
     """fp32 and int8 rows of every target for one real model, then the vendor file's row."""
     model = real_model(args.real, name)
+    if args.timm:
+        model = timm_twin(model, name)
+    label = f"{name} (timm)" if args.timm else name
+    keep_float = (
+        args.keep_float if args.keep_float is not None else (TIMM_KEEP_FLOAT if args.timm else KEEP_FLOAT)[name]
+    )
     reference = torch_logits(model, photos.x)
-    rows = [noise_floor_row(name, model, photos, reference)]
+    rows = [noise_floor_row(label, model, photos, reference)]
     x, calibration, held_out = photos.x, photos.calibration, photos.held_out
     for target in args.targets:
         fp32_logits, fp32_ms, _, _ = export_and_measure(model, target, "fp32", x, None, [], args, folder)
-        rows.append(Row(name, target, "fp32", *agreement(fp32_logits, reference, held_out), fp32_ms, fp32_ms, 0.0))
-        for setting, keep, activations in int8_settings(name, target, args.activations, args.keep_float):
+        rows.append(Row(label, target, "fp32", *agreement(fp32_logits, reference, held_out), fp32_ms, fp32_ms, 0.0))
+        for setting, keep, activations in int8_settings(target, args.activations, keep_float):
             logits, ms, seconds, _ = export_and_measure(
                 model, target, "int8", x, calibration, keep, args, folder, activations=activations
             )
             agree = agreement(logits, reference, held_out)
-            rows.append(Row(name, target, setting, *agree, ms, fp32_ms, seconds, ", ".join(keep)))
-            console.print(f"{name} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
+            rows.append(Row(label, target, setting, *agree, ms, fp32_ms, seconds, ", ".join(keep)))
+            console.print(f"{label} {target} {setting}: {rows[-1].agree_all:.1%} ({seconds:.0f} s)")
         if args.ac and "int8_ac" in targets.TARGETS[target].precisions:
-            rows.append(ac_row(name, model, target, photos, reference, fp32_ms, args, folder))
+            rows.append(ac_row(name, model, target, photos, reference, fp32_ms, args, folder, label))
     vendor_file = args.real / "tflite" / VENDOR[name]
     vendor_logits, vendor_ms = measure(vendor_file, vendor_input(vendor_file, x), args.threads, args.runs, nhwc=True)
     # Its output 0 is TF's background class, and its outputs are softmax probabilities: no SQNR against logits.
@@ -250,13 +281,10 @@ def noise_floor_row(name: str, model: torch.nn.Module, photos: Photos, reference
     )
 
 
-def int8_settings(
-    name: str, target: str, wanted: list[str] | None, keep_float: list[str] | None = None
-) -> list[tuple[str, list[str], str | None]]:
-    """(label, keep_float, activations) of one model's int8 rows on `target`: plain int8 and the model's
-    `KEEP_FLOAT` layers (or `keep_float`, --keep-float) in float, or with `wanted` (--activations) the target's
-    default and one row per other activation range estimator the target has among them ('all': every one it has)."""
-    keep = KEEP_FLOAT[name] if keep_float is None else keep_float
+def int8_settings(target: str, wanted: list[str] | None, keep: list[str]) -> list[tuple[str, list[str], str | None]]:
+    """(label, keep_float, activations) of one model's int8 rows on `target`: plain int8 and the `keep` layers (the
+    model's `KEEP_FLOAT`, or --keep-float) in float, or with `wanted` (--activations) the target's default and one
+    row per other activation range estimator the target has among them ('all': every one it has)."""
     if not wanted:
         return [("int8", [], None)] + ([(f"int8 keep_float={keep}", keep, None)] if keep else [])
     spec = targets.TARGETS[target]
@@ -274,8 +302,9 @@ def ac_row(
     fp32_ms: float,
     args: argparse.Namespace,
     folder: Path,
+    label: str,
 ) -> Row:
-    """int8_ac holding agreement with fp32 on the calibration photos to `AC_BAR`."""
+    """int8_ac holding agreement with fp32 on the calibration photos to `AC_BAR` (the row's model: `label`)."""
     calibrated = torch_logits(model, photos.calibration).argmax(1)
 
     def score(outputs: list[np.ndarray], indices: np.ndarray) -> float:
@@ -285,8 +314,8 @@ def ac_row(
     control = AccuracyControl(list(calibration), score, 100 - AC_BAR[name])
     logits, ms, seconds, kept = export_and_measure(model, target, "int8_ac", x, calibration, [], args, folder, control)
     setting = f"int8_ac (>= {AC_BAR[name]:g}% on the calibration photos)"
-    row = Row(name, target, setting, *agreement(logits, reference, photos.held_out), ms, fp32_ms, seconds, kept)
-    console.print(f"{name} {target} {setting}: {row.agree_all:.1%} ({seconds:.0f} s), float: {kept}")
+    row = Row(label, target, setting, *agreement(logits, reference, photos.held_out), ms, fp32_ms, seconds, kept)
+    console.print(f"{label} {target} {setting}: {row.agree_all:.1%} ({seconds:.0f} s), float: {kept}")
     return row
 
 
@@ -321,6 +350,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--models", nargs="+", default=list(VENDOR))
+    parser.add_argument(
+        "--timm",
+        action="store_true",
+        help="the models in timm's architectures (the same weights, ported tensor by tensor; needs timm)",
+    )
     parser.add_argument("--ac", action="store_true", help="add int8_ac rows (AC_BAR; ~5 min per model and target)")
     parser.add_argument(
         "--targets", nargs="+", default=[t for t, s in targets.TARGETS.items() if "int8" in s.precisions]

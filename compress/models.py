@@ -25,6 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
+from compress import timm_models
 from compress.detectors import BUILDERS as DETECTORS
 from compress.registry import Registry
 from compress.schema import ModelSpec
@@ -90,8 +91,10 @@ def _module_file(path: str) -> ModuleType:
 
 
 def parse_arch(arch: str, registry: Registry[Builder] = MODELS) -> Builder:
-    """The builder for `arch`: a registered name, ``pkg.module:function`` or ``path/to/file.py:function``, called
-    as ``function(num_classes=...)``."""
+    """The builder for `arch`: a registered name, ``timm:NAME`` (`compress.timm_models`), ``pkg.module:function``
+    or ``path/to/file.py:function``, called as ``function(num_classes=...)``."""
+    if arch.startswith(timm_models.PREFIX):
+        return timm_models.timm_builder(arch)
     if ":" in arch:
         return _import_builder(arch)
     return registry.get(arch)
@@ -236,7 +239,10 @@ def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> l
     everything else loads; returned are the names of the tensors so left untrained (none when the classes fit).
     Pickled Python objects (a whole saved module) load only inside ``trusted_pickles(True)``
     (``edgecomp run --trust``)."""
-    state = _torchvision_state(arch or "") if source == TORCHVISION_WEIGHTS else _read_weights(source)
+    if source in (TORCHVISION_WEIGHTS, timm_models.WEIGHTS):
+        state = (_torchvision_state if source == TORCHVISION_WEIGHTS else timm_models.timm_state)(arch or "")
+    else:
+        state = _read_weights(source)
     own = model.state_dict()
     outputs = output_layers(model)
     head = [f"{name}.{p}" for name, m in model.named_modules() if m in outputs for p in ("weight", "bias")]
@@ -247,6 +253,8 @@ def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> l
 
 
 def _read_weights(source: str) -> dict[str, torch.Tensor]:
+    if Path(source).suffix == ".safetensors":  # Hugging Face's format (timm's weights): tensors only, no pickle
+        return _read_safetensors(source)
     trust = TRUST_PICKLES.get()
     try:
         payload = torch.load(Path(source).expanduser(), map_location="cpu", weights_only=not trust)
@@ -263,6 +271,16 @@ def _read_weights(source: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise EdgecompError(f"{source}: expected a state dict")
     return state
+
+
+def _read_safetensors(source: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(Path(source).expanduser(), device="cpu")
+    except (OSError, SafetensorError) as error:
+        raise EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
 
 
 def _torchvision_state(arch: str) -> dict[str, torch.Tensor]:

@@ -43,7 +43,9 @@ class Spec(BaseModel):
 
 
 class ModelSpec(Spec):
-    arch: str = Field(description="a name in `edgecomp models`, pkg.module:function or path/to/file.py:function")
+    arch: str = Field(
+        description="a name in `edgecomp models`, timm:NAME, pkg.module:function or path/file.py:function"
+    )
     num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
     width_mult: float = Field(1.0, gt=0.0, le=4.0)
     small_input: bool = Field(False, description="stride-1 stem, for 32x32-class inputs")
@@ -51,7 +53,7 @@ class ModelSpec(Spec):
         None, description="the square input size the model is built for (a detector's anchors); default data.image_size"
     )
     weights: str | None = Field(
-        None, description="a checkpoint (state dict) to start the dense model from, or 'torchvision' (online)"
+        None, description="a state dict (.pth, .safetensors) to start the dense model from, or 'torchvision'/'timm'"
     )
 
 
