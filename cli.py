@@ -401,11 +401,12 @@ def recipes() -> None:
 
 @app.command()
 def models() -> None:
-    """List the registered model architectures (or use arch: pkg.module:function)."""
+    """List the registered model architectures (or use arch: timm:NAME, pkg.module:function, path/file.py:function)."""
     from compress.models import MODELS
 
     for name in MODELS.names():
         console.print(name)
+    console.print("timm:NAME (any of timm.list_models(), with timm installed)", highlight=False)
 
 
 @app.command()
