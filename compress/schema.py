@@ -43,9 +43,7 @@ class Spec(BaseModel):
 
 
 class ModelSpec(Spec):
-    arch: str = Field(
-        description="a name in `edgecomp models`, timm:NAME, pkg.module:function or path/file.py:function"
-    )
+    arch: str = Field(description="a name in `edgecomp models`, timm:NAME, pkg.module:fn or path/file.py:fn")
     num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
     width_mult: float = Field(1.0, gt=0.0, le=4.0)
     small_input: bool = Field(False, description="stride-1 stem, for 32x32-class inputs")
