@@ -239,10 +239,8 @@ def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> l
     everything else loads; returned are the names of the tensors so left untrained (none when the classes fit).
     Pickled Python objects (a whole saved module) load only inside ``trusted_pickles(True)``
     (``edgecomp run --trust``)."""
-    if source in (TORCHVISION_WEIGHTS, timm_models.WEIGHTS):
-        state = (_torchvision_state if source == TORCHVISION_WEIGHTS else timm_models.timm_state)(arch or "")
-    else:
-        state = _read_weights(source)
+    library = {TORCHVISION_WEIGHTS: _torchvision_state, timm_models.WEIGHTS: timm_models.timm_state}.get(source)
+    state = library(arch or "") if library else _read_weights(source)
     own = model.state_dict()
     outputs = output_layers(model)
     head = [f"{name}.{p}" for name, m in model.named_modules() if m in outputs for p in ("weight", "bias")]
@@ -264,7 +262,7 @@ def _read_weights(source: str) -> dict[str, torch.Tensor]:
                 f"{source}: refused: it holds pickled Python objects, which could run code when loaded; "
                 "if you made the file yourself and trust it, pass --trust"
             ) from None
-        raise EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
+        raise _unloadable(source, error) from None
     if isinstance(payload, nn.Module):  # only reachable when trusted
         return payload.state_dict()
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
@@ -280,7 +278,11 @@ def _read_safetensors(source: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(Path(source).expanduser(), device="cpu")
     except (OSError, SafetensorError) as error:
-        raise EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})") from None
+        raise _unloadable(source, error) from None
+
+
+def _unloadable(source: str, error: Exception) -> EdgecompError:
+    return EdgecompError(f"{source}: cannot load weights ({type(error).__name__}: {str(error)[:200]})")
 
 
 def _torchvision_state(arch: str) -> dict[str, torch.Tensor]:

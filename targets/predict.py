@@ -152,14 +152,14 @@ def read_labels(path: str | Path, classes: int) -> list[str]:
     return names
 
 
-def file_labels(metadata: dict[str, str], probabilities: np.ndarray) -> list[str] | None:
+def file_labels(metadata: dict[str, str], classes: int) -> list[str] | None:
     """The class names edgecomp wrote into the file (metadata "classes", in output order), where it wrote as many
-    as the model has outputs."""
+    as the model has classes."""
     try:
         names = json.loads(metadata.get("classes", "null"))
     except json.JSONDecodeError:
         return None
-    fits = isinstance(names, list) and len(names) == probabilities.shape[1]
+    fits = isinstance(names, list) and len(names) == classes
     return [str(name) for name in names] if fits else None
 
 
@@ -182,8 +182,9 @@ def classify(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
         check_classifier(model, metadata, outputs)
         logits.append(outputs[0])
     probabilities, runtime = softmax(np.concatenate(logits)), runner.runtime
-    labels = read_labels(args.labels, probabilities.shape[1]) if args.labels else file_labels(metadata, probabilities)
-    k = min(args.top_k, probabilities.shape[1])
+    count = probabilities.shape[1]
+    labels = read_labels(args.labels, count) if args.labels else file_labels(metadata, count)
+    k = min(args.top_k, count)
     images = []
     for path, row in zip(paths, probabilities, strict=True):
         top = np.argsort(-row, kind="stable")[:k]
