@@ -34,6 +34,18 @@ def load_script(path: Path) -> Iterator[ModuleType]:
     del sys.modules[spec.name]
 
 
+def photo_folder(root: Path, photos: dict[str, int]) -> Path:
+    """root/<class folder>/<n photos> of random pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in photos.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
 def export_options(precision: str, samples: np.ndarray, max_drop: float = 1.0) -> dict:
     """The extra `export` arguments a precision needs: int8_ac's validation samples and metric.
 

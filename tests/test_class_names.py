@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import photo_folder
 
 from compress.data import DATASETS
 from compress.data.class_names import imagenet_classes
@@ -14,18 +14,6 @@ from compress.pipeline import Pipeline
 from compress.recipe import load_recipe
 from compress.schema import DataSpec
 from targets.base import EdgecompError
-
-
-def _folder(root: Path, photos: dict[str, int]) -> Path:
-    """root/<class folder>/<n photos> of random pixels."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name, count in photos.items():
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def _labels(root: Path, labels: str) -> tuple[set[int], int, int]:
@@ -39,7 +27,7 @@ def test_imagenet_labels_send_each_folder_to_its_classes_output(tmp_path: Path) 
     # WordNet id, torchvision's name, a name with _ for space and other case, the dog Cardigan by its exact case;
     # two photos a class cannot be stratified into three splits: it is split at random
     photos = {"n01440764": 2, "crane bird": 2, "Toilet_Tissue": 2, "Cardigan": 2, "n03126707": 2}
-    assert _labels(_folder(tmp_path, photos), "imagenet") == ({0, 134, 999, 264, 517}, 1000, 10)
+    assert _labels(photo_folder(tmp_path, photos), "imagenet") == ({0, 134, 999, 264, 517}, 1000, 10)
     assert _labels(tmp_path, "contiguous") == ({0, 1, 2, 3, 4}, 5, 10)  # sorted folders, as before
     for labels, names in [("imagenet", imagenet_classes().display), ("contiguous", tuple(sorted(photos)))]:
         spec = DataSpec(dataset="imagefolder", root=str(tmp_path), image_size=8, labels=labels)
@@ -57,16 +45,16 @@ def test_imagenet_classes_are_the_usual_order() -> None:
 def test_a_class_names_file_gives_each_folder_its_line_and_splits_keep_their_own_folders(tmp_path: Path) -> None:
     (tmp_path / "classes.txt").write_text("bird\ncat\ndog\n\n")
     root = tmp_path / "photos"
-    _folder(root / "train", {"dog": 3, "bird": 3})
-    _folder(root / "test", {"dog": 1, "cat": 2})  # a class the train split lacks is scored, not dropped
+    photo_folder(root / "train", {"dog": 3, "bird": 3})
+    photo_folder(root / "test", {"dog": 1, "cat": 2})  # a class the train split lacks is scored, not dropped
     assert _labels(root, str(tmp_path / "classes.txt")) == ({0, 1, 2}, 3, 9)
     assert _labels(root, "contiguous") == ({0, 1, 2}, 3, 9)
 
 
 def test_a_folder_of_one_split_alone_is_the_whole_set(tmp_path: Path) -> None:
-    _folder(tmp_path / "val", {"n01440764": 3, "n01443537": 3})  # ImageNet's own val/ layout
+    photo_folder(tmp_path / "val", {"n01440764": 3, "n01443537": 3})  # ImageNet's own val/ layout
     assert _labels(tmp_path, "imagenet") == ({0, 1}, 1000, 6)
-    _folder(tmp_path / "test", {"n01440764": 1})
+    photo_folder(tmp_path / "test", {"n01440764": 1})
     with pytest.raises(EdgecompError, match=r"holds test/ and val/ but no train/"):
         _labels(tmp_path, "contiguous")
 
@@ -83,7 +71,7 @@ def test_folders_no_class_or_two_classes_is_named_as_are_refused(
     tmp_path: Path, photos: dict[str, int], labels: str, message: str
 ) -> None:
     with pytest.raises(EdgecompError, match=message):
-        _labels(_folder(tmp_path, photos), labels)
+        _labels(photo_folder(tmp_path, photos), labels)
 
 
 def test_labels_go_with_their_data_set_and_must_name_every_output(tmp_path: Path) -> None:
@@ -94,7 +82,7 @@ def test_labels_go_with_their_data_set_and_must_name_every_output(tmp_path: Path
     with pytest.raises(EdgecompError, match=r"coco91 maps COCO category ids, so it goes with dataset: coco"):
         load_recipe("quickstart", ["data.dataset=imagefolder", "data.labels=coco91"])
     (tmp_path / "classes.txt").write_text("background\ncat\ndog\n")
-    root = _folder(tmp_path / "photos", {"cat": 10, "dog": 10})
+    root = photo_folder(tmp_path / "photos", {"cat": 10, "dog": 10})
     sets = [f"data.root={root}", f"data.labels={tmp_path / 'classes.txt'}", "model.num_classes=4"]
     recipe = load_recipe("quickstart", ["data.dataset=imagefolder", *sets])
     with pytest.raises(EdgecompError, match=r"num_classes is 4, but data.labels: .* names 3 classes in output order"):

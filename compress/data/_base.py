@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from compress.registry import Registry
-from compress.schema import DataSpec
+from compress.schema import DataSpec, SplitSpec
 from targets.base import EdgecompError
 from targets.preprocess import NORMALIZE, Preprocess
 
@@ -112,6 +112,21 @@ def stratified_split(labels: np.ndarray, val: float, test: float) -> tuple[np.nd
     return rest[train], rest[val_index], test_index
 
 
+def pool_split(spec: DataSpec, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train / val / test of a set edgecomp splits itself, by the recipe's `data.split`."""
+    split = spec.split or SplitSpec()
+    return stratified_split(labels, val=split.val, test=split.test)
+
+
+def refuse_split(spec: DataSpec, splits: str) -> None:
+    """Refuses `data.split` for a set whose splits are not edgecomp's to choose (`splits` says what they are)."""
+    if spec.split is not None:
+        raise EdgecompError(
+            f"data.split: {spec.dataset} {splits}, so there is nothing to split; data.split is for a pool of images "
+            "edgecomp splits itself (digits, images, imagefolder without train/, val/ or test/ folders): unset it"
+        )
+
+
 def subset_train(dataset: Dataset, labels: np.ndarray, size: int | None) -> Dataset:
     """A stratified subset of `size` training samples (all of them when size is None or too large)."""
     if size is None or size >= len(labels):
@@ -174,6 +189,7 @@ def with_validation(
     classes: tuple[str, ...] = (),
 ) -> DataSplits:
     """Splits for a set with an official test split: validation is carved from the training split."""
+    refuse_split(spec, "has an official test split")
     rest, val = stratified_holdout(train[1], val_size)
     parts = (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test
     return build_splits(spec, mean, std, *parts, augment=augment, classes=classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.data._base import DATASETS, DataSplits, build_splits, stratified_split
+from compress.data._base import DATASETS, DataSplits, build_splits, pool_split
 from compress.schema import DataSpec
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -22,6 +22,6 @@ def digit_images() -> tuple[np.ndarray, np.ndarray]:
 @DATASETS.register("digits")
 def digits(spec: DataSpec) -> DataSplits:
     images, labels = digit_images()
-    train, val, test = stratified_split(labels, val=0.1, test=0.2)
+    train, val, test = pool_split(spec, labels)
     parts = ((images[index], labels[index]) for index in (train, val, test))
     return build_splits(spec, MEAN, STD, *parts, classes=tuple(str(digit) for digit in range(10)))

@@ -20,8 +20,9 @@ from compress.data._base import (
     DataSplits,
     normalization,
     normalize,
+    pool_split,
+    refuse_split,
     stratified_holdout,
-    stratified_split,
     subset_train,
 )
 from compress.data.class_names import class_names
@@ -140,11 +141,11 @@ def images(spec: DataSpec) -> DataSplits:
         raise EdgecompError(f"data.root {spec.root!r}: no such folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 10:
-        raise EdgecompError(f"{root}: {len(files)} image(s) found; images needs at least 10 to split 70/10/20")
+        raise EdgecompError(f"{root}: {len(files)} image(s) found; images needs at least 10 to split")
     for path in files:
         _open(path).close()
     everything = ImageFileDataset(files, np.full(len(files), NO_LABEL, np.int64), photo_preprocess(spec))
-    train, val, test = stratified_split(np.zeros(len(files), np.int64), val=0.1, test=0.2)
+    train, val, test = pool_split(spec, np.zeros(len(files), np.int64))
     if spec.train_subset is not None:
         train = train[: spec.train_subset]
     return DataSplits(
@@ -169,6 +170,7 @@ def imagefolder(spec: DataSpec) -> DataSplits:
     if len(folders) == 1 and folders[0] in SPLITS:  # one split's folder alone (ImageNet's val/): the whole set
         root, folders = root / folders[0], _folders(root / folders[0])
     if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
+        refuse_split(spec, f"has its own split folders in {root}")
         parts = {split: root / split for split in SPLITS if (root / split).is_dir()}
         labels, classes = _class_labels(spec, sorted({f for part in parts.values() for f in _folders(part)}), root)
         scanned = {split: scan(folder, labels, spec) for split, folder in parts.items()}
@@ -179,5 +181,5 @@ def imagefolder(spec: DataSpec) -> DataSplits:
         return _splits(spec, train.subset(rest), train.subset(val), scanned.get("test", scanned.get("val")), classes)
     labels, classes = _class_labels(spec, folders, root)
     everything = scan(root, labels, spec)
-    train, val, test = stratified_split(everything.labels, val=0.1, test=0.2)
+    train, val, test = pool_split(spec, everything.labels)
     return _splits(spec, everything.subset(train), everything.subset(val), everything.subset(test), classes)

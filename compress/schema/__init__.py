@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
-from compress.schema.common import Epochs, PositiveInt, Seed, Spec
+from compress.schema.common import Epochs, Fraction, PositiveInt, Seed, Spec
 from compress.schema.stages import (
     UNION_TAGS,
     DistillSpec,
@@ -50,6 +50,7 @@ __all__ = [
     "Recipe",
     "ReportSpec",
     "Spec",
+    "SplitSpec",
     "StageSpec",
     "TrainSpec",
     "expand",
@@ -70,6 +71,19 @@ class ModelSpec(Spec):
     )
 
 
+class SplitSpec(Spec):
+    """The shares of a pool of images held out for validation and for the test; training gets the rest."""
+
+    val: Fraction = Field(0.1, description="share held out for validation (best epoch, int8_ac, export parity)")
+    test: Fraction = Field(0.2, description="share held out for the test every row is scored on")
+
+    @model_validator(mode="after")
+    def _train_left(self) -> SplitSpec:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val {self.val:g} + test {self.test:g} leave no training images: keep their sum under 1")
+        return self
+
+
 class DataSpec(Spec):
     dataset: str = Field(description="a name in `edgecomp datasets`")
     image_size: Annotated[int, Field(gt=0, le=4096)] = 32
@@ -77,6 +91,12 @@ class DataSpec(Spec):
         64, description="the global batch: with N workers each trains on batch_size / N samples per step"
     )
     root: str | None = Field(None, description="where the data set's files are (data sets that need files)")
+    split: SplitSpec | None = Field(
+        None,
+        description="sets edgecomp splits itself (digits, digit_scenes, images, imagefolder without split folders): "
+        "the val and test shares, default 0.1 and 0.2; a PTQ-only run, which trains nothing, can score most of the "
+        "photos: {val: 0.1, test: 0.7}",
+    )
     train_subset: Annotated[int, Field(gt=0)] | None = Field(
         None, description="use a stratified subset of the training split"
     )
