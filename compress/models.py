@@ -28,7 +28,7 @@ from torch import nn
 from compress import timm_models
 from compress.detectors import BUILDERS as DETECTORS
 from compress.registry import Registry
-from compress.schema import ModelSpec
+from compress.schema import TIMM_PREFIX, TIMM_WEIGHTS, TORCHVISION_WEIGHTS, ModelSpec
 from targets.base import EdgecompError
 from targets.fileio import atomic_path
 
@@ -93,7 +93,7 @@ def _module_file(path: str) -> ModuleType:
 def parse_arch(arch: str, registry: Registry[Builder] = MODELS) -> Builder:
     """The builder for `arch`: a registered name, ``timm:NAME`` (`compress.timm_models`), ``pkg.module:function``
     or ``path/to/file.py:function``, called as ``function(num_classes=...)``."""
-    if arch.startswith(timm_models.PREFIX):
+    if arch.startswith(TIMM_PREFIX):
         return timm_models.timm_builder(arch)
     if ":" in arch:
         return _import_builder(arch)
@@ -228,9 +228,6 @@ def trusted_pickles(trust: bool) -> Iterator[None]:
         TRUST_PICKLES.reset(token)
 
 
-TORCHVISION_WEIGHTS = "torchvision"
-
-
 def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> list[str]:
     """Load `source` into `model`: a state dict or edgecomp checkpoint path, or ``torchvision`` for
     torchvision's pretrained weights of `arch` (ImageNet for classifiers, COCO for
@@ -239,7 +236,7 @@ def load_pretrained(model: nn.Module, source: str, arch: str | None = None) -> l
     everything else loads; returned are the names of the tensors so left untrained (none when the classes fit).
     Pickled Python objects (a whole saved module) load only inside ``trusted_pickles(True)``
     (``edgecomp run --trust``)."""
-    library = {TORCHVISION_WEIGHTS: _torchvision_state, timm_models.WEIGHTS: timm_models.timm_state}.get(source)
+    library = {TORCHVISION_WEIGHTS: _torchvision_state, TIMM_WEIGHTS: timm_models.timm_state}.get(source)
     state = library(arch or "") if library else _read_weights(source)
     own = model.state_dict()
     outputs = output_layers(model)

@@ -124,7 +124,7 @@ def _check_names(recipe: Recipe, source: str) -> None:
         except EdgecompError as error:
             raise EdgecompError(f"{source}: {where}: {error}") from None
     weights = recipe.model.weights
-    if weights is not None and weights != "torchvision" and not Path(weights).expanduser().is_file():
+    if weights is not None and not recipe.model.library_weights and not Path(weights).expanduser().is_file():
         raise EdgecompError(f"{source}: model.weights: no such file {recipe.model.weights!r}")
     for i, stage in enumerate(recipe.stages):
         distill = stage.spec.distill if stage.finetune or stage.qat else None

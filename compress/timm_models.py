@@ -16,10 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.schema import TIMM_PREFIX
 from targets.base import EdgecompError
-
-PREFIX = "timm:"
-WEIGHTS = "timm"  # model.weights: timm's own pretrained weights of the arch
 
 
 def _timm(what: str) -> Any:
@@ -32,7 +30,7 @@ def _timm(what: str) -> Any:
 
 def timm_name(arch: str) -> str:
     """The timm model name of ``arch: timm:NAME``, checked against timm's models."""
-    name = arch.removeprefix(PREFIX)
+    name = arch.removeprefix(TIMM_PREFIX)
     timm = _timm(f"arch: {arch}")
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -49,8 +47,8 @@ def timm_builder(arch: str) -> Callable[[Any, int], nn.Module]:
 
 def timm_state(arch: str) -> dict[str, torch.Tensor]:
     """timm's pretrained weights of ``arch: timm:NAME`` (its default tag), from Hugging Face or its cache."""
-    if not arch.startswith(PREFIX):
-        raise EdgecompError(f"model.weights: {WEIGHTS} is timm's weights of an arch: timm:NAME model, not {arch!r}")
+    if not arch.startswith(TIMM_PREFIX):
+        raise EdgecompError(f"model.weights: timm is timm's weights of an arch: timm:NAME model, not {arch!r}")
     name, timm = timm_name(arch), _timm("model.weights: timm")
     try:
         return timm.create_model(name, pretrained=True).state_dict()

@@ -32,6 +32,13 @@ def test_an_unknown_timm_name_is_refused_when_the_recipe_loads() -> None:
         load_recipe("quickstart", ["model.arch=timm:mobilenetv3_smal_050"])
 
 
+def test_a_recipe_asks_for_timms_own_weights_of_a_timm_model_only() -> None:
+    timm_model = ["model.arch=timm:mobilenetv3_small_050", "model.weights=timm"]
+    assert load_recipe("quickstart", timm_model).model.library_weights  # not a file: downloaded when the run starts
+    with pytest.raises(EdgecompError, match=r"model.weights: timm is timm's weights of an arch: timm:NAME model, not"):
+        load_recipe("quickstart", ["model.weights=timm"])
+
+
 def test_timms_stages_are_split_into_blocks_as_torchvisions_features_are() -> None:
     import torchvision
 

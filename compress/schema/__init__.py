@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from compress.schema.common import Epochs, Fraction, PositiveInt, Seed, Spec
 from compress.schema.stages import (
@@ -35,6 +35,9 @@ from targets import TARGETS, activations_refusal
 from targets.base import ACTIVATION_ESTIMATORS, CALIBRATED_PRECISIONS, PRECISIONS, did_you_mean
 
 __all__ = [
+    "TIMM_PREFIX",
+    "TIMM_WEIGHTS",
+    "TORCHVISION_WEIGHTS",
     "UNION_TAGS",
     "BaselinesSpec",
     "BenchSpec",
@@ -58,6 +61,11 @@ __all__ = [
 ]
 
 
+# model.weights that name a library's own pretrained weights of the arch rather than a file
+TORCHVISION_WEIGHTS, TIMM_WEIGHTS = "torchvision", "timm"
+TIMM_PREFIX = "timm:"  # arch: timm:NAME
+
+
 class ModelSpec(Spec):
     arch: str = Field(description="a name in `edgecomp models`, timm:NAME, pkg.module:fn or path/file.py:fn")
     num_classes: PositiveInt | None = Field(None, description="default: the data set's class count")
@@ -69,6 +77,19 @@ class ModelSpec(Spec):
     weights: str | None = Field(
         None, description="a state dict (.pth, .safetensors) to start the dense model from, or 'torchvision'/'timm'"
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _library_weights_fit_the_arch(cls, weights: str | None, info: ValidationInfo) -> str | None:
+        arch = info.data.get("arch", TIMM_PREFIX)  # absent: arch's own error is reported
+        if weights == TIMM_WEIGHTS and not arch.startswith(TIMM_PREFIX):
+            raise ValueError(f"timm is timm's weights of an arch: timm:NAME model, not {arch!r}")
+        return weights
+
+    @property
+    def library_weights(self) -> bool:
+        """Whether `weights` names a library's own weights (downloaded or cached) rather than a file."""
+        return self.weights in (TORCHVISION_WEIGHTS, TIMM_WEIGHTS)
 
 
 class SplitSpec(Spec):
