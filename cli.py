@@ -82,14 +82,16 @@ def run(
     ] = None,
 ) -> None:
     """Run a recipe end to end; writes runs/<name>/ with results.json and the report."""
+    from compress.recipe import load_recipe
+
+    overrides = [*(set_ or []), *([f"train.device={device}"] if device else [])]
+    parsed = load_recipe(recipe, overrides=overrides)  # a bad recipe fails here, once, before the pipeline loads
+
     from compress import distributed
     from compress.models import trusted_pickles
     from compress.pipeline import Pipeline
-    from compress.recipe import load_recipe
     from compress.runlock import run_lock
 
-    overrides = [*(set_ or []), *([f"train.device={device}"] if device else [])]
-    parsed = load_recipe(recipe, overrides=overrides)  # a bad recipe fails here, once
     run_dir = runs_dir / parsed.name
     if nproc > 1 and not distributed.launched_by_torchrun():
         distributed.check_global_batch(parsed.data.batch_size, nproc)  # once here, not once per worker
@@ -325,12 +327,14 @@ def sensitivity(
     """Rank the recipe's dense model's layer groups by what int8 costs them on one target: each group alone
     kept in float, exported through the target's own int8, scored on the val split (one export per group).
     The dense model comes from the run's cache (runs/<name>/) when `edgecomp run` made it."""
-    from compress.pipeline import Pipeline
     from compress.recipe import load_recipe
+
+    parsed = load_recipe(recipe, overrides=set_ or [])
+
+    from compress.pipeline import Pipeline
     from compress.runlock import run_lock
     from targets.fileio import write_json
 
-    parsed = load_recipe(recipe, overrides=set_ or [])
     run_dir = runs_dir / parsed.name
     pipeline = Pipeline(parsed, run_dir, console=errors)
     with run_lock(run_dir):

@@ -1,7 +1,8 @@
 """Reading a recipe: YAML, ``--set`` overrides, the schema (`compress.schema`), then registry names.
 
 Names that live in registries (models, data sets, tasks, importance criteria) are checked here, so a run
-never starts, or creates its run directory, on a recipe that would fail half-way. A recipe is a file, or the
+never starts, or creates its run directory, on a recipe that would fail half-way; the registries (and torch) are
+imported only once the schema took the recipe. A recipe is a file, or the
 name of one shipped in the package (`compress.shipped`, `edgecomp recipes`).
 
 >>> recipe = load_recipe("quickstart", overrides=["train.epochs=2"])  # or a file: "my-recipe.yaml"
@@ -17,12 +18,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from compress.data import DATASETS
-from compress.models import MODELS, parse_arch
-from compress.prune import IMPORTANCE
 from compress.schema import UNION_TAGS, Recipe
 from compress.shipped import shipped_recipes
-from compress.tasks import TASKS
 from targets import TARGETS
 from targets.base import EdgecompError, did_you_mean
 
@@ -106,7 +103,13 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def _check_names(recipe: Recipe, source: str) -> None:
-    """Registry names are checked at load time too, so no run starts on a recipe that cannot finish."""
+    """Registry names are checked at load time too, so no run starts on a recipe that cannot finish. The
+    registries import torch, so only a recipe the schema took gets here: a typo is answered in a second."""
+    from compress.data import DATASETS
+    from compress.models import MODELS, parse_arch
+    from compress.prune import IMPORTANCE
+    from compress.tasks import TASKS
+
     checks = [
         ("model.arch", lambda: parse_arch(recipe.model.arch, MODELS)),
         ("data.dataset", lambda: DATASETS.get(recipe.data.dataset)),

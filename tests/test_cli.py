@@ -16,14 +16,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def edgecomp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def edgecomp(*args: str, cwd: Path, path_first: Path | None = None) -> subprocess.CompletedProcess:
+    """`edgecomp ARGS` from this checkout; `path_first` goes before it on PYTHONPATH (a module that shadows one)."""
+    pythonpath = os.pathsep.join(str(p) for p in (path_first, ROOT) if p)
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env={"PYTHONPATH": pythonpath, "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
     )
 
 
@@ -51,6 +53,16 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, chan
     assert "Traceback" not in done.stderr + done.stdout
     assert len(done.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_misspelt_key_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """The schema takes or refuses a recipe before the registries and the pipeline import torch (~6 s): here a
+    torch that refuses to import would turn the one-line answer into an ImportError."""
+    (tmp_path / "no_torch" / "torch").mkdir(parents=True)
+    (tmp_path / "no_torch" / "torch" / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    done = edgecomp("run", "quickstart", "--set", "train.epoch=3", cwd=tmp_path, path_first=tmp_path / "no_torch")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().endswith("quickstart.yaml: train.epoch: unknown key")
 
 
 @pytest.mark.parametrize(
