@@ -83,15 +83,13 @@ def test_int8_of_a_real_mobilenet_v2_agrees_with_fp32(
 def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_close(
     mobilenet_v2: torch.nn.Module, photos: np.ndarray, tmp_path: Path
 ) -> None:
-    """`edgecomp run` of a PTQ-only recipe (no training, no stages, no baselines) on the real MobileNetV2, built
-    from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`), on an imagefolder of COCO128 photos labelled with
-    the fp32 model's own top-1 (so top-1 is agreement with fp32), a folder per class present named by its WordNet
-    id (`labels: imagenet`), read with `normalize: tf` and `crop_pct`:
-    the fp32 row gets all test photos right (the data pipeline feeds what the builder's preprocessing
-    does), and each int8 row stays within reach of it."""
+    """`edgecomp run ptq-pretrained` (the shipped PTQ-only recipe: no training, no stages, no baselines) on the
+    real MobileNetV2, built from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`, `normalize: tf`), on a flat
+    folder of COCO128 photos labelled with the fp32 model's own top-1 (so top-1 is agreement with fp32), a folder
+    per class present named by its WordNet id, split by the recipe's `data.split` (70% scored): the fp32 row gets
+    every test photo right (the data pipeline feeds what the builder's preprocessing does), and each int8 row
+    stays within reach of it."""
     import shutil
-
-    import yaml
 
     from compress.data.class_names import imagenet_classes
     from compress.pipeline import Pipeline
@@ -99,38 +97,27 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
 
     with torch.no_grad():
         labels = torch.cat([mobilenet_v2(torch.from_numpy(b)) for b in np.split(photos, 8)]).argmax(1).numpy()
-    paths = sorted((REAL / "coco128" / "train2017").glob("*.jpg"))
     wnids = [names[0] for names in imagenet_classes().names]
-    for split, indices in {"train": range(0, 64, 2), "val": range(1, 32, 2), "test": range(33, 128, 2)}.items():
-        for i in indices:  # a folder per class present, named by WordNet id: `data.labels: imagenet` gives its index
-            (tmp_path / "photos" / split / wnids[labels[i]]).mkdir(parents=True, exist_ok=True)
-            shutil.copy(paths[i], tmp_path / "photos" / split / wnids[labels[i]] / paths[i].name)
-    recipe = {
-        "name": "real-ptq",
-        "model": {"arch": f"{REAL / 'tf_mobilenet.py'}:mobilenet_v2", "num_classes": 1000},
-        "data": {
-            "dataset": "imagefolder",
-            "root": str(tmp_path / "photos"),
-            "image_size": 224,
-            "normalize": "tf",
-            "crop_pct": 0.875,
-            "labels": "imagenet",
-            "batch_size": 16,
-        },
-        "train": {"epochs": 0},
-        "stages": [],
-        "baselines": {"scratch": []},
+    for path, label in zip(sorted((REAL / "coco128" / "train2017").glob("*.jpg")), labels, strict=True):
+        (tmp_path / "photos" / wnids[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "photos" / wnids[label] / path.name)
+    overrides = [
+        f"model.arch={REAL / 'tf_mobilenet.py'}:mobilenet_v2",
+        "model.weights=null",
+        f"data.root={tmp_path / 'photos'}",
+        "data.normalize=tf",
+        "data.batch_size=16",
         # int8 of every target but TFLite, whose int8 of this model test_int8_of_a_real_mobilenet_v2_agrees_with_fp32
         # makes; fp32 files of real networks are `make bench-real`'s (CI time)
-        "exports": [{"target": t, "precision": ["int8"], "calibration_samples": 32} for t in ("openvino", "onnx")],
-        "bench": {"threads": [1], "warmup": 1, "runs": 2},
-    }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    results = Pipeline(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "run", export_processes=1).run()
+        "exports=[{target: openvino, precision: [int8]}, {target: onnx, precision: [int8]}]",
+        "bench={threads: [1], warmup: 1, runs: 2}",
+    ]
+    results = Pipeline(load_recipe("ptq-pretrained", overrides), tmp_path / "run", export_processes=1).run()
     accuracy = {(row["target"], row["precision"]): row["accuracy"] for row in results["rows"]}
     assert results["failed"] == [] and len(accuracy) == 3
     assert all(value == 1.0 for (_, precision), value in accuracy.items() if precision == "fp32"), accuracy
     assert all(value >= 0.85 for (_, precision), value in accuracy.items() if precision == "int8"), accuracy
+    assert {row["samples"] for row in results["rows"]} == {90}  # 70% of the 128 photos scored (was 20%)
 
 
 def test_int8_of_the_real_mobilenet_v2_in_timms_architecture_agrees_with_fp32(
