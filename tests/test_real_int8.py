@@ -84,11 +84,11 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
     mobilenet_v2: torch.nn.Module, photos: np.ndarray, tmp_path: Path
 ) -> None:
     """`edgecomp run ptq-pretrained` (the shipped PTQ-only recipe: no training, no stages, no baselines) on the
-    real MobileNetV2, built from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`, `normalize: tf`), on a flat
-    folder of COCO128 photos labelled with the fp32 model's own top-1 (so top-1 is agreement with fp32), a folder
-    per class present named by its WordNet id, split by the recipe's `data.split` (70% scored): the fp32 row gets
-    every test photo right (the data pipeline feeds what the builder's preprocessing does), and each int8 row
-    stays within reach of it."""
+    real MobileNetV2, built from its file (`arch: .../tf_mobilenet.py:mobilenet_v2`, with TF-slim's input
+    convention and crop), on a flat folder of COCO128 photos labelled with the fp32 model's own top-1 (so top-1
+    is agreement with fp32), a folder per class present named by its WordNet id, split by the recipe's
+    `data.split` (70% scored): the fp32 row gets every test photo right (the data pipeline feeds what the
+    builder's preprocessing does), and each int8 row stays within reach of it."""
     import shutil
 
     from compress.data.class_names import imagenet_classes
@@ -106,6 +106,7 @@ def test_a_ptq_only_recipe_reads_photos_as_the_model_expects_and_keeps_its_int8_
         "model.weights=null",
         f"data.root={tmp_path / 'photos'}",
         "data.normalize=tf",
+        "data.crop_pct=0.875",  # TF-slim's evaluation crop (256 -> 224), as `photos` reads them
         "data.batch_size=16",
         # int8 of every target but TFLite, whose int8 of this model test_int8_of_a_real_mobilenet_v2_agrees_with_fp32
         # makes; fp32 files of real networks are `make bench-real`'s (CI time)
