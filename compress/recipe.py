@@ -2,8 +2,8 @@
 
 Names that live in registries (models, data sets, tasks, importance criteria) are checked here, so a run
 never starts, or creates its run directory, on a recipe that would fail half-way; the registries (and torch) are
-imported only once the schema took the recipe. A recipe is a file, or the
-name of one shipped in the package (`compress.shipped`, `edgecomp recipes`).
+imported only once the schema took the recipe. A recipe is a file, or the name of one shipped in the package
+(`compress.shipped`, `edgecomp recipes`).
 
 >>> recipe = load_recipe("quickstart", overrides=["train.epochs=2"])  # or a file: "my-recipe.yaml"
 """
