@@ -105,7 +105,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 def _check_names(recipe: Recipe, source: str) -> None:
     """Registry names are checked at load time too, so no run starts on a recipe that cannot finish. The
     registries import torch, so only a recipe the schema took gets here: a typo is answered in a second."""
-    from compress.data import DATASETS
+    from compress.data import DATASETS, POOLED, split_refusal
     from compress.models import MODELS, parse_arch
     from compress.prune import IMPORTANCE
     from compress.tasks import TASKS
@@ -126,6 +126,8 @@ def _check_names(recipe: Recipe, source: str) -> None:
             check()
         except EdgecompError as error:
             raise EdgecompError(f"{source}: {where}: {error}") from None
+    if recipe.data.split is not None and recipe.data.dataset not in POOLED:
+        raise EdgecompError(f"{source}: {split_refusal(recipe.data, 'comes with its own splits')}")
     weights = recipe.model.weights
     if weights is not None and not recipe.model.library_weights and not Path(weights).expanduser().is_file():
         raise EdgecompError(f"{source}: model.weights: no such file {recipe.model.weights!r}")

@@ -54,6 +54,6 @@ def test_split_is_refused_where_the_splits_are_not_edgecomps_to_choose(tmp_path:
     with pytest.raises(EdgecompError, match=r"data.split: imagefolder has its own split folders in .*photos, so"):
         DATASETS.get("imagefolder")(spec)
     assert _sizes(spec.model_copy(update={"split": None})) == (5, 1, 4)  # its own folders, as before
-    scenes = DataSpec(dataset="digit_scenes", image_size=32, split={"test": 0.5})
-    with pytest.raises(EdgecompError, match=r"data.split: digit_scenes has fixed splits, so there is nothing to split"):
-        DATASETS.get("digit_scenes")(scenes)
+    for recipe in ("ssdlite-quickstart", "mobilenetv2-cifar10"):  # digit scenes; CIFAR-10's official test split
+        with pytest.raises(EdgecompError, match=r"data.split: \w+ comes with its own splits, so there is nothing"):
+            load_recipe(recipe, ["data.split={test: 0.5}"])  # refused when the recipe loads, before any file is read

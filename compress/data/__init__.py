@@ -6,6 +6,6 @@ normalised exactly as the exported models expect them.
 """
 
 from compress.data import detection_files, digit_scenes, digits, folders, mnist_like  # noqa: F401  (registers the data sets)
-from compress.data._base import DATASETS, DataSplits, ImageArrayDataset, as_numpy, make_loader
+from compress.data._base import DATASETS, POOLED, DataSplits, ImageArrayDataset, as_numpy, make_loader, split_refusal
 
-__all__ = ["DATASETS", "DataSplits", "ImageArrayDataset", "as_numpy", "make_loader"]
+__all__ = ["DATASETS", "POOLED", "DataSplits", "ImageArrayDataset", "as_numpy", "make_loader", "split_refusal"]

@@ -118,13 +118,15 @@ def pool_split(spec: DataSpec, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return stratified_split(labels, val=split.val, test=split.test)
 
 
-def refuse_split(spec: DataSpec, splits: str) -> None:
-    """Refuses `data.split` for a set whose splits are not edgecomp's to choose (`splits` says what they are)."""
-    if spec.split is not None:
-        raise EdgecompError(
-            f"data.split: {spec.dataset} {splits}, so there is nothing to split; data.split is for a pool of images "
-            "edgecomp splits itself (digits, images, imagefolder without train/, val/ or test/ folders): unset it"
-        )
+POOLED = ("digits", "images", "imagefolder")  # the data sets edgecomp splits itself (`pool_split`): data.split
+
+
+def split_refusal(spec: DataSpec, splits: str) -> str:
+    """Why `data.split` does not apply to a set whose splits are not edgecomp's to choose (`splits`: what they are)."""
+    return (
+        f"data.split: {spec.dataset} {splits}, so there is nothing to split; data.split is for a pool of images "
+        "edgecomp splits itself (digits, images, imagefolder without train/, val/ or test/ folders): unset it"
+    )
 
 
 def subset_train(dataset: Dataset, labels: np.ndarray, size: int | None) -> Dataset:
@@ -189,7 +191,6 @@ def with_validation(
     classes: tuple[str, ...] = (),
 ) -> DataSplits:
     """Splits for a set with an official test split: validation is carved from the training split."""
-    refuse_split(spec, "has an official test split")
     rest, val = stratified_holdout(train[1], val_size)
     parts = (train[0][rest], train[1][rest]), (train[0][val], train[1][val]), test
     return build_splits(spec, mean, std, *parts, augment=augment, classes=classes)

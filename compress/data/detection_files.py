@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from compress.data._base import DATASETS, SPLIT_SEED, DataSplits, normalization, normalize, refuse_split
+from compress.data._base import DATASETS, SPLIT_SEED, DataSplits, normalization, normalize
 from compress.data.categories import CategoryMap, category_map
 from compress.data.folders import IMAGENET_MEAN, IMAGENET_STD, _open
 from compress.schema import DataSpec
@@ -90,7 +90,6 @@ def detection_splits(
 ) -> DataSplits:
     """Detection splits; their images are squashed to the square image size (boxes stay relative to it) and
     normalised with `mean`/`std`, which the datasets themselves apply."""
-    refuse_split(spec, "has fixed splits")
     return DataSplits(
         train=random_subset(train, spec.train_subset),
         val=val,

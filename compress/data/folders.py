@@ -21,7 +21,7 @@ from compress.data._base import (
     normalization,
     normalize,
     pool_split,
-    refuse_split,
+    split_refusal,
     stratified_holdout,
     subset_train,
 )
@@ -170,7 +170,8 @@ def imagefolder(spec: DataSpec) -> DataSplits:
     if len(folders) == 1 and folders[0] in SPLITS:  # one split's folder alone (ImageNet's val/): the whole set
         root, folders = root / folders[0], _folders(root / folders[0])
     if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
-        refuse_split(spec, f"has its own split folders in {root}")
+        if spec.split is not None:  # the one set whose splits depend on its files, so refused here, not at load
+            raise EdgecompError(split_refusal(spec, f"has its own split folders in {root}"))
         parts = {split: root / split for split in SPLITS if (root / split).is_dir()}
         labels, classes = _class_labels(spec, sorted({f for part in parts.values() for f in _folders(part)}), root)
         scanned = {split: scan(folder, labels, spec) for split, folder in parts.items()}
