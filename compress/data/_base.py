@@ -125,7 +125,7 @@ def split_refusal(spec: DataSpec, splits: str) -> str:
     """Why `data.split` does not apply to a set whose splits are not edgecomp's to choose (`splits`: what they are)."""
     return (
         f"data.split: {spec.dataset} {splits}, so there is nothing to split; data.split is for a pool of images "
-        "edgecomp splits itself (digits, images, imagefolder without train/, val/ or test/ folders): unset it"
+        f"edgecomp splits itself ({', '.join(POOLED)}; an imagefolder without train/, val/ or test/ folders): unset it"
     )
 
 

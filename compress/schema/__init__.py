@@ -114,7 +114,7 @@ class DataSpec(Spec):
     root: str | None = Field(None, description="where the data set's files are (data sets that need files)")
     split: SplitSpec | None = Field(
         None,
-        description="sets edgecomp splits itself (digits, digit_scenes, images, imagefolder without split folders): "
+        description="sets edgecomp splits itself (digits, images, imagefolder without split folders): "
         "the val and test shares, default 0.1 and 0.2; a PTQ-only run, which trains nothing, can score most of the "
         "photos: {val: 0.1, test: 0.7}",
     )
