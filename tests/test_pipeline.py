@@ -28,10 +28,10 @@ REDUCED = [
     "bench.runs=5",
     "bench.warmup=1",
     "bench.threads=[1]",
-    # TFLite fp32 is left out (test_targets checks it): each TFLite file is ~12 s of conversion at any size. 64
-    # calibration images, not 256: OpenVINO's int8 (histogram ranges, bias correction) takes 6 s a file, not 10.
-    "exports=[{target: tflite, precision: [int8], calibration_samples: 64},"
-    " {target: openvino, precision: [fp32, int8], calibration_samples: 64}]",
+    # One precision a target, an int8 and a fp32 (CI time: the files were 60 of the ~100 s of this module's run).
+    # TFLite fp32 is test_targets'; OpenVINO int8 through a pipeline is test_real_int8's (a real MobileNetV2) and
+    # test_coco_pretrained's. Each TFLite file is ~15 s of conversion at any size; 64 calibration images, not 256.
+    "exports=[{target: tflite, precision: [int8], calibration_samples: 64}, {target: openvino, precision: [fp32]}]",
 ]
 
 
@@ -52,7 +52,6 @@ def test_quickstart_has_every_candidate_on_every_target(quickstart) -> None:
             ("pytorch", "fp32"),
             ("tflite", "int8"),
             ("openvino", "fp32"),
-            ("openvino", "int8"),
         ]
     }
     assert {(r["kind"], r["target"], r["precision"]) for r in rows} == expected
@@ -92,7 +91,7 @@ def test_quickstart_numbers_are_real(quickstart) -> None:
 def test_exported_files_load_and_predict(quickstart) -> None:
     _, run_dir = quickstart
     files = sorted(p for p in (run_dir / "exports").rglob("*") if p.suffix in (".tflite", ".xml"))
-    assert len(files) == 12
+    assert len(files) == 8
     for path in files:
         runner = targets.load_runner(path)
         (logits,) = runner.predict(np.zeros((2, 3, 16, 16), np.float32))
@@ -144,7 +143,15 @@ def test_int8_ac_rows_are_scored_on_val_with_the_tasks_metric(quickstart, tmp_pa
     _, run_dir = quickstart
     copied = tmp_path / "quickstart"
     shutil.copytree(run_dir, copied)
-    recipe = load_recipe(QUICKSTART, [*REDUCED, "exports.1.precision=[int8_ac]", "exports.1.max_accuracy_drop=100"])
+    recipe = load_recipe(
+        QUICKSTART,
+        [
+            *REDUCED,
+            "exports.1.precision=[int8_ac]",
+            "exports.1.max_accuracy_drop=100",
+            "exports.1.calibration_samples=64",
+        ],
+    )
     pipeline = Pipeline(recipe, copied)
     context = pipeline.context
     dense = pipeline.candidates()[0]
