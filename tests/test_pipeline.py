@@ -34,6 +34,9 @@ REDUCED = [
     "exports=[{target: tflite, precision: [int8], calibration_samples: 64}, {target: openvino, precision: [fp32]}]",
 ]
 
+# Tests of the pipeline's plumbing (caching, rows, targets), where accuracy does not matter: one epoch on 300 images.
+SMALL = ["data.image_size=8", "data.train_subset=300", "train.epochs=1", "bench.runs=2"]
+
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> tuple[dict, Path]:
@@ -103,7 +106,7 @@ def stage_times(run_dir: Path) -> dict[str, float]:
 
 
 def test_stages_are_cached_and_rerun_only_when_their_inputs_change(tmp_path, monkeypatch) -> None:
-    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.max_epochs=1", "bench.runs=2"]
+    overrides = [*REDUCED, *SMALL, "baselines.max_epochs=1"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     run_dir = tmp_path / "q"
     first = Pipeline(recipe, run_dir).run()
@@ -187,7 +190,14 @@ def test_an_exports_key_holds_only_what_changes_its_file() -> None:
 def test_a_macs_target_that_lands_far_under_says_so(tmp_path) -> None:
     """At 28 px with round_to 8, one fine step takes MobileNetV2 x0.5 from above 0.3 of its MACs to 0.256: the
     target is a budget, so pruning stops there, and the run says how far under it landed and why."""
-    overrides = ["data.image_size=28", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2", "bench.warmup=0"]
+    overrides = [
+        "data.image_size=28",
+        "data.train_subset=300",
+        "train.epochs=1",
+        "baselines.scratch=[]",
+        "bench.runs=2",
+        "bench.warmup=0",
+    ]
     recipe = load_recipe(QUICKSTART, overrides)
     recipe = recipe.model_copy(
         update={"exports": [], "stages": [StageSpec(prune=PruneSpec(importance="l2", macs=0.3, round_to=8))]}
@@ -275,7 +285,7 @@ def test_rows_measured_on_another_device_or_runtime_version_are_measured_again(t
         return real(rows, *args, **kwargs)
 
     monkeypatch.setattr(compress.deploy, "time_rows", spy)
-    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
+    overrides = [*REDUCED, *SMALL, "baselines.scratch=[]"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     run_dir = tmp_path / "q"
     Pipeline(recipe, run_dir).run()
@@ -313,7 +323,7 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path, monkeypatch) ->
     from targets import TargetSpec
 
     monkeypatch.setitem(targets.TARGETS, "toy", TargetSpec("toy", "toy_target", ".toyjit", ("fp32",)))
-    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
+    overrides = [*REDUCED, *SMALL, "baselines.scratch=[]"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(
         update={"exports": [ExportSpec(target="toy", precision=["fp32"])]}
     )
@@ -353,7 +363,7 @@ def test_a_latency_target_prunes_to_what_the_target_measured(tmp_path, monkeypat
         yield lambda model: ProbeTiming(0.1 + count(model, example)[0] / dense, 1.1)
 
     monkeypatch.setattr(compress.candidates, "timed_against", timed_against)
-    overrides = [*REDUCED, "data.image_size=8", "train.epochs=1", "baselines.scratch=[]", "bench.runs=2"]
+    overrides = [*REDUCED, *SMALL, "baselines.scratch=[]"]
     recipe = load_recipe(QUICKSTART, overrides).model_copy(update={"exports": []})
     recipe = recipe.model_copy(
         update={
