@@ -24,7 +24,9 @@ REDUCED = [
     "train.epochs=1",
     "stages.1.finetune.epochs=1",
     "baselines.scratch=[]",
-    "exports=[{target: tflite, precision: [fp32]}, {target: openvino, precision: [fp32]}]",
+    # OpenVINO only (CI time: a TFLite detector is ~24 s of conversion a file): test_detectors checks that a
+    # pruned detector's TFLite outputs are PyTorch's, which the numpy post-processing below then agrees on.
+    "exports=[{target: openvino, precision: [fp32]}]",
     "bench.runs=3",
     "bench.warmup=1",
     "bench.threads=[1]",
@@ -43,7 +45,7 @@ def test_every_candidate_is_scored_by_map_in_every_runtime(detection_run) -> Non
     assert (results["task"], results["metric"]) == ("detection", "map50")
     rows = results["rows"]
     assert {(row["candidate"], row["target"]) for row in rows} == {
-        (candidate, target) for candidate in ("dense", "pruned-kd") for target in ("pytorch", "tflite", "openvino")
+        (candidate, target) for candidate in ("dense", "pruned-kd") for target in ("pytorch", "openvino")
     }
     for row in rows:
         assert row["accuracy"] == row["scores"]["map50"]
@@ -66,8 +68,8 @@ def _matched(ours: Detections, theirs: Detections) -> int:
 
 
 @pytest.mark.slow
-def test_post_processing_agrees_between_pytorch_and_each_runtime(detection_run) -> None:
-    """The same numpy post-processing on PyTorch's and each runtime's raw outputs gives the same detections
+def test_post_processing_agrees_between_pytorch_and_the_runtime(detection_run) -> None:
+    """The same numpy post-processing on PyTorch's and OpenVINO's raw outputs gives the same detections
     (all but a handful at the score cut-offs, where a 1e-7 difference can swap the last kept box)."""
     _, run_dir = detection_run
     recipe = load_recipe(RECIPE, REDUCED)
@@ -76,8 +78,6 @@ def test_post_processing_agrees_between_pytorch_and_each_runtime(detection_run) 
     reference = postprocess(TorchRunner(model, images[:1].shape).predict(images))
     total = sum(len(d.scores) for d in reference)
     assert total > 0
-    for target in ("tflite", "openvino"):
-        path = run_dir / "exports" / "dense" / f"{target}-fp32{targets.TARGETS[target].suffix}"
-        detections = postprocess(targets.load_runner(path).predict(images))
-        matched = sum(_matched(ours, theirs) for ours, theirs in zip(reference, detections, strict=True))
-        assert matched >= 0.98 * total, f"{target}: {matched} of {total} detections agree"
+    detections = postprocess(targets.load_runner(run_dir / "exports" / "dense" / "openvino-fp32.xml").predict(images))
+    matched = sum(_matched(ours, theirs) for ours, theirs in zip(reference, detections, strict=True))
+    assert matched >= 0.98 * total, f"openvino: {matched} of {total} detections agree"
