@@ -29,6 +29,24 @@ def test_qat_targets_are_the_int8_converters_that_have_a_trainable_quantizer() -
         assert callable(targets.get_target(name).prepare_qat)
 
 
+def test_a_second_tflite_qat_file_reuses_the_traced_patterns_and_is_the_same_file(
+    tiny_net, calibration, tmp_path
+) -> None:
+    """torchao traces ~130 conv + BN patterns per QAT file (~25 s); targets.torchao_patterns keeps them. It runs
+    before the QAT fine-tune test, which then finds them traced, as a second file in one process would."""
+    from targets import torchao_patterns
+
+    torchao_patterns._TRACED.clear()
+    module, files, kept = targets.get_target("tflite"), [], []
+    for name in ("cold", "warm"):
+        model = module.prepare_qat(copy.deepcopy(tiny_net), torch.zeros(INPUT_SHAPE), calibration)
+        out = tmp_path / f"{name}.tflite"
+        files.append(module.export(model, torch.zeros(INPUT_SHAPE), "int8", out, calibration, {}))
+        kept.append(set(torchao_patterns._TRACED))
+    assert len(kept[0]) > 50 and kept[1] == kept[0]  # the second file traced no pattern of its own
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
 @pytest.mark.parametrize("target", QAT_TARGETS)
 def test_qat_model_fine_tunes_and_its_int8_export_agrees_with_it(target, tiny_net, calibration, tmp_path) -> None:
     module = targets.get_target(target)
@@ -54,23 +72,6 @@ def test_qat_model_fine_tunes_and_its_int8_export_agrees_with_it(target, tiny_ne
     agreement = float(np.mean(deployed.argmax(1) == fake_quant[0].argmax(1)))
     assert agreement >= 0.95, f"{target}: int8 file agrees with its fake-quant model on {agreement:.1%}"
     assert np.abs(deployed - fake_quant[0]).max() < 0.1 * np.abs(fake_quant[0]).max()
-
-
-def test_a_second_tflite_qat_file_reuses_the_traced_patterns_and_is_the_same_file(
-    tiny_net, calibration, tmp_path, monkeypatch
-) -> None:
-    """torchao traces ~130 conv + BN patterns per QAT file (~25 s); targets.torchao_patterns keeps them."""
-    from targets import torchao_patterns
-
-    monkeypatch.setattr(torchao_patterns, "_TRACED", {})
-    module, files, kept = targets.get_target("tflite"), [], []
-    for name in ("cold", "warm"):
-        model = module.prepare_qat(copy.deepcopy(tiny_net), torch.zeros(INPUT_SHAPE), calibration)
-        out = tmp_path / f"{name}.tflite"
-        files.append(module.export(model, torch.zeros(INPUT_SHAPE), "int8", out, calibration, {}))
-        kept.append(set(torchao_patterns._TRACED))
-    assert len(kept[0]) > 50 and kept[1] == kept[0]  # the second file traced no pattern of its own
-    assert files[0].read_bytes() == files[1].read_bytes()
 
 
 def qat_recipe(**qat) -> dict:
