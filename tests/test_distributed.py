@@ -82,18 +82,36 @@ def _epoch_index() -> list[list[int]]:
     return [_epoch_batches(_split(), 8, seed=3, epoch=epoch)[1] for epoch in range(3)]
 
 
-def test_sharded_evaluation_equals_one_process(tmp_path: Path) -> None:
+def _every_check() -> dict[str, object]:
+    """What each test below needs from a worker, all made in one group: starting two workers (each importing
+    torch and edgecomp) costs seconds, which four groups paid four times."""
+    return {
+        "sharded_eval": _sharded_eval(),
+        "epoch_index": _epoch_index(),
+        "augmented_epoch": _augmented_epoch(),
+        "frozen_bn_fit": _frozen_bn_fit(),
+    }
+
+
+@pytest.fixture(scope="module")
+def in_workers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    """Each check's result on every worker, by name: `in_workers[name][rank]`."""
+    per_rank = run_workers(tmp_path_factory.mktemp("workers"), _every_check)
+    return {name: [results[name] for results in per_rank] for name in per_rank[0]}
+
+
+def test_sharded_evaluation_equals_one_process(in_workers) -> None:
     """37 samples over 2 workers (uneven shards): every worker gets exactly one process's outputs and metric."""
     single, labels = predict(_model(), _split())
     task = TASKS.get("classification")
-    for outputs, gathered_labels in run_workers(tmp_path, _sharded_eval):
+    for outputs, gathered_labels in in_workers["sharded_eval"]:
         np.testing.assert_array_equal(gathered_labels, labels)
         np.testing.assert_array_equal(outputs[0], single[0])
         assert task.score(outputs, gathered_labels) == task.score(single, labels)
 
 
-def test_each_worker_draws_a_disjoint_share_reshuffled_every_epoch(tmp_path: Path) -> None:
-    per_rank = run_workers(tmp_path, _epoch_index)
+def test_each_worker_draws_a_disjoint_share_reshuffled_every_epoch(in_workers) -> None:
+    per_rank = in_workers["epoch_index"]
     for epoch in range(3):
         shares = [set(epochs[epoch]) for epochs in per_rank]
         assert not shares[0] & shares[1]
@@ -110,9 +128,9 @@ def _augmented_epoch() -> dict[int, torch.Tensor]:
     return out
 
 
-def test_a_sample_is_augmented_alike_on_one_worker_and_on_two(tmp_path: Path) -> None:
+def test_a_sample_is_augmented_alike_on_one_worker_and_on_two(in_workers) -> None:
     single = _augmented_epoch()
-    shards = run_workers(tmp_path, _augmented_epoch)
+    shards = in_workers["augmented_epoch"]
     assert not shards[0].keys() & shards[1].keys()
     for shard in shards:
         for index, image in shard.items():
@@ -131,10 +149,10 @@ def _frozen_bn_fit() -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_freeze_bn_holds_under_ddp(tmp_path: Path) -> None:
+def test_freeze_bn_holds_under_ddp(in_workers) -> None:
     """Frozen BN weights are out of DDP's reducer (no unused-gradient error) and BN stays in eval on each rank."""
     before = _model().state_dict()
-    for state in run_workers(tmp_path, _frozen_bn_fit):
+    for state in in_workers["frozen_bn_fit"]:
         for name in ("1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
             torch.testing.assert_close(state[name], before[name], rtol=0, atol=0, msg=name)
         assert not torch.equal(state["0.weight"], before["0.weight"])
