@@ -129,16 +129,17 @@ def exported(
     return get
 
 
-# The test files that take longest, longest first: each holds a test or fixture of 1-4 min (the top of `make
-# test`'s --durations in a fresh-clone CI run, 2026-12-02; see `pytest_collection_modifyitems`).
+# The test files that take longest, longest first: each holds a test or fixture of 1-3 min (`make test`'s
+# --durations=0 summed by file, 2026-12-03; see `pytest_collection_modifyitems`).
 SLOWEST_FILES = (
     "test_pipeline.py",
-    "test_distributed.py",
-    "test_qat.py",
-    "test_chaos.py",
     "test_real_int8.py",
-    "test_detection_pipeline.py",
+    "test_distributed.py",
+    "test_chaos.py",
     "test_targets.py",
+    "test_qat.py",
+    "test_methods.py",
+    "test_detectors.py",
 )
 
 
