@@ -74,8 +74,7 @@ class ToyRunner:
         chunks = []
         with torch.no_grad():
             for start in range(0, len(x), 256):
-                out = self._module(torch.from_numpy(x[start : start + 256]))
-                chunks.append([o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])])
+                chunks.append(_numpy(self._module(torch.from_numpy(x[start : start + 256]))))
         return [np.concatenate(outs) for outs in zip(*chunks, strict=True)]
 
     def bind(self, x: np.ndarray) -> Callable[[], None]:
@@ -86,9 +85,14 @@ class ToyRunner:
         def infer() -> None:
             with torch.no_grad():
                 out = self._module(tensor)
-            self._outputs = [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+            self._outputs = _numpy(out)
 
         return infer
 
     def outputs(self) -> list[np.ndarray]:
         return self._outputs
+
+
+def _numpy(out) -> list[np.ndarray]:
+    """A traced module's output (one tensor, or a tuple of them) as the runners' list of arrays."""
+    return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
